@@ -1,0 +1,335 @@
+"""The event schema (v1): the one record format between training, store, server and page.
+
+Every event carries ``run``, ``seq`` (per-run, monotonic), ``step``, ``wall`` (unix
+seconds), ``kind`` and a typed ``data`` payload. Payloads are frozen dataclasses, one per
+kind, validated on construction, so a malformed event fails where it enters (the hooks,
+the ingest namespace, the store loader) with a message that names the field. The JSON
+codec that moves them lives in :mod:`monitor.codec`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from monitor.validation import (
+    SchemaError, Payload, as_enum, as_float, as_int, as_list, as_str, fail, floats,
+    json_like, set_field, check_label, check_run_id, check_scalar_name,
+)
+
+SCHEMA_VERSION = 1
+
+#: TensorBoard's distribution bands: the normal CDF at -1.5, -1, -0.5, 0, 0.5, 1, 1.5 sigma.
+#: Together with the exact min and max they draw the familiar percentile-band plot.
+QUANTILE_LEVELS = (0.0668, 0.1587, 0.3085, 0.5, 0.6915, 0.8413, 0.9332)
+
+class Kind(str, Enum):
+    RUN_START = "run_start"
+    SCALARS = "scalars"
+    LAYER_STATS = "layer_stats"
+    FILTERS = "filters"
+    INPUT_STATS = "input_stats"
+    FLAG = "flag"
+    STATUS = "status"
+    RUN_END = "run_end"
+
+
+class Signal(str, Enum):
+    """What a :class:`TensorSummary` describes."""
+
+    ACTIVATION = "activation"  # a layer's output in the forward pass
+    OUTPUT_GRAD = "output_grad"  # d loss / d (layer output): the gradient flowing back
+    PARAM_GRAD = "param_grad"  # a parameter's gradient at the optimizer step
+
+
+class RunState(str, Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+    DIVERGED = "diverged"
+    CRASHED = "crashed"
+
+
+class Severity(str, Enum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+# ---------------------------------------------------------------------------- payloads
+
+@dataclass(frozen=True)
+class TensorSummary(Payload):
+    """The distribution of one tensor at one sampled step.
+
+    Exact over the whole tensor: ``numel``, ``nan``, ``inf``, ``mean``, ``std``, ``min``,
+    ``max``, ``norm`` (moments over the finite elements) and the unit counts. From a
+    uniform sample of ``sample`` finite elements (the whole tensor when it is small):
+    ``quantiles`` at :data:`QUANTILE_LEVELS`, the ``hist`` counts over ``hist_lo..hist_hi``
+    and the ``zero_frac`` and ``sat_frac`` fractions.
+    """
+
+    layer: str
+    signal: Signal
+    module: str
+    numel: int
+    nan: int
+    inf: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    norm: float
+    sample: int
+    quantiles: tuple[float, ...]
+    hist: tuple[int, ...]
+    hist_lo: float
+    hist_hi: float
+    zero_frac: float
+    sat_frac: float | None = None  # tanh/sigmoid-like layers: share of outputs near the bounds
+    units: int | None = None  # channels (conv) or features (dense) of an activation
+    dead_units: int | None = None  # units never positive over the last ``window`` sampled batches
+    window: int | None = None
+    weight_norm: float | None = None  # param_grad only: ||w|| after the step
+    update_ratio: float | None = None  # param_grad only: ||w_after - w_before|| / ||w_before||
+
+    def __post_init__(self):
+        check_label("layer", self.layer)
+        set_field(self, "signal", as_enum(Signal, "signal", self.signal))
+        check_label("module", self.module)
+        for name in ("numel", "nan", "inf", "sample"):
+            set_field(self, name, as_int(name, getattr(self, name)))
+        for name in ("mean", "std", "min", "max", "norm", "hist_lo", "hist_hi", "zero_frac"):
+            set_field(self, name, as_float(name, getattr(self, name)))
+        set_field(self, "quantiles", floats("quantiles", self.quantiles))
+        if len(self.quantiles) not in (0, len(QUANTILE_LEVELS)):
+            raise fail("quantiles", f"{len(QUANTILE_LEVELS)} values (or none)", self.quantiles)
+        set_field(self, "hist", tuple(as_int("hist", v) for v in as_list("hist", self.hist)))
+        for name in ("sat_frac", "weight_norm", "update_ratio"):
+            if getattr(self, name) is not None:
+                set_field(self, name, as_float(name, getattr(self, name)))
+        for name in ("units", "dead_units", "window"):
+            if getattr(self, name) is not None:
+                set_field(self, name, as_int(name, getattr(self, name)))
+        if self.nan + self.inf > self.numel:
+            raise fail("nan + inf", f"at most numel={self.numel}", self.nan + self.inf)
+
+
+@dataclass(frozen=True)
+class LayerStats(Payload):
+    summaries: tuple[TensorSummary, ...]
+    _nested = {"summaries": TensorSummary}
+
+    def __post_init__(self):
+        set_field(self, "summaries", tuple(self.summaries))
+        for s in self.summaries:
+            if not isinstance(s, TensorSummary):
+                raise fail("summaries", "TensorSummary items", s)
+
+
+@dataclass(frozen=True)
+class Scalars(Payload):
+    """Loss and metrics of one step; names starting ``val_`` are validation metrics."""
+
+    values: Mapping[str, float]
+
+    def __post_init__(self):
+        if not isinstance(self.values, Mapping) or not self.values:
+            raise fail("values", "a non-empty mapping of name to number", self.values)
+        set_field(self, "values", {check_scalar_name(k): as_float(f"scalar {k!r}", v) for k, v in self.values.items()})
+
+    def to_dict(self):
+        return {"values": dict(self.values)}
+
+
+@dataclass(frozen=True)
+class ModuleInfo(Payload):
+    """One row of the model summary table."""
+
+    name: str
+    module: str
+    params: int
+    trainable: int
+    shape: str = ""  # shapes of its own parameters, e.g. "16x3x3x3, 16"
+
+    def __post_init__(self):
+        check_label("model name", self.name)
+        check_label("model module", self.module)
+        set_field(self, "params", as_int("params", self.params))
+        set_field(self, "trainable", as_int("trainable", self.trainable))
+        as_str("shape", self.shape)
+
+
+@dataclass(frozen=True)
+class RunStart(Payload):
+    name: str
+    config: Mapping[str, Any]
+    model: tuple[ModuleInfo, ...]
+    host: str
+    pid: int
+    rank: int
+    world: int
+    versions: Mapping[str, Any]
+    sampling: Mapping[str, Any]
+    schema: int = SCHEMA_VERSION
+    _nested = {"model": ModuleInfo}
+
+    def __post_init__(self):
+        check_label("name", self.name)
+        set_field(self, "config", json_like("config", dict(self.config) if isinstance(self.config, Mapping) else self.config))
+        if not isinstance(self.config, Mapping):
+            raise fail("config", "a mapping", self.config)
+        set_field(self, "model", tuple(self.model))
+        as_str("host", self.host, 256)
+        for name in ("pid", "rank"):
+            set_field(self, name, as_int(name, getattr(self, name)))
+        set_field(self, "world", as_int("world", self.world, 1))
+        set_field(self, "versions", json_like("versions", self.versions))
+        set_field(self, "sampling", json_like("sampling", self.sampling))
+        if self.schema != SCHEMA_VERSION:
+            raise fail("schema", f"version {SCHEMA_VERSION}", self.schema)
+
+
+@dataclass(frozen=True)
+class Filters(Payload):
+    """The first layer's filters as one image grid: ``height x width x channels`` uint8 pixels."""
+
+    layer: str
+    count: int
+    height: int
+    width: int
+    channels: int
+    pixels: bytes
+
+    def __post_init__(self):
+        check_label("layer", self.layer)
+        for name in ("count", "height", "width"):
+            set_field(self, name, as_int(name, getattr(self, name), 1))
+        set_field(self, "channels", as_int("channels", self.channels, 1))
+        if self.channels not in (1, 3):
+            raise fail("channels", "1 (grey) or 3 (RGB)", self.channels)
+        if not isinstance(self.pixels, bytes) or len(self.pixels) != self.height * self.width * self.channels:
+            raise fail("pixels", f"{self.height * self.width * self.channels} bytes", type(self.pixels).__name__)
+
+
+@dataclass(frozen=True)
+class InputStats(Payload):
+    """The model's input batch: is it zero-centred and of unit variance?"""
+
+    shape: tuple[int, ...]
+    mean: float
+    std: float
+    min: float
+    max: float
+    nan: int
+    inf: int
+    channel_mean: tuple[float, ...] = ()
+    channel_std: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        set_field(self, "shape", tuple(as_int("shape", v) for v in as_list("shape", self.shape)))
+        for name in ("mean", "std", "min", "max"):
+            set_field(self, name, as_float(name, getattr(self, name)))
+        for name in ("nan", "inf"):
+            set_field(self, name, as_int(name, getattr(self, name)))
+        set_field(self, "channel_mean", floats("channel_mean", self.channel_mean))
+        set_field(self, "channel_std", floats("channel_std", self.channel_std))
+        if len(self.channel_mean) != len(self.channel_std):
+            raise fail("channel_std", f"{len(self.channel_mean)} values like channel_mean", self.channel_std)
+
+
+@dataclass(frozen=True)
+class Flag(Payload):
+    """A diagnosis: what went wrong, the numbers that show it, and what to do."""
+
+    kind: str
+    severity: Severity
+    message: str
+    advice: str
+    layer: str | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        as_str("kind", self.kind, 64)
+        set_field(self, "severity", as_enum(Severity, "severity", self.severity))
+        as_str("message", self.message)
+        as_str("advice", self.advice)
+        if self.layer is not None:
+            check_label("layer", self.layer)
+        set_field(self, "evidence", json_like("evidence", dict(self.evidence)))
+
+
+@dataclass(frozen=True)
+class Status(Payload):
+    state: RunState
+    reason: str = ""
+    by: str = ""  # who asked: "user", "dashboard", "early_stopping", ...
+
+    def __post_init__(self):
+        set_field(self, "state", as_enum(RunState, "state", self.state))
+        as_str("reason", self.reason)
+        as_str("by", self.by, 256)
+
+
+@dataclass(frozen=True)
+class RunEnd(Payload):
+    state: RunState
+    steps: int
+    duration: float
+    dropped: int = 0  # events the training process could not hand on (queue full)
+
+    def __post_init__(self):
+        set_field(self, "state", as_enum(RunState, "state", self.state))
+        set_field(self, "steps", as_int("steps", self.steps))
+        set_field(self, "duration", as_float("duration", self.duration))
+        set_field(self, "dropped", as_int("dropped", self.dropped))
+
+
+PAYLOADS: dict[Kind, type[Payload]] = {
+    Kind.RUN_START: RunStart,
+    Kind.SCALARS: Scalars,
+    Kind.LAYER_STATS: LayerStats,
+    Kind.FILTERS: Filters,
+    Kind.INPUT_STATS: InputStats,
+    Kind.FLAG: Flag,
+    Kind.STATUS: Status,
+    Kind.RUN_END: RunEnd,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    run: str
+    seq: int
+    step: int
+    wall: float
+    kind: Kind
+    data: Payload
+
+    def __post_init__(self):
+        check_run_id(self.run)
+        set_field(self, "seq", as_int("seq", self.seq))
+        set_field(self, "step", as_int("step", self.step))
+        set_field(self, "wall", as_float("wall", self.wall))
+        if not math.isfinite(self.wall):
+            raise fail("wall", "finite unix seconds", self.wall)
+        set_field(self, "kind", as_enum(Kind, "kind", self.kind))
+        expected = PAYLOADS[self.kind]
+        if not isinstance(self.data, expected):
+            raise fail(f"data of a {self.kind.value} event", expected.__name__, type(self.data).__name__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": self.run, "seq": self.seq, "step": self.step, "wall": self.wall,
+                "kind": self.kind.value, "data": self.data.to_dict()}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "Event":
+        if not isinstance(raw, Mapping):
+            raise fail("event", "a mapping", raw)
+        expected = {"run", "seq", "step", "wall", "kind", "data"}
+        if set(raw) != expected:
+            raise SchemaError(f"event: expected fields {sorted(expected)}, got {sorted(raw)}")
+        kind = as_enum(Kind, "kind", raw["kind"])
+        return cls(run=raw["run"], seq=raw["seq"], step=raw["step"], wall=raw["wall"], kind=kind,
+                   data=PAYLOADS[kind].from_dict(raw["data"]))

@@ -1,0 +1,132 @@
+"""Field checks shared by the schema: each failure names the field, what was expected and what came."""
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from enum import Enum
+from typing import Any, Mapping
+
+#: Run ids become file names, URLs and SQL values: keep them to a safe alphabet.
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Metric names are keys in URLs and columns in exports.
+SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
+MAX_LABEL_LENGTH = 512  # layer and parameter names: free text, escaped wherever shown
+
+
+class SchemaError(ValueError):
+    """An event or payload that does not match the schema; the message names the field."""
+
+
+def fail(where: str, expected: str, value: Any) -> SchemaError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return SchemaError(f"{where}: expected {expected}, got {shown}")
+
+
+def check_label(where: str, value: Any) -> str:
+    """Free-text names (layers, parameters, modules): any text without NUL, bounded."""
+    if not isinstance(value, str) or not value or len(value) > MAX_LABEL_LENGTH or "\x00" in value:
+        raise fail(where, f"a non-empty string of at most {MAX_LABEL_LENGTH} characters without NUL", value)
+    return value
+
+
+def check_run_id(value: Any) -> str:
+    if not isinstance(value, str) or not RUN_ID_PATTERN.match(value):
+        raise fail("run", "1-128 characters from A-Z a-z 0-9 . _ - starting with a letter or digit", value)
+    return value
+
+
+def check_scalar_name(value: Any) -> str:
+    if not isinstance(value, str) or not SCALAR_NAME_PATTERN.match(value):
+        raise fail("scalar name", "1-128 characters from A-Z a-z 0-9 _ . : / -", value)
+    return value
+
+
+def as_float(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(where, "a number (NaN and Inf allowed)", value)
+    return float(value)
+
+
+def as_int(where: str, value: Any, minimum: int | None = 0) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        raise fail(where, f"an integer >= {minimum}", value)
+    return value
+
+
+def as_str(where: str, value: Any, limit: int = 4096) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise fail(where, f"a string of at most {limit} characters", value)
+    return value
+
+
+def as_enum(enum: type[Enum], where: str, value: Any) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        raise fail(where, "one of " + ", ".join(m.value for m in enum), value) from None
+
+
+def json_like(where: str, value: Any, depth: int = 0) -> Any:
+    """Config and evidence values: JSON data (NaN allowed), bounded in depth."""
+    if depth > 16:
+        raise fail(where, "JSON data nested at most 16 deep", "...")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(json_like(where, v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return {as_str(where + " key", k, 256): json_like(where, v, depth + 1) for k, v in value.items()}
+    raise fail(where, "JSON data (null, bool, number, string, list, mapping)", value)
+
+
+class Payload:
+    """Shared construction from plain mappings: unknown keys and missing fields are errors."""
+
+    @classmethod
+    def from_dict(cls, raw: Any):
+        if not isinstance(raw, Mapping):
+            raise fail(cls.__name__, "a mapping", raw)
+        names = {f.name for f in fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise SchemaError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected {sorted(names)}")
+        return cls(**decode_nested(cls, raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, tuple) and value and isinstance(value[0], Payload):
+                value = [v.to_dict() for v in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def decode_nested(cls, raw: Mapping) -> dict[str, Any]:
+    nested = getattr(cls, "_nested", {})
+    return {k: tuple(nested[k].from_dict(v) for v in as_list(f"{cls.__name__}.{k}", raw[k]))
+            if k in nested else raw[k] for k in raw}
+
+
+def as_list(where: str, value: Any) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise fail(where, "a list", value)
+    return list(value)
+
+
+def floats(where: str, value: Any) -> tuple[float, ...]:
+    return tuple(as_float(where, v) for v in as_list(where, value))
+
+
+def set_field(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # normalising fields of a frozen dataclass
+
+

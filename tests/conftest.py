@@ -1,0 +1,49 @@
+"""Shared fixtures: a small run with every event kind, NaN and ±Inf where they can occur."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from monitor.events import (PAYLOADS, Event, Filters, Flag, InputStats, LayerStats, ModuleInfo, RunEnd,
+                            RunStart, Scalars, Status, TensorSummary)
+
+
+def summary(layer: str, **overrides) -> TensorSummary:
+    fields = dict(layer=layer, signal="activation", module="Conv2d", numel=64, nan=1, inf=1,
+                  mean=0.5, std=math.nan, min=-math.inf, max=math.inf, norm=3.0, sample=62,
+                  quantiles=(-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5), hist=(1, 2, 3, 4),
+                  hist_lo=-2.0, hist_hi=2.0, zero_frac=0.25, units=8, dead_units=2, window=4)
+    return TensorSummary(**{**fields, **overrides})
+
+
+def make_run(run: str = "digits-cnn", wall: float = 1000.0) -> list[Event]:
+    """Every kind once or more, in seq order, as the trainer would send them."""
+    payloads = [
+        (0, RunStart(name="digits", config={"lr": 0.1, "sizes": [1, 2], "eps": math.nan},
+                     model=(ModuleInfo("conv1", "Conv2d", 448, 448, "16x3x3x3, 16"),),
+                     host="gpu-1", pid=42, rank=0, world=1, versions={"torch": "2.3"},
+                     sampling={"every": 10})),
+        (0, InputStats(shape=(8, 3, 2, 2), mean=0.1, std=1.0, min=-3.0, max=math.inf, nan=0, inf=1,
+                       channel_mean=(0.1, math.nan, 0.2), channel_std=(1.0, 1.0, math.inf))),
+        (0, Scalars({"loss": 2.5, "lr": 0.1})),
+        (0, LayerStats((summary("conv1"),
+                        summary("fc", signal="param_grad", module="Linear", quantiles=(), units=None,
+                                dead_units=None, window=None, weight_norm=2.0, update_ratio=1e-3)))),
+        (0, Filters(layer="conv1", count=4, height=2, width=3, channels=3, pixels=bytes(range(18)))),
+        (1, Scalars({"loss": math.inf, "grad_norm": -math.inf})),
+        (2, Scalars({"loss": math.nan, "val_acc": 0.5})),
+        (2, Flag(kind="nan_loss", severity="critical", message="loss is NaN at step 2",
+                 advice="lower the learning rate", layer="fc", evidence={"loss": math.nan, "steps": [1, 2]})),
+        (2, Status(state="diverged", reason="loss is NaN", by="early_stopping")),
+        (2, RunEnd(state="diverged", steps=3, duration=1.5)),
+    ]
+    kinds = {payload: kind for kind, payload in PAYLOADS.items()}
+    return [Event(run=run, seq=seq, step=step, wall=wall + seq, kind=kinds[type(data)], data=data)
+            for seq, (step, data) in enumerate(payloads)]
+
+
+@pytest.fixture
+def make_events():
+    """``make_events(run="digits-cnn", wall=1000.0) -> list[Event]``: a fresh sample run."""
+    return make_run

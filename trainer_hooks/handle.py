@@ -1,0 +1,312 @@
+"""``watch(model, optimizer)`` and the handle it returns.
+
+The handle counts steps, decides (through the schedule) which steps are sampled,
+opens and closes captures around them, and hands records to the writer thread. It
+never waits on the disk or the network, and it never reads a device value.
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import numbers
+import os
+import secrets
+import socket
+import sys
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from monitor.events import Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
+from monitor.store import RunStore
+from monitor.validation import RUN_ID_PATTERN, SCALAR_NAME_PATTERN
+from trainer_hooks.capture import StepCapture
+from trainer_hooks.probe import Probe
+from trainer_hooks.reduce import SAMPLE_SIZE
+from trainer_hooks.schedule import OVERHEAD_BUDGET, make_schedule
+from trainer_hooks.writer import CaptureRecord, EventRecord, ScalarRecord, Writer
+
+#: Sampled steps between two pictures of the first-layer filters (they change slowly).
+FILTERS_EVERY = 5
+#: Sampled batches over which a unit must stay silent to count as dead.
+DEAD_WINDOW = 8
+#: Scalar names that describe where training is, not how it goes: logging them alone
+#: does not advance the step of a run without an optimizer.
+POSITION_SCALARS = frozenset({"epoch"})
+
+_watched: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+class BabysitWarning(UserWarning):
+    """A problem babysit worked around without stopping training (the message says which)."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that computes: DDP/DataParallel keep it in ``.module``, compile in ``._orig_mod``."""
+    while True:
+        inner = getattr(model, "module", None) if isinstance(
+            model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+class Monitor:
+    """The handle of one watched run. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, model: nn.Module, optimizer=None, *, run: str | None = None,
+                 config: Mapping[str, Any] | None = None, every: int | None = None,
+                 logdir: str | os.PathLike = "runs", overhead: float = OVERHEAD_BUDGET,
+                 sample_size: int = SAMPLE_SIZE, dead_window: int = DEAD_WINDOW,
+                 filters_every: int = FILTERS_EVERY):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch: expected a torch.nn.Module as model, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"watch: expected a torch.optim.Optimizer (or None), got {type(optimizer).__name__}")
+        self.model = unwrap(model)
+        if self.model in _watched:
+            raise RuntimeError(
+                f"watch: this model is already watched (run {_watched[self.model]!r}). Close the first handle "
+                "(mon.close(), or use `with watch(...) as mon:`) before watching it again.")
+        self.optimizer = optimizer
+        self.run_id = _run_id(run or type(self.model).__name__.lower())
+        self.schedule = make_schedule(every, overhead)
+        self.filters_every = filters_every
+        self.flags: list = []
+        self._step = 0
+        self._forward_step: int | None = None
+        self._capture: StepCapture | None = None
+        self._captured_step = -1
+        self._samples = 0
+        self._step_started = time.perf_counter()
+        self._started = time.time()
+        self._stop: Status | None = None
+        self._warned: set[str] = set()
+        self._closed = False
+        self.store = RunStore(logdir)
+        self.store_path = Path(self.store.path)
+        self._writer = Writer(self.run_id, self.store, first_seq=self.store.next_seq(self.run_id))
+        self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, config, self.schedule, sample_size))
+        self._emit(Kind.STATUS, Status(RunState.RUNNING))
+        self.probe = Probe(self.model, optimizer, sample_size=sample_size, dead_window=dead_window)
+        self.probe.on_root_forward = self._on_root_forward
+        self.probe.on_optimizer_step = self._end_step
+        _watched[self.model] = self.run_id
+        atexit.register(self._close_at_exit)
+
+    # ------------------------------------------------------------------ user API
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (or, without an optimizer, training logs made)."""
+        return self._step
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a stop was asked for (:meth:`stop`); the loop should break."""
+        return self._stop is not None
+
+    def stop(self, reason: str = "stopped by the user", by: str = "user") -> None:
+        if self._stop is None:
+            self._stop = Status(RunState.STOPPING, reason, by)
+            self._emit(Kind.STATUS, self._stop)
+
+    def log(self, **scalars: Any) -> None:
+        """Record loss and metrics for the current step; tensors are read later, off this thread.
+
+        Names starting ``val_`` are validation metrics. A name or value that cannot be
+        recorded is skipped with a :class:`BabysitWarning`; training goes on.
+        """
+        values = {}
+        for name, value in scalars.items():
+            problem = _scalar_problem(name, value)
+            if problem:
+                self._warn(name, f"babysit: not recording scalar {name!r}: {problem}")
+                continue
+            values[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
+        if not values or self._closed:
+            return
+        advances = self.optimizer is None and any(
+            not n.startswith("val_") and n not in POSITION_SCALARS for n in values)
+        step = self._step if advances or self._forward_step is None else self._forward_step
+        self._put(ScalarRecord(step, time.time(), values))
+        if advances:
+            self._end_step()
+
+    def close(self, state: RunState | str | None = None, reason: str = "") -> None:
+        """Remove every hook, record how the run ended, and write out everything pending."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._close_at_exit)
+        self.probe.remove()
+        _watched.pop(self.model, None)
+        self._finish_capture()
+        if state is None:
+            state = RunState.STOPPED if self._stop is not None else RunState.FINISHED
+        state = RunState(state)
+        reason = reason or (self._stop.reason if self._stop is not None else "")
+        self._emit(Kind.STATUS, Status(state, reason, self._stop.by if self._stop is not None else ""))
+        self._emit(Kind.RUN_END, RunEnd(state, self._step, time.time() - self._started, self._writer.dropped))
+        self._writer.close()
+        self.store.close()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything recorded so far is in the store (for tests and notebooks)."""
+        return self._writer.flush(timeout)
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close(RunState.STOPPED, "interrupted (Ctrl-C)")
+        else:
+            self.close(RunState.CRASHED, f"{exc_type.__name__}: {exc}"[:4000])
+
+    # ------------------------------------------------------------------ hooks' side
+
+    def _on_root_forward(self, args) -> None:
+        if not torch.is_grad_enabled():
+            return  # validation or inference: keep it out of the training statistics
+        self._forward_step = self._step
+        if self._capture is None and self._captured_step != self._step and self.schedule.due(self._step):
+            self._capture = StepCapture(self._step)
+            self._captured_step = self._step
+            self.probe.begin(self._capture, args)
+
+    def _end_step(self) -> None:
+        now = time.perf_counter()
+        sampled = self._finish_capture()
+        self.schedule.observe(self._step, now - self._step_started, sampled)
+        self._step += 1
+        self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
+
+    def _finish_capture(self) -> bool:
+        capture, self._capture, self.probe.capture = self._capture, None, None
+        self.probe.capturing = False
+        if capture is None:
+            return False
+        if self._samples % self.filters_every == 0:
+            self.probe.add_filters(capture)
+        self._samples += 1
+        packed = capture.pack()
+        if packed is not None:
+            self._put(CaptureRecord(capture.step, time.time(), packed, capture.items))
+        return True
+
+    def _emit(self, kind: Kind, data) -> None:
+        self._put(EventRecord(self._step, time.time(), kind, data))
+
+    def _put(self, record) -> None:
+        if not self._writer.put(record):
+            self._warn("queue", "babysit: the event queue is full; dropping records (counted in run_end)")
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, BabysitWarning, stacklevel=3)
+
+    def _close_at_exit(self) -> None:
+        self.close(reason="closed at interpreter exit (mon.close() was not called)")
+
+
+def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
+    """Watch a model (and its optimizer) and record what a babysitter looks at.
+
+    Options: ``run`` (name), ``config`` (hyper-parameters to record), ``every``
+    (sampling interval in steps; None sizes it to ``overhead``, a share of step time,
+    default 1 %), ``logdir`` (where the SQLite store lives, default ``runs``),
+    ``sample_size``, ``dead_window``, ``filters_every``. Unknown options are errors.
+    """
+    known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"watch: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return Monitor(model, optimizer, **options)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _run_id(name: str) -> str:
+    if not isinstance(name, str) or not RUN_ID_PATTERN.match(name) or len(name) > 100:
+        raise ValueError(f"watch: run name {name!r} is not usable: use 1-100 characters from "
+                         "A-Z a-z 0-9 . _ - starting with a letter or digit (it names files and URLs)")
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _scalar_problem(name: str, value: Any) -> str | None:
+    if not SCALAR_NAME_PATTERN.match(name):
+        return "names may use 1-128 characters from A-Z a-z 0-9 _ . : / -"
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return f"expected one number, got a tensor of shape {tuple(value.shape)}"
+        if value.is_complex() or value.dtype == torch.bool:
+            return f"expected a real number, got a {value.dtype} tensor"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.number)):
+        return f"expected a number or a one-element tensor, got {type(value).__name__}"
+    return None
+
+
+def _config(config: Mapping[str, Any] | None) -> dict:
+    """Hyper-parameters as JSON data; values JSON cannot hold are kept as their repr."""
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        return repr(v)
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"watch: config must be a mapping of hyper-parameters, got {type(config).__name__}")
+    return plain(dict(config))
+
+
+def _model_summary(model: nn.Module) -> tuple[ModuleInfo, ...]:
+    rows = []
+    for name, m in model.named_modules():
+        own = list(m.parameters(recurse=False))
+        if name and own:
+            rows.append(ModuleInfo(name=name, module=type(m).__name__, params=sum(p.numel() for p in own),
+                                   trainable=sum(p.numel() for p in own if p.requires_grad),
+                                   shape=", ".join("x".join(map(str, p.shape)) for p in own)))
+    everything = list(model.parameters())
+    rows.append(ModuleInfo(name="(total)", module=type(model).__name__, params=sum(p.numel() for p in everything),
+                           trainable=sum(p.numel() for p in everything if p.requires_grad)))
+    return tuple(rows)
+
+
+def _run_start(run_id, model, config, schedule, sample_size) -> RunStart:
+    rank, world = _rank_world()
+    return RunStart(
+        name=run_id.rsplit("-", 3)[0], config=_config(config), model=_model_summary(model),
+        host=socket.gethostname(), pid=os.getpid(), rank=rank, world=world,
+        versions={"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+                  "babysit": _version()},
+        sampling={**schedule.describe(), "sample_size": sample_size})
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), max(int(os.environ.get("WORLD_SIZE", 1)), 1)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("babysit")
+    except Exception:
+        return "unknown"

@@ -1,0 +1,230 @@
+"""The hooks: what runs inside the user's forward, backward and optimizer step.
+
+Forward hooks are registered process-wide (``register_module_forward_hook``) and filter
+on the watched modules, instead of living in each module's hook dictionaries. So no
+babysit object is pickled by ``torch.save(model)``, a saved model loads without babysit
+(also with ``weights_only=True``), ``copy.deepcopy`` copies no hooks, and no attribute
+is ever set on a user's module. On a step that is not sampled every hook returns after
+one attribute test. Gradients with respect to layer outputs come from tensor hooks
+placed on the outputs of the sampled forward pass only, so no backward hook exists on
+other steps, and in-place activations that follow a layer are handled by autograd
+(the hook sees the gradient of the value the layer produced).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+from monitor.events import Signal
+from trainer_hooks.capture import StepCapture
+from trainer_hooks.reduce import (
+    SAMPLE_SIZE, UnitWindow, active_units, channel_moments, reduce_tensor, sample_indices,
+)
+
+ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Softplus, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
+    nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
+)
+#: Channels of the model input above which only whole-tensor input statistics are kept.
+MAX_INPUT_CHANNELS = 64
+#: Filters shown in the first-layer grid (an 8 x 8 tile).
+MAX_FILTERS = 64
+
+
+@dataclass(frozen=True)
+class Watched:
+    name: str
+    module: str  # class name
+    activation: bool
+
+
+def watched_modules(model: nn.Module) -> dict[int, Watched]:
+    """Every activation module and every leaf that owns parameters, by ``id``."""
+    found = {}
+    for name, m in model.named_modules():
+        is_activation = isinstance(m, ACTIVATIONS)
+        is_param_leaf = not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))
+        if (is_activation or is_param_leaf) and name:
+            found[id(m)] = Watched(name, type(m).__name__, is_activation)
+    return found
+
+
+def first_layer(model: nn.Module, input_shape: tuple[int, ...] | None):
+    """(name, module, image shape) of the layer whose weights are worth looking at.
+
+    The first Conv2d; failing that, the first Linear that reads a flattened image
+    (in_features == C*H*W of a 4-d input), whose rows are then shown as images.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m, None
+    if input_shape is not None and len(input_shape) == 4:
+        c, h, w = input_shape[1:]
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and m.in_features == c * h * w:
+                return name, m, (c, h, w)
+    return None
+
+
+class Probe:
+    """Registers the hooks and fills a :class:`StepCapture` while one is open."""
+
+    def __init__(self, model: nn.Module, optimizer, *, sample_size: int = SAMPLE_SIZE,
+                 dead_window: int = 8):
+        self.root = model
+        self.optimizer = optimizer
+        self.sample_size = sample_size
+        self.dead_window = dead_window
+        self.modules = watched_modules(model)
+        self.param_names = {id(p): (n, type(model.get_submodule(n.rpartition(".")[0])).__name__)
+                            for n, p in model.named_parameters()}
+        self.capture: StepCapture | None = None
+        self.capturing = False  # inside the first forward pass of a sampled step
+        self.calls: dict[str, int] = {}
+        self.windows: dict[str, UnitWindow] = {}
+        self.generators: dict[torch.device, torch.Generator] = {}
+        self.param_indices: dict[int, torch.Tensor | None] = {}
+        self.input_shape: tuple[int, ...] | None = None
+        self.on_root_forward = lambda args: None  # set by the Monitor
+        self.on_optimizer_step = lambda: None
+        self._handles = [
+            module_hooks.register_module_forward_pre_hook(self._forward_pre),
+            module_hooks.register_module_forward_hook(self._forward),
+        ]
+        if optimizer is not None:
+            self._handles += [optimizer.register_step_pre_hook(self._step_pre),
+                              optimizer.register_step_post_hook(self._step_post)]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.capturing = False
+
+    # ------------------------------------------------------------------ forward
+
+    def _forward_pre(self, module, args):
+        if module is self.root:
+            self.on_root_forward(args)
+
+    def begin(self, capture: StepCapture, args) -> None:
+        """Open a capture for the forward pass that is starting."""
+        self.capture = capture
+        self.capturing = True
+        self.calls = {}
+        x = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+        if x is not None:
+            self.input_shape = tuple(x.shape)
+            reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device))
+            if reduced is not None:
+                capture.add("input", {"shape": tuple(x.shape), "numel": reduced.numel, "counted": reduced.counted},
+                            reduced.moments, [reduced.sample] + channel_moments(x, MAX_INPUT_CHANNELS))
+
+    def _forward(self, module, args, output):
+        if not self.capturing:
+            return  # not a sampled step: nothing else runs
+        if module is self.root:
+            self.capturing = False
+            return
+        info = self.modules.get(id(module))
+        if info is None:
+            return
+        x = output if isinstance(output, torch.Tensor) else next(
+            (o for o in output if isinstance(o, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None
+        if x is None or not x.is_floating_point():
+            return
+        count = self.calls[info.name] = self.calls.get(info.name, 0) + 1
+        label = info.name if count == 1 else f"{info.name}#{count}"  # a module reused in one forward
+        self._record(self.capture, label, info.module, Signal.ACTIVATION, x, units=info.activation)
+        if x.requires_grad:
+            capture = self.capture
+            x.register_hook(lambda grad: self._record(capture, label, info.module, Signal.OUTPUT_GRAD, grad))
+
+    def _record(self, capture, label, module, signal, x, units=False) -> None:
+        reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device))
+        if reduced is None:
+            return
+        meta = {"layer": label, "module": module, "signal": signal}
+        extra = []
+        if units:
+            active = active_units(x)
+            if active is not None:
+                window = self.windows.get(label)
+                if window is None or window.ring.shape[1] != active.shape[0] or window.ring.device != active.device:
+                    window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device)
+                extra.append(window.add(active))
+                meta.update(units=int(active.shape[0]), window=window.filled)
+        capture.add_reduced("tensor", meta, reduced, extra)
+        return None  # as a tensor hook: leave the gradient untouched
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """Our own random stream per device: drawing samples never moves the user's RNG."""
+        gen = self.generators.get(device)
+        if gen is None:
+            gen = self.generators[device] = torch.Generator(device=device)
+            gen.manual_seed(0x5EED)
+        return gen
+
+    # ------------------------------------------------------------------ optimizer
+
+    def _params(self):
+        for i, group in enumerate(self.optimizer.param_groups):
+            for j, p in enumerate(group["params"]):
+                yield p, self.param_names.get(id(p), (f"group{i}.param{j}", "Parameter"))
+
+    def _step_pre(self, optimizer, args, kwargs):
+        capture = self.capture
+        if capture is None:
+            return
+        self.param_indices = {}
+        for p, (name, module) in self._params():
+            if p.grad is None or p.grad.is_sparse:
+                continue
+            idx = sample_indices(p.numel(), self.sample_size, p.device, self._generator(p.device))
+            reduced = reduce_tensor(p.grad, indices=idx)
+            if reduced is None:
+                continue
+            self.param_indices[id(p)] = idx
+            meta = {"layer": name, "module": module, "numel": reduced.numel, "counted": reduced.counted}
+            capture.add("param_pre", meta, reduced.moments, [reduced.sample, _weights(p, idx)])
+
+    def _step_post(self, optimizer, args, kwargs):
+        capture = self.capture
+        if capture is not None:
+            for p, (name, _) in self._params():
+                if id(p) not in self.param_indices:
+                    continue
+                w = _weights(p, self.param_indices[id(p)])
+                norm = torch.linalg.vector_norm(p.detach(), dtype=torch.float32)
+                capture.add("param_post", {"layer": name}, [norm], [w])
+            self.param_indices = {}
+        self.on_optimizer_step()
+
+    # ------------------------------------------------------------------ filters
+
+    def add_filters(self, capture: StepCapture) -> None:
+        found = first_layer(self.root, self.input_shape)
+        if found is None:
+            return
+        name, layer, image = found
+        w = layer.weight.detach()[:MAX_FILTERS]
+        if image is not None:
+            w = w.reshape(w.shape[0], *image)
+        if w.dim() != 4:
+            return
+        w = w[:, :3] if w.shape[1] == 3 else w[:, :1]  # RGB when the input is RGB, else the first channel
+        w = w.float()
+        low = w.amin(dim=(1, 2, 3), keepdim=True)
+        high = w.amax(dim=(1, 2, 3), keepdim=True)
+        scaled = (w - low) / (high - low).clamp_min(1e-12)
+        capture.add("filters", {"layer": name, "shape": tuple(scaled.shape)}, [], [scaled])
+
+
+def _weights(p: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """A copy of (a sample of) the weights: the optimizer updates them in place."""
+    flat = p.detach().reshape(-1)
+    return flat.clone() if idx is None else flat[idx]

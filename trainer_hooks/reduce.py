@@ -1,0 +1,137 @@
+"""On-device reductions: a tensor becomes a few numbers and a fixed-size sample.
+
+Nothing here reads a value back to the host on an accelerator: every result stays a
+tensor on the tensor's device, to be packed with the rest of the step and copied in one
+go (see :mod:`trainer_hooks.capture`). The work per tensor is four full passes (sum,
+sum of squares, min/max, and on CPU a free finiteness check) plus a gather of
+``sample_size`` random elements; quantiles, the histogram and the zero and saturation
+fractions are computed from that sample on the host, off the training thread. A full
+64-bin histogram of every tensor costs far more and shows the same distribution.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+#: Elements gathered per tensor for quantiles and histogram. With 2048 draws the
+#: empirical CDF is within 0.03 of the true one with 95 % confidence (DKW bound).
+SAMPLE_SIZE = 2048
+
+#: A unit is a channel of a conv feature map (N, C, ...) or a feature of a dense output
+#: (N, F); for (N, T, F) sequences it is the last axis.
+def unit_dim(ndim: int) -> int | None:
+    if ndim < 2:
+        return None
+    return ndim - 1 if ndim == 3 else 1
+
+
+@dataclass
+class Reduced:
+    """The on-device results for one tensor, in the order the host decodes them."""
+
+    numel: int
+    moments: list[torch.Tensor]  # 0-d: sum, sum of squares, min, max [, nan count, inf count]
+    counted: bool  # whether the nan and inf counts are in ``moments`` (else both are 0)
+    sample: torch.Tensor  # 1-d, at most SAMPLE_SIZE elements, may hold non-finite values
+
+
+def sample_indices(numel: int, size: int, device: torch.device, generator: torch.Generator | None):
+    """Random positions (with replacement) drawn on the device, or None for 'all of it'."""
+    if numel <= size:
+        return None
+    return torch.randint(0, numel, (size,), device=device, generator=generator)
+
+
+def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
+                  generator: torch.Generator | None = None,
+                  indices: torch.Tensor | None = None) -> Reduced | None:
+    """Moments over the finite elements, exact NaN/Inf counts, and a uniform sample.
+
+    Returns None for empty or non-floating tensors. ``indices`` reuses positions drawn
+    by the caller (a parameter's weights before and after the step must match).
+    """
+    if not x.is_floating_point() or x.numel() == 0:
+        return None
+    flat = x.detach().reshape(-1)
+    numel = flat.numel()
+    acc = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else None
+    total = flat.sum(dtype=acc)
+    squares = torch.dot(flat, flat) if acc is None else torch.dot(flat.float(), flat.float())
+    counted = False
+    if flat.device.type != "cpu" or not math.isfinite(float(total) + float(squares)):
+        # On an accelerator we never branch on a value (that would sync), so we always
+        # count; on CPU reading the sum costs nothing, and the masked passes run only
+        # when the sum says a NaN or Inf is there.
+        moments = _masked_moments(flat)
+        counted = True
+    else:
+        low, high = torch.aminmax(flat)
+        moments = [total, squares, low, high]
+    if indices is None:
+        indices = sample_indices(numel, sample_size, flat.device, generator)
+    sample = flat if indices is None else flat[indices]
+    return Reduced(numel=numel, moments=moments, counted=counted, sample=sample)
+
+
+def _masked_moments(flat: torch.Tensor) -> list[torch.Tensor]:
+    """Moments over finite elements with branch-free masks, plus the NaN and Inf counts."""
+    finite = torch.isfinite(flat)
+    zeroed = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).float()
+    inf = torch.tensor(math.inf, dtype=flat.dtype, device=flat.device)
+    return [
+        zeroed.sum(),
+        torch.dot(zeroed, zeroed),
+        torch.where(finite, flat, inf).amin(),
+        torch.where(finite, flat, -inf).amax(),
+        torch.isnan(flat).sum(),
+        torch.isinf(flat).sum(),
+    ]
+
+
+def active_units(x: torch.Tensor) -> torch.Tensor | None:
+    """Per unit: was it positive anywhere in this batch? (bool, on the device)."""
+    dim = unit_dim(x.dim())
+    if dim is None or not x.is_floating_point() or x.numel() == 0:
+        return None
+    others = tuple(d for d in range(x.dim()) if d != dim)
+    return x.detach().amax(dim=others) > 0
+
+
+class UnitWindow:
+    """Which units were active in any of the last ``window`` sampled batches.
+
+    A ReLU unit that never fires on any input of several batches receives no gradient
+    and will not recover: that is a dead unit. One batch is not enough evidence (a rare
+    feature may simply be absent), hence the window. Kept on the device as a ring of
+    boolean rows; the dead count is a 0-d tensor packed with the other statistics.
+    """
+
+    def __init__(self, units: int, window: int, device: torch.device):
+        self.ring = torch.zeros((window, units), dtype=torch.bool, device=device)
+        self.position = 0
+        self.filled = 0
+
+    @property
+    def window(self) -> int:
+        return self.ring.shape[0]
+
+    def add(self, active: torch.Tensor) -> torch.Tensor:
+        self.ring[self.position % self.window] = active
+        self.position += 1
+        self.filled = min(self.filled + 1, self.window)
+        return (~self.ring[: self.filled].any(dim=0)).sum()
+
+
+def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:
+    """Per-channel sum and sum of squares of a model input (N, C, ...), in float64.
+
+    Float64 because raw inputs (pixels in 0..255) have a mean far above their spread,
+    where sum-of-squares arithmetic in float32 would cancel.
+    """
+    if x.dim() < 2 or x.shape[1] > max_channels:
+        return []
+    dims = tuple(d for d in range(x.dim()) if d != 1)
+    xd = x.detach()
+    return [xd.sum(dim=dims, dtype=torch.float64), (xd.double() ** 2).sum(dim=dims)]

@@ -1,0 +1,187 @@
+"""The writer thread: the only place where device values reach the host and records
+become events.
+
+The training thread hands over records with :meth:`Writer.put`, which never blocks:
+when the bounded queue is full the record is dropped and counted (TensorBoard's
+blocking put stalls training instead). The thread copies tensors to the host (the
+one copy per sampled step, and one per batch of logged losses), decodes statistics,
+stamps events with the run's sequence numbers and appends them to the sink in batches.
+A failing sink is retried with back-off; it never raises into training.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from monitor.events import Event, Kind, Scalars
+from trainer_hooks.capture import Item, decode
+
+log = logging.getLogger("babysit")
+
+#: Records the queue may hold before new ones are dropped (each is small: a few
+#: numbers, or one packed tensor of a sampled step).
+QUEUE_LIMIT = 100_000
+#: Most records turned into events and committed in one batch.
+BATCH_LIMIT = 2_000
+#: How long the thread waits for more records before committing what it has.
+FLUSH_SECONDS = 0.25
+#: Back-off for a failing sink: first wait, and the most it waits between tries.
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+
+
+class Sink(Protocol):
+    def append(self, events: Sequence[Event]) -> int: ...
+
+
+@dataclass(frozen=True)
+class ScalarRecord:
+    step: int
+    wall: float
+    values: dict[str, Any]  # floats, or 0-d tensors still on their device
+
+
+@dataclass(frozen=True)
+class CaptureRecord:
+    step: int
+    wall: float
+    packed: torch.Tensor
+    items: list[Item]
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    step: int
+    wall: float
+    kind: Kind
+    data: Any
+
+
+_STOP = object()
+
+
+class Writer:
+    def __init__(self, run: str, sink: Sink, *, first_seq: int = 0,
+                 on_events: Callable[[list[Event]], None] | None = None):
+        self.run = run
+        self.sink = sink
+        self.seq = first_seq
+        self.dropped = 0
+        self.failed = 0  # records that could not be decoded (a bug, logged)
+        self.on_events = on_events
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"babysit-writer-{run}", daemon=True)
+        self._thread.start()
+
+    def put(self, record) -> bool:
+        try:
+            self._queue.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything put so far is committed (or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 60.0) -> None:
+        self._queue.put(_STOP)  # blocking on purpose: close must not lose the sentinel
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("babysit: the writer did not finish within %.0f s; some events may be missing", timeout)
+
+    # ------------------------------------------------------------------ thread side
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            records = []
+            try:
+                records.append(self._queue.get(timeout=FLUSH_SECONDS))
+                while len(records) < BATCH_LIMIT:
+                    records.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            if _STOP in records:
+                stopping = True
+                records = [r for r in records if r is not _STOP]
+            if records:
+                self._commit(self._to_events(records))
+            for _ in range(len(records) + (1 if stopping else 0)):
+                self._queue.task_done()
+
+    def _to_events(self, records: list) -> list[Event]:
+        scalar_values = _resolve_scalars([r for r in records if isinstance(r, ScalarRecord)])
+        events = []
+        for record in records:
+            try:
+                for kind, data in self._payloads(record, scalar_values):
+                    events.append(Event(self.run, self.seq, record.step, record.wall, kind, data))
+                    self.seq += 1
+            except Exception:  # a bug or a hostile name must not stop the other records
+                self.failed += 1
+                log.exception("babysit: could not record a %s at step %s", type(record).__name__, record.step)
+        return events
+
+    def _payloads(self, record, scalar_values):
+        if isinstance(record, ScalarRecord):
+            yield Kind.SCALARS, Scalars(scalar_values[id(record)])
+        elif isinstance(record, CaptureRecord):
+            decoded = decode(record.packed.cpu().numpy(), record.items)
+            if decoded.input_stats is not None:
+                yield Kind.INPUT_STATS, decoded.input_stats
+            if decoded.layer_stats is not None:
+                yield Kind.LAYER_STATS, decoded.layer_stats
+            if decoded.filters is not None:
+                yield Kind.FILTERS, decoded.filters
+        else:
+            yield record.kind, record.data
+
+    def _commit(self, events: list[Event]) -> None:
+        wait = RETRY_FIRST
+        while True:
+            try:
+                self.sink.append(events)
+                break
+            except Exception as exc:  # disk full, locked database, ...: keep the batch
+                log.warning("babysit: could not store %d events (%s); retrying in %.1f s", len(events), exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, RETRY_MAX)
+        if self.on_events is not None:
+            try:
+                self.on_events(events)
+            except Exception:
+                log.exception("babysit: an event listener failed")
+
+
+def _resolve_scalars(records: list[ScalarRecord]) -> dict[int, dict[str, float]]:
+    """Bring every tensor value of a batch to the host with one copy per device."""
+    by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = {}
+    out: dict[int, dict[str, float]] = {}
+    for record in records:
+        out[id(record)] = {}
+        for name, value in record.values.items():
+            if isinstance(value, torch.Tensor):
+                by_device.setdefault(value.device, []).append((id(record), name, value))
+            else:
+                out[id(record)][name] = value
+    for device, entries in by_device.items():
+        numbers = torch.stack([v.reshape(()).double() if v.device.type != "mps" else v.reshape(()).float()
+                               for _, _, v in entries]).cpu().tolist()
+        for (key, name, _), number in zip(entries, numbers):
+            out[key][name] = number
+    for record in records:  # keep the user's order of names
+        out[id(record)] = {name: out[id(record)][name] for name in record.values}
+    return out

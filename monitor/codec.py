@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import math
-from typing import Any
+import re
+from enum import Enum
+from typing import Any, Mapping
 
 from monitor.events import Event
 from monitor.validation import SchemaError
@@ -18,51 +20,59 @@ from monitor.validation import SchemaError
 _FLOAT_TAG = "$float"
 _BYTES_TAG = "$bytes"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON data with non-finite floats and bytes tagged."""
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return {_FLOAT_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return {_BYTES_TAG: base64.b64encode(value).decode("ascii")}
-    return value
-
-
-def from_jsonable(value: Any) -> Any:
-    """Undo :func:`to_jsonable`; a malformed tag raises :class:`SchemaError`."""
-    if isinstance(value, dict):
-        if len(value) == 1 and _FLOAT_TAG in value:
-            tag = value[_FLOAT_TAG]
-            if tag not in _NON_FINITE:
-                raise SchemaError(f"{_FLOAT_TAG}: expected one of nan, inf, -inf, got {tag!r}")
-            return _NON_FINITE[tag]
-        if len(value) == 1 and _BYTES_TAG in value:
-            try:
-                return base64.b64decode(value[_BYTES_TAG], validate=True)
-            except (ValueError, TypeError):
-                raise SchemaError(f"{_BYTES_TAG}: expected base64 text") from None
-        return {k: from_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_jsonable(v) for v in value]
-    return value
+_TOKENS = {"NaN": '{"%s":"nan"}' % _FLOAT_TAG, "Infinity": '{"%s":"inf"}' % _FLOAT_TAG,
+           "-Infinity": '{"%s":"-inf"}' % _FLOAT_TAG}
+# A JSON string (left as it is) or one of the bare tokens json.dumps writes for NaN/Inf.
+_STRING_OR_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN')
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":"))
+    """JSON text with non-finite floats and bytes tagged.
+
+    The C encoder writes NaN/Infinity as bare tokens; one regular-expression pass then
+    swaps them for tags, skipping quoted strings (a layer may well be named "NaN").
+    This keeps encoding at C speed, which matters on the writer thread.
+    """
+    text = json.dumps(value, allow_nan=True, default=_default, separators=(",", ":"))
+    if "NaN" not in text and "Infinity" not in text:
+        return text
+    return _STRING_OR_TOKEN.sub(lambda m: _TOKENS.get(m.group(0), m.group(0)), text)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {_BYTES_TAG: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode a {type(value).__name__} as JSON")
 
 
 def loads(text: str | bytes) -> Any:
+    """Parse JSON written by :func:`dumps`; malformed input raises :class:`SchemaError`."""
     try:
-        return from_jsonable(json.loads(text, parse_constant=_reject_constant))
+        return json.loads(text, object_hook=_untag, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise SchemaError("JSON nested too deeply") from None
+
+
+def _untag(obj: dict) -> Any:
+    if len(obj) != 1:
+        return obj
+    if _FLOAT_TAG in obj:
+        tag = obj[_FLOAT_TAG]
+        if tag not in _NON_FINITE:
+            raise SchemaError(f"{_FLOAT_TAG}: expected one of nan, inf, -inf, got {tag!r}")
+        return _NON_FINITE[tag]
+    if _BYTES_TAG in obj:
+        try:
+            return base64.b64decode(obj[_BYTES_TAG], validate=True)
+        except (ValueError, TypeError):
+            raise SchemaError(f"{_BYTES_TAG}: expected base64 text") from None
+    return obj
 
 
 def _reject_constant(token: str) -> Any:

@@ -105,7 +105,9 @@ class TensorSummary(Payload):
         set_field(self, "quantiles", floats("quantiles", self.quantiles))
         if len(self.quantiles) not in (0, len(QUANTILE_LEVELS)):
             raise fail("quantiles", f"{len(QUANTILE_LEVELS)} values (or none)", self.quantiles)
-        set_field(self, "hist", tuple(as_int("hist", v) for v in as_list("hist", self.hist)))
+        set_field(self, "hist", tuple(as_list("hist", self.hist)))
+        if not all(type(v) is int and v >= 0 for v in self.hist):  # the common case, checked fast
+            set_field(self, "hist", tuple(as_int("hist", v) for v in self.hist))
         for name in ("sat_frac", "weight_norm", "update_ratio"):
             if getattr(self, name) is not None:
                 set_field(self, name, as_float(name, getattr(self, name)))

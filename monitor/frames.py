@@ -91,7 +91,7 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
         layer_stats=_frame("layer_stats", (_summary_row(e, s) for e in by_kind[Kind.LAYER_STATS]
                                            for s in e.data.summaries)),
         flags=_frame("flags", (_stamp(e, **_plain(e.data.to_dict())) for e in by_kind[Kind.FLAG])),
-        input_stats=_frame("input_stats", (_stamp(e, **e.data.to_dict()) for e in by_kind[Kind.INPUT_STATS])),
+        input_stats=_frame("input_stats", (_stamp(e, **_plain(e.data.to_dict())) for e in by_kind[Kind.INPUT_STATS])),
         filters=_frame("filters", (_stamp(e, layer=e.data.layer, image=_image(e.data))
                                    for e in by_kind[Kind.FILTERS])),
         status=_frame("status", (_stamp(e, **e.data.to_dict()) for e in by_kind[Kind.STATUS])),
@@ -106,7 +106,7 @@ def _unknown_run(run: str, path: Path, known: list[str]) -> str:
 
 def _plain(value: Any) -> Any:
     """Tuples inside config and evidence as lists: the JSON shapes the exports read back."""
-    return codec.from_jsonable(codec.to_jsonable(value))
+    return codec.loads(codec.dumps(value))
 
 
 def _stamp(event: Event, **fields: Any) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def _stamp(event: Event, **fields: Any) -> dict[str, Any]:
 
 
 def _summary_row(event: Event, summary) -> dict[str, Any]:
-    row = _stamp(event, **summary.to_dict())
+    row = _stamp(event, **_plain(summary.to_dict()))
     quantiles = row.pop("quantiles") or [np.nan] * len(QUANTILE_COLUMNS)  # none sampled: NaN bands
     row.update(zip(QUANTILE_COLUMNS, quantiles))
     return row

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from enum import Enum
 from typing import Any, Mapping
 
@@ -94,6 +94,10 @@ class Payload:
         unknown = set(raw) - names
         if unknown:
             raise SchemaError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected {sorted(names)}")
+        missing = sorted(f.name for f in fields(cls) if f.name not in raw
+                         and f.default is MISSING and f.default_factory is MISSING)
+        if missing:
+            raise SchemaError(f"{cls.__name__}: missing field(s) {missing}")
         return cls(**decode_nested(cls, raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,9 +108,7 @@ class Payload:
                 value = value.value
             elif isinstance(value, tuple) and value and isinstance(value[0], Payload):
                 value = [v.to_dict() for v in value]
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
+            out[f.name] = value  # tuples and mappings: the codec writes them as JSON lists and objects
         return out
 
 

@@ -152,8 +152,10 @@ class Monitor:
             state = RunState.STOPPED if self._stop is not None else RunState.FINISHED
         state = RunState(state)
         reason = reason or (self._stop.reason if self._stop is not None else "")
-        self._emit(Kind.STATUS, Status(state, reason, self._stop.by if self._stop is not None else ""))
-        self._emit(Kind.RUN_END, RunEnd(state, self._step, time.time() - self._started, self._writer.dropped))
+        by = self._stop.by if self._stop is not None else ""
+        self._emit(Kind.STATUS, Status(state, reason, by), wait=True)
+        self._emit(Kind.RUN_END, RunEnd(state, self._step, time.time() - self._started, self._writer.dropped),
+                   wait=True)
         self._writer.close()
         self.store.close()
 
@@ -203,11 +205,11 @@ class Monitor:
             self._put(CaptureRecord(capture.step, time.time(), packed, capture.items))
         return True
 
-    def _emit(self, kind: Kind, data) -> None:
-        self._put(EventRecord(self._step, time.time(), kind, data))
+    def _emit(self, kind: Kind, data, wait: bool = False) -> None:
+        self._put(EventRecord(self._step, time.time(), kind, data), wait)
 
-    def _put(self, record) -> None:
-        if not self._writer.put(record):
+    def _put(self, record, wait: bool = False) -> None:
+        if not self._writer.put(record, wait):
             self._warn("queue", "babysit: the event queue is full; dropping records (counted in run_end)")
 
     def _warn(self, key: str, message: str) -> None:

@@ -8,7 +8,9 @@ is ever set on a user's module. On a step that is not sampled every hook returns
 one attribute test. Gradients with respect to layer outputs come from tensor hooks
 placed on the outputs of the sampled forward pass only, so no backward hook exists on
 other steps, and in-place activations that follow a layer are handled by autograd
-(the hook sees the gradient of the value the layer produced).
+(the hook sees the gradient of the value the layer produced). Output gradients are
+taken at parametrised layers only: an activation's output gradient is the next layer's
+input gradient, and the flow is read at the layers that learn.
 """
 from __future__ import annotations
 
@@ -140,7 +142,7 @@ class Probe:
         count = self.calls[info.name] = self.calls.get(info.name, 0) + 1
         label = info.name if count == 1 else f"{info.name}#{count}"  # a module reused in one forward
         self._record(self.capture, label, info.module, Signal.ACTIVATION, x, units=info.activation)
-        if x.requires_grad:
+        if x.requires_grad and not info.activation:
             capture = self.capture
             x.register_hook(lambda grad: self._record(capture, label, info.module, Signal.OUTPUT_GRAD, grad))
 

@@ -7,6 +7,8 @@ loss, the initial distributions and the initial filters are on record.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 
 #: Share of training time the automatic schedule may spend on statistics. The
 #: benchmark holds the total (this plus the hooks' idle cost) under 2 % of a step.
@@ -16,8 +18,9 @@ INITIAL_EVERY = 10
 #: Never sample less often than this, however cheap the steps: a run that goes wrong
 #: in a thousand steps should still be seen going wrong.
 MAX_EVERY = 1000
-#: Smoothing of the step-time estimates (exponential moving average weight).
-EMA_WEIGHT = 0.2
+#: Recent plain and sampled steps whose median times set the interval. Medians, not
+#: means: a validation pass or a checkpoint between two steps must not count as cost.
+PLAIN_WINDOW, SAMPLED_WINDOW = 31, 5
 
 
 class FixedInterval:
@@ -42,7 +45,7 @@ class AutoInterval:
     """Sample as often as the budget allows, measured on this very run.
 
     The cost of a sample is the extra time a sampled step takes over a plain one
-    (both smoothed); the interval is the smallest that keeps that cost under
+    (medians of recent steps); the interval is the smallest that keeps that cost under
     ``budget`` of the plain step time: ``every = ceil(cost / (budget * plain))``.
     The first sampled step after step 0 sets the estimate; step 0 is warm-up and is
     not timed.
@@ -55,8 +58,8 @@ class AutoInterval:
         self.max_every = max_every
         self.every = INITIAL_EVERY
         self.next_due = 0
-        self.plain: float | None = None
-        self.extra: float | None = None
+        self.plain_times: deque[float] = deque(maxlen=PLAIN_WINDOW)
+        self.extra_times: deque[float] = deque(maxlen=SAMPLED_WINDOW)
 
     def due(self, step: int) -> bool:
         return step >= self.next_due
@@ -67,23 +70,20 @@ class AutoInterval:
             self.next_due = self.every
             return
         if not sampled:
-            self.plain = seconds if self.plain is None else _ema(self.plain, seconds)
+            self.plain_times.append(seconds)
             return
-        if self.plain is None:
+        if not self.plain_times:
             self.next_due = step + self.every
             return
-        extra = max(seconds - self.plain, 0.0)
-        self.extra = extra if self.extra is None else _ema(self.extra, extra)
-        wanted = math.ceil(self.extra / (self.budget * self.plain)) if self.plain > 0 else self.max_every
+        plain = statistics.median(self.plain_times)
+        self.extra_times.append(max(seconds - plain, 0.0))
+        extra = statistics.median(self.extra_times)
+        wanted = math.ceil(extra / (self.budget * plain)) if plain > 0 else self.max_every
         self.every = min(max(wanted, 1), self.max_every)
         self.next_due = step + self.every
 
     def describe(self) -> dict:
         return {"mode": "auto", "budget": self.budget, "every": self.every}
-
-
-def _ema(old: float, new: float) -> float:
-    return (1 - EMA_WEIGHT) * old + EMA_WEIGHT * new
 
 
 def make_schedule(every: int | None, budget: float = OVERHEAD_BUDGET):

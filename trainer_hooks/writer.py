@@ -1,9 +1,11 @@
 """The writer thread: the only place where device values reach the host and records
 become events.
 
-The training thread hands over records with :meth:`Writer.put`, which never blocks:
-when the bounded queue is full the record is dropped and counted (TensorBoard's
-blocking put stalls training instead). The thread copies tensors to the host (the
+The training thread hands over records with :meth:`Writer.put`, which never blocks
+and never wakes the thread: a deque append, while the thread wakes on its own every
+``FLUSH_SECONDS`` and commits what has accumulated in one transaction. When the
+bounded buffer is full the record is dropped and counted (TensorBoard's blocking put
+stalls training instead). The thread copies tensors to the host (the
 one copy per sampled step, and one per batch of logged losses), decodes statistics,
 stamps events with the run's sequence numbers and appends them to the sink in batches.
 A failing sink is retried with back-off; it never raises into training.
@@ -11,9 +13,9 @@ A failing sink is retried with back-off; it never raises into training.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -62,9 +64,6 @@ class EventRecord:
     data: Any
 
 
-_STOP = object()
-
-
 class Writer:
     def __init__(self, run: str, sink: Sink, *, first_seq: int = 0,
                  on_events: Callable[[list[Event]], None] | None = None):
@@ -74,30 +73,40 @@ class Writer:
         self.dropped = 0
         self.failed = 0  # records that could not be decoded (a bug, logged)
         self.on_events = on_events
-        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
-        self._idle = threading.Event()
+        self._records: deque = deque()
+        self._limit = QUEUE_LIMIT
+        self._accepted = 0  # records put; compared with _done by flush()
+        self._done = 0
+        self._stopping = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"babysit-writer-{run}", daemon=True)
         self._thread.start()
 
-    def put(self, record) -> bool:
-        try:
-            self._queue.put_nowait(record)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+    def put(self, record, wait: bool = False) -> bool:
+        """Hand a record over; when the buffer is full, drop and count it, unless ``wait``
+        (used by close, whose lifecycle records must land and which may take its time)."""
+        while len(self._records) >= self._limit:
+            if not wait or not self._thread.is_alive():
+                self.dropped += 1
+                return False
+            self._wake.set()
+            time.sleep(0.01)
+        self._accepted += 1
+        self._records.append(record)  # atomic under the GIL; no lock, no wake-up
+        return True
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything put so far is committed (or ``timeout`` passes)."""
+        target = self._accepted
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
-                return True
-            time.sleep(0.01)
-        return False
+        while self._done < target and time.monotonic() < deadline and self._thread.is_alive():
+            self._wake.set()
+            time.sleep(0.005)
+        return self._done >= target
 
     def close(self, timeout: float = 60.0) -> None:
-        self._queue.put(_STOP)  # blocking on purpose: close must not lose the sentinel
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("babysit: the writer did not finish within %.0f s; some events may be missing", timeout)
@@ -105,22 +114,16 @@ class Writer:
     # ------------------------------------------------------------------ thread side
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            records = []
-            try:
-                records.append(self._queue.get(timeout=FLUSH_SECONDS))
-                while len(records) < BATCH_LIMIT:
-                    records.append(self._queue.get_nowait())
-            except queue.Empty:
-                pass
-            if _STOP in records:
-                stopping = True
-                records = [r for r in records if r is not _STOP]
-            if records:
+        while True:
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            stopping = self._stopping  # read before draining: nothing put before close is missed
+            while self._records:
+                records = [self._records.popleft() for _ in range(min(len(self._records), BATCH_LIMIT))]
                 self._commit(self._to_events(records))
-            for _ in range(len(records) + (1 if stopping else 0)):
-                self._queue.task_done()
+                self._done += len(records)
+            if stopping:
+                return
 
     def _to_events(self, records: list) -> list[Event]:
         scalar_values = _resolve_scalars([r for r in records if isinstance(r, ScalarRecord)])

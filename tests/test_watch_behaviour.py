@@ -1,0 +1,242 @@
+"""watch() end to end on tiny real trainings: what is recorded, and what is left alone."""
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+import monitor
+from monitor.events import RunState
+from trainer_hooks import BabysitWarning, watch
+from trainer_hooks import writer as writer_module
+
+
+def tiny_cnn(bias: float | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.3), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    if bias is not None:
+        nn.init.constant_(model[0].bias, bias)
+    return model
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 5, (6,), generator=g)
+
+
+def train_step(model, opt, x, y, mon=None):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if mon is not None:
+        mon.log(loss=loss)
+    return loss
+
+
+def aten_ops(fn) -> dict[str, int]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+
+
+def test_a_step_that_is_not_sampled_runs_exactly_the_ops_of_a_bare_step(tmp_path):
+    bare, watched = tiny_cnn(), tiny_cnn()
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=0.1)
+    opt = torch.optim.SGD(watched.parameters(), lr=0.1)
+    x, y = batch()
+    with watch(watched, opt, every=1000, logdir=tmp_path) as mon:
+        train_step(watched, opt, x, y)  # step 0 is sampled
+        train_step(bare, bare_opt, x, y)
+        watched_ops = aten_ops(lambda: train_step(watched, opt, x, y))
+        bare_ops = aten_ops(lambda: train_step(bare, bare_opt, x, y))
+        assert mon.step == 2
+    assert watched_ops == bare_ops
+    assert "aten::_local_scalar_dense" not in watched_ops  # no value read back to the host
+
+
+def test_close_removes_every_hook(tmp_path):
+    before = (len(module_hooks._global_forward_hooks), len(module_hooks._global_forward_pre_hooks))
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = watch(model, opt, every=1, logdir=tmp_path)
+    mon.close()
+    assert (len(module_hooks._global_forward_hooks), len(module_hooks._global_forward_pre_hooks)) == before
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_outputs_and_gradients_are_bit_identical_with_and_without_watch_and_after_close(tmp_path):
+    bare, watched = tiny_cnn(), tiny_cnn()
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(watched.parameters(), lr=0.1, momentum=0.9)
+    mon = watch(watched, opt, every=1, logdir=tmp_path)  # every step sampled: the most intrusive
+    for step in range(6):
+        if step == 4:
+            mon.close()
+        x, y = batch(step)
+        torch.manual_seed(100 + step)  # the same dropout masks for both
+        bare_loss = train_step(bare, bare_opt, x, y)
+        torch.manual_seed(100 + step)
+        loss = train_step(watched, opt, x, y, None if step >= 4 else mon)
+        assert torch.equal(loss, bare_loss)
+        for p, q in zip(watched.parameters(), bare.parameters()):
+            assert torch.equal(p.grad, q.grad) and torch.equal(p, q)
+
+
+def test_every_step_loss_is_recorded_while_statistics_follow_the_interval(tmp_path):
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch(model, opt, every=3, logdir=tmp_path) as mon:
+        for step in range(7):
+            train_step(model, opt, *batch(step), mon)
+        with torch.no_grad():
+            mon.log(val_loss=nn.functional.cross_entropy(model(batch(9)[0]), batch(9)[1]), epoch=0)
+    frames = monitor.load_run(mon.run_id, tmp_path)
+    assert frames.series("loss").index.tolist() == list(range(7))
+    assert frames.series("val_loss").index.tolist() == [6]
+    assert sorted(frames.layer_stats.step.unique()) == [0, 3, 6]
+    layers = set(frames.layer_stats[frames.layer_stats.signal == "activation"].layer)
+    assert layers == {"0", "1", "5"}  # conv, relu, linear; dropout/pool/flatten are not watched
+    grads = set(frames.layer_stats[frames.layer_stats.signal == "output_grad"].layer)
+    assert grads == {"0", "5"}  # parametrised layers
+    params = set(frames.layer_stats[frames.layer_stats.signal == "param_grad"].layer)
+    assert params == {"0.weight", "0.bias", "5.weight", "5.bias"}
+    assert len(frames.input_stats) == 3
+    assert frames.input_stats.channel_mean.iloc[0] == pytest.approx(batch(0)[0].mean(dim=(0, 2, 3)).tolist())
+
+
+def test_without_an_optimizer_the_step_advances_on_each_training_log(tmp_path):
+    model = tiny_cnn()
+    with watch(model, every=2, logdir=tmp_path) as mon:
+        for step in range(4):
+            x, y = batch(step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            mon.log(loss=loss)
+            mon.log(val_acc=0.5, epoch=1)  # validation and position do not advance it
+        assert mon.step == 4
+    frames = monitor.load_run(mon.run_id, tmp_path)
+    assert sorted(frames.layer_stats.step.unique()) == [0, 2]
+    assert frames.series("loss").index.tolist() == [0, 1, 2, 3]
+
+
+def test_a_nan_loss_and_nan_activations_are_recorded_and_training_goes_on(tmp_path):
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = batch()
+    x[0, 0, 0, 0] = float("nan")
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        train_step(model, opt, x, y, mon)
+        train_step(model, opt, x, y, mon)
+    frames = monitor.load_run(mon.run_id, tmp_path)
+    assert frames.series("loss").isna().all()
+    conv = frames.layer_stats[(frames.layer_stats.layer == "0") & (frames.layer_stats.signal == "activation")]
+    assert conv.nan.iloc[0] > 0
+    assert frames.input_stats.nan.iloc[0] == 1
+
+
+def test_dead_relus_are_counted_per_channel(tmp_path):
+    model = tiny_cnn(bias=-50.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        for step in range(3):
+            train_step(model, opt, *batch(step), mon)
+    stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
+    relu = stats[(stats.layer == "1") & (stats.signal == "activation")]
+    assert relu.units.tolist() == [4, 4, 4] and relu.dead_units.tolist() == [4, 4, 4]
+    assert relu.window.tolist() == [1, 2, 3]
+    assert relu.zero_frac.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_first_layer_filters_are_stored_as_an_image_grid(tmp_path):
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt, every=1, filters_every=2, logdir=tmp_path) as mon:
+        for step in range(3):
+            train_step(model, opt, *batch(step), mon)
+    filters = monitor.load_run(mon.run_id, tmp_path).filters
+    assert filters.step.tolist() == [0, 2] and set(filters.layer) == {"0"}
+    image = filters.image.iloc[0]
+    assert image.shape == (2 * 4 + 1, 2 * 4 + 1, 3)  # 4 RGB filters of 3x3 in a 2x2 grid
+    assert image.max() == 255 and image[0].max() == 0  # each filter spans 0..255; gutters black
+
+
+def test_a_dense_first_layer_reading_images_shows_its_rows_as_images(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1 * 8 * 8, 9), nn.ReLU(), nn.Linear(9, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        train_step(model, opt, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), mon)
+    image = monitor.load_run(mon.run_id, tmp_path).filters.image.iloc[0]
+    assert image.shape == (3 * 9 + 1, 3 * 9 + 1, 1)
+
+
+def test_bad_scalars_are_skipped_with_a_warning_and_training_goes_on(tmp_path):
+    model = tiny_cnn()
+    with watch(model, every=1, logdir=tmp_path) as mon:
+        with pytest.warns(BabysitWarning, match="not recording scalar 'bad name'"):
+            mon.log(**{"bad name": 1.0, "loss": 2.0})
+        with pytest.warns(BabysitWarning, match="expected one number"):
+            mon.log(acc=torch.ones(3))
+        with pytest.warns(BabysitWarning, match="got str"):
+            mon.log(lr="fast")
+    assert monitor.load_run(mon.run_id, tmp_path).scalars.name.tolist() == ["loss"]
+
+
+def test_a_hostile_run_name_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="run name '../../etc/passwd' is not usable"):
+        watch(tiny_cnn(), run="../../etc/passwd", logdir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_stop_sets_should_stop_and_the_run_ends_stopped_with_its_reason(tmp_path):
+    model = tiny_cnn()
+    with watch(model, logdir=tmp_path) as mon:
+        assert not mon.should_stop
+        mon.stop("enough", by="test")
+        assert mon.should_stop
+    status = monitor.load_run(mon.run_id, tmp_path).status
+    assert status.state.tolist() == ["running", "stopping", "stopped"]
+    assert status.reason.iloc[-1] == "enough" and status.by.iloc[-1] == "test"
+
+
+def test_an_exception_in_the_training_loop_marks_the_run_crashed(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with watch(tiny_cnn(), logdir=tmp_path) as mon:
+            1 / 0
+    status = monitor.load_run(mon.run_id, tmp_path).status
+    assert status.state.iloc[-1] == "crashed" and "ZeroDivisionError" in status.reason.iloc[-1]
+
+
+def test_records_beyond_a_full_queue_are_dropped_counted_and_never_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "QUEUE_LIMIT", 1)
+    monkeypatch.setattr(writer_module, "FLUSH_SECONDS", 5.0)
+    model = tiny_cnn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BabysitWarning)
+        mon = watch(model, logdir=tmp_path)
+        for value in range(200):
+            mon.log(val_loss=float(value))
+    dropped = mon._writer.dropped
+    mon.close()
+    assert dropped > 0
+    events = monitor.load_run(mon.run_id, tmp_path)
+    assert events.info["status"] == RunState.FINISHED.value
+    from monitor.store import RunStore
+    with RunStore(tmp_path) as store:
+        end = store.events(mon.run_id, kinds=["run_end"])[0]
+    assert end.data.dropped == dropped
+    assert not math.isnan(end.data.duration)
+
+
+def test_a_deep_copy_of_a_watched_model_is_not_watched(tmp_path):
+    model = tiny_cnn()
+    with watch(model, every=1, logdir=tmp_path) as mon:
+        clone = copy.deepcopy(model)
+        with watch(clone, every=1, logdir=tmp_path) as other:
+            assert other.run_id != mon.run_id

@@ -1,0 +1,65 @@
+"""Sampling schedules, driven by scripted step times (no training)."""
+import pytest
+
+from trainer_hooks.schedule import INITIAL_EVERY, MAX_EVERY, AutoInterval, FixedInterval
+
+
+def drive(schedule, plain: float, extra: float, steps: int) -> list[int]:
+    sampled = []
+    for step in range(steps):
+        due = schedule.due(step)
+        if due:
+            sampled.append(step)
+        schedule.observe(step, plain + (extra if due else 0.0), due)
+    return sampled
+
+
+def test_a_fixed_interval_samples_step_zero_and_every_nth_step():
+    assert drive(FixedInterval(4), 0.01, 0.0, 10) == [0, 4, 8]
+
+
+@pytest.mark.parametrize("every", [0, -3, 1.5, True, "2"])
+def test_a_fixed_interval_must_be_a_whole_number_of_steps(every):
+    with pytest.raises(ValueError, match="every: expected a whole number"):
+        FixedInterval(every)
+
+
+def test_the_automatic_interval_keeps_the_sampling_cost_near_its_budget():
+    schedule = AutoInterval(budget=0.01)
+    sampled = drive(schedule, plain=0.010, extra=0.005, steps=2000)  # a sample costs half a step
+    assert sampled[:2] == [0, INITIAL_EVERY]
+    assert schedule.every == 50  # 0.005 / (0.01 * 0.010)
+    cost = len(sampled) * 0.005 / (2000 * 0.010)
+    assert cost < 0.015
+
+
+def test_the_automatic_interval_samples_every_step_when_sampling_is_cheap():
+    schedule = AutoInterval(budget=0.01)
+    drive(schedule, plain=1.0, extra=0.001, steps=100)
+    assert schedule.every == 1
+
+
+def test_the_automatic_interval_is_capped_so_a_run_is_never_unwatched_for_long():
+    schedule = AutoInterval(budget=0.01)
+    drive(schedule, plain=0.001, extra=1.0, steps=3000)
+    assert schedule.every == MAX_EVERY
+
+
+def test_one_slow_plain_step_such_as_a_validation_pass_does_not_move_the_interval():
+    schedule = AutoInterval(budget=0.01)
+    drive(schedule, plain=0.010, extra=0.005, steps=200)
+    before = schedule.every
+    schedule.observe(200, 5.0, False)  # validation ran between two steps
+    assert drive_from(schedule, 201, 0.010, 0.005, 200) and schedule.every == before
+
+
+def drive_from(schedule, start, plain, extra, steps):
+    for step in range(start, start + steps):
+        due = schedule.due(step)
+        schedule.observe(step, plain + (extra if due else 0.0), due)
+    return True
+
+
+def test_an_overhead_budget_outside_zero_and_one_is_rejected():
+    with pytest.raises(ValueError, match="overhead budget"):
+        AutoInterval(budget=2.0)

@@ -53,9 +53,11 @@ class StepCapture:
             return True
 
     def add_reduced(self, kind: str, meta: dict[str, Any], reduced: Reduced,
-                    extra: list[torch.Tensor] = ()) -> bool:
-        meta = {**meta, "numel": reduced.numel, "counted": reduced.counted}
-        return self.add(kind, meta, reduced.moments + list(extra), [reduced.sample])
+                    scalars: list[torch.Tensor] = (), vectors: list[torch.Tensor] = ()) -> bool:
+        """A reduced tensor (its moments, then ``scalars``; its sample, then ``vectors``)."""
+        meta = {**meta, "numel": reduced.numel, "counted": reduced.counted or reduced.whole,
+                "whole": reduced.whole}
+        return self.add(kind, meta, reduced.moments + list(scalars), [reduced.sample, *vectors])
 
     def pack(self) -> torch.Tensor | None:
         """Everything as one 1-d float64 tensor (float32 on MPS), still on the device."""
@@ -95,14 +97,15 @@ def decode(values: np.ndarray, items: list[Item]) -> Decoded:
             units = meta.get("units")
             summaries.append(host.tensor_summary(
                 layer=meta["layer"], signal=meta["signal"], module=meta["module"],
-                numel=meta["numel"], raw=scalars, counted=meta["counted"], sample=vectors[0],
-                units=units, dead=scalars[-1] if units else None, window=meta.get("window")))
+                numel=meta["numel"], raw=_raw(meta, scalars, vectors[0]), counted=meta["counted"],
+                sample=vectors[0], units=units, dead=scalars[-1] if units else None, window=meta.get("window")))
         elif item.kind == "param_pre":
             pending_params.append((meta, scalars, vectors))
         elif item.kind == "param_post":
             params_after[meta["layer"]] = (vectors[0], float(scalars[0]))
         elif item.kind == "input":
-            inputs = host.input_stats(meta["shape"], meta["numel"], scalars, meta["counted"],
+            inputs = host.input_stats(meta["shape"], meta["numel"], _raw(meta, scalars, vectors[0]),
+                                      meta["counted"],
                                       *(vectors[1:3] if len(vectors) == 3 else (np.empty(0), np.empty(0))))
         elif item.kind == "filters":
             filters = host.filter_grid(meta["layer"], vectors[0].reshape(meta["shape"]))
@@ -110,7 +113,13 @@ def decode(values: np.ndarray, items: list[Item]) -> Decoded:
         after, weight_norm = params_after.get(meta["layer"], (None, None))
         summaries.append(host.tensor_summary(
             layer=meta["layer"], signal=Signal.PARAM_GRAD, module=meta["module"],
-            numel=meta["numel"], raw=scalars, counted=meta["counted"], sample=grad_sample,
+            numel=meta["numel"], raw=_raw(meta, scalars, grad_sample), counted=meta["counted"],
+            sample=grad_sample,
             weight_norm=weight_norm,
             update_ratio=None if after is None else host.update_ratio(before, after)))
     return Decoded(LayerStats(tuple(summaries)) if summaries else None, inputs, filters)
+
+
+def _raw(meta: dict, scalars: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """The device's moments, or for a tensor that travelled whole, the same computed here."""
+    return host.raw_moments(sample) if meta.get("whole") else scalars

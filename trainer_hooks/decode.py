@@ -24,6 +24,14 @@ SATURATING = {
 }
 
 
+def raw_moments(values: np.ndarray) -> np.ndarray:
+    """What the device computes (sum, sum of squares, min, max, NaN and Inf counts), on the host."""
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if finite.size else (math.nan, math.nan)
+    return np.array([finite.sum(), np.dot(finite, finite), low, high,
+                     np.count_nonzero(np.isnan(values)), np.count_nonzero(np.isinf(values))])
+
+
 def moments(numel: int, raw: np.ndarray, counted: bool):
     """(mean, std, min, max, norm, nan, inf) over the finite elements.
 

@@ -123,8 +123,8 @@ class Probe:
             self.input_shape = tuple(x.shape)
             reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device))
             if reduced is not None:
-                capture.add("input", {"shape": tuple(x.shape), "numel": reduced.numel, "counted": reduced.counted},
-                            reduced.moments, [reduced.sample] + channel_moments(x, MAX_INPUT_CHANNELS))
+                capture.add_reduced("input", {"shape": tuple(x.shape)}, reduced,
+                                    vectors=channel_moments(x, MAX_INPUT_CHANNELS))
 
     def _forward(self, module, args, output):
         if not self.capturing:
@@ -160,7 +160,7 @@ class Probe:
                     window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device)
                 extra.append(window.add(active))
                 meta.update(units=int(active.shape[0]), window=window.filled)
-        capture.add_reduced("tensor", meta, reduced, extra)
+        capture.add_reduced("tensor", meta, reduced, scalars=extra)
         return None  # as a tensor hook: leave the gradient untouched
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -191,8 +191,8 @@ class Probe:
             if reduced is None:
                 continue
             self.param_indices[id(p)] = idx
-            meta = {"layer": name, "module": module, "numel": reduced.numel, "counted": reduced.counted}
-            capture.add("param_pre", meta, reduced.moments, [reduced.sample, _weights(p, idx)])
+            capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced,
+                                vectors=[_weights(p, idx)])
 
     def _step_post(self, optimizer, args, kwargs):
         capture = self.capture

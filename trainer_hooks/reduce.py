@@ -35,6 +35,7 @@ class Reduced:
     moments: list[torch.Tensor]  # 0-d: sum, sum of squares, min, max [, nan count, inf count]
     counted: bool  # whether the nan and inf counts are in ``moments`` (else both are 0)
     sample: torch.Tensor  # 1-d, at most SAMPLE_SIZE elements, may hold non-finite values
+    whole: bool = False  # the sample is the whole tensor, and the host computes everything
 
 
 def sample_indices(numel: int, size: int, device: torch.device, generator: torch.Generator | None):
@@ -56,6 +57,9 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
         return None
     flat = x.detach().reshape(-1)
     numel = flat.numel()
+    if numel <= sample_size and indices is None:
+        # Small tensors (biases, small layers) travel whole: no reduction kernels at all.
+        return Reduced(numel=numel, moments=[], counted=False, sample=flat, whole=True)
     acc = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else None
     total = flat.sum(dtype=acc)
     squares = torch.dot(flat, flat) if acc is None else torch.dot(flat.float(), flat.float())

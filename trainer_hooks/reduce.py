@@ -81,8 +81,8 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
 def _masked_moments(flat: torch.Tensor) -> list[torch.Tensor]:
     """Moments over finite elements with branch-free masks, plus the NaN and Inf counts."""
     finite = torch.isfinite(flat)
-    zeroed = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).float()
-    inf = torch.tensor(math.inf, dtype=flat.dtype, device=flat.device)
+    zeroed = torch.where(finite, flat, flat.new_zeros(())).float()
+    inf = flat.new_full((), math.inf)  # a fill kernel, not a host-to-device copy
     return [
         zeroed.sum(),
         torch.dot(zeroed, zeroed),

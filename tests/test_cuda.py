@@ -1,0 +1,45 @@
+"""On a GPU the hooks add no host synchronisation (runs only where CUDA is available)."""
+import pytest
+import torch
+from torch import nn
+
+import monitor
+from trainer_hooks import watch
+from trainer_hooks import writer as writer_module
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_sampled_and_plain_steps_on_cuda_never_synchronise_the_training_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FLUSH_SECONDS", 60.0)  # keep the writer's own copies out of the window
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(16, 3, 8, 8, device="cuda")
+    y = torch.randint(0, 10, (16,), device="cuda")
+    x[0, 0, 0, 0] = float("nan")  # the masked (non-finite) path too
+    mon = watch(model, opt, every=2, logdir=tmp_path)
+    for step in range(3):  # warm-up: lazy CUDA initialisation may synchronise
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(4):  # two sampled, two plain
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    mon.close()
+    frames = monitor.load_run(mon.run_id, tmp_path)
+    assert frames.series("loss").index.tolist() == list(range(7))
+    assert sorted(frames.layer_stats.step.unique()) == [0, 2, 4, 6]
+    conv = frames.layer_stats[(frames.layer_stats.layer == "0") & (frames.layer_stats.signal == "activation")]
+    assert (conv.nan > 0).all()

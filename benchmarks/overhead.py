@@ -1,0 +1,283 @@
+"""What does ``watch`` cost a training step? The reference workloads of issue 2, item 7.
+
+Two CPU workloads on 2 threads, SGD with momentum 0.9 and cross-entropy, batches of 64:
+``cnn`` (two conv-ReLU-pool blocks on synthetic 3x32x32 images, then a 2048-128-10 MLP head)
+and ``mlp`` (784 -> 512 five times with ReLU, -> 10). Each is timed in three configs:
+``bare`` (no babysit), ``unsampled`` (watched, but only step 0 sampled: what every step
+pays for the hooks, the loss logging and the writer), ``auto`` (``watch(every=None)``, the
+default interval) and ``every=1`` (every statistic on every step). A step is zero_grad, forward, loss, backward,
+optimizer step and, when watched, ``mon.log(loss=loss)`` with the loss as a tensor.
+
+Method. The configs train side by side in rounds; each round runs a block of
+``--steps`` steps per config, in an order that rotates from round to round, so slow drift
+of the machine (thermal, other processes) falls on all configs alike. Before the rounds,
+each config runs ``WARMUP_STEPS`` untimed steps (allocator growth, the automatic
+schedule's first estimate). After each watched block we wait for babysit's writer thread
+to commit what the block logged, outside the clock, and charge the CPU time the process
+spent meanwhile to the block: that is the writer's work, which would otherwise spill into
+the next config's block. A block's time over its steps is its step time; we report, per
+config, the median over rounds and the mean over all steps (which weighs every sampled
+step exactly as often as it happened), each with its ratio to bare.
+
+Memory. tracemalloc does not see torch's allocations and torch keeps no allocator
+statistics on the CPU, so each config also trains in fresh subprocesses that report
+their peak resident set (Linux ``VmHWM``, reset after the imports through
+``/proc/self/clear_refs``; elsewhere ``ru_maxrss`` of the whole process); the extra peak
+is the difference of the medians to bare's. All subprocesses import babysit, so the figure
+is the cost of watching, not of importing.
+
+Run: ``python benchmarks/overhead.py`` (both workloads, about four minutes on 2 cores);
+``--quick`` for a smoke run. See benchmarks/README.md for what the figures mean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer_hooks import watch
+
+THREADS = 2  # the reference machine's core count; fixed so results compare across machines
+BATCH = 64
+WARMUP_STEPS = 60  # timed apart; covers lazy initialisation and the automatic schedule's calibration
+MEMORY_STEPS = 200  # steps each memory subprocess trains: several sampled steps at the default interval
+MEMORY_REPEATS = 3  # fresh processes per config; the median, as one process's peak varies by a few MiB
+CONFIGS = ("bare", "unsampled", "auto", "every=1")
+#: ``unsampled`` samples step 0 only: the cost of the hooks, the loss logging and the writer
+#: on the steps that are not sampled, which every interval pays on every step.
+EVERY = {"bare": None, "unsampled": 10**9, "auto": None, "every=1": 1}
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def mlp() -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(784, 512), nn.ReLU()]
+    for _ in range(4):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(512, 10))
+
+
+WORKLOADS = {"cnn": (cnn, (3, 32, 32)), "mlp": (mlp, (784,))}
+TARGETS = {"auto": 1.02, "every=1": 1.5}  # issue 2, done-when: the cnn step time over bare
+
+
+@dataclass
+class Trainer:
+    """One config of one workload: its own model, optimizer, batches and (maybe) watch handle."""
+
+    config: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    mon: object | None
+    times: list[float] = field(default_factory=list)  # seconds per step, one entry per round
+    warmup: float = 0.0  # seconds the warm-up steps took
+    steps: int = 0
+
+    def step(self) -> None:
+        x, y = self.batches[self.steps % len(self.batches)]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        if self.mon is not None:
+            self.mon.log(loss=loss)
+        self.steps += 1
+
+    def block(self, steps: int) -> float:
+        """Run ``steps`` steps; return the seconds they cost, the writer's catch-up included."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        elapsed = time.perf_counter() - start
+        if self.mon is not None:
+            cpu = time.process_time()
+            _drain(self.mon)
+            elapsed += time.process_time() - cpu  # the writer's work, not the wait
+        return elapsed
+
+
+def _drain(mon) -> None:
+    """Wait until the writer has committed everything logged so far."""
+    if not mon.flush():
+        raise RuntimeError("babysit's writer did not catch up within 30 s")
+
+
+def make_trainer(workload: str, config: str, logdir: str, seed: int = 0) -> Trainer:
+    build, shape = WORKLOADS[workload]
+    torch.manual_seed(seed)  # every config starts from the same weights and sees the same batches
+    model = build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = [(torch.randn(BATCH, *shape), torch.randint(0, 10, (BATCH,))) for _ in range(4)]
+    mon = None
+    if config != "bare":
+        mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '')}",
+                    config={"workload": workload}, every=EVERY[config], logdir=logdir)
+    return Trainer(config, model, optimizer, batches, mon)
+
+
+def interval_of(mon) -> str:
+    """The sampling interval the handle's schedule has settled on, at the end of the rounds."""
+    return str(mon.schedule.every)
+
+
+def time_workload(workload: str, rounds: int, steps: int) -> list[dict]:
+    """Interleaved rounds of all configs; one result row per config."""
+    with tempfile.TemporaryDirectory(prefix="babysit-bench-") as logdir:
+        trainers = [make_trainer(workload, config, logdir) for config in CONFIGS]
+        make_trainer(workload, "bare", logdir).block(10)  # the process's first steps initialise torch's kernels
+        try:
+            for trainer in trainers:
+                trainer.warmup = trainer.block(WARMUP_STEPS)
+            for r in range(rounds):
+                for trainer in trainers[r % len(trainers):] + trainers[: r % len(trainers)]:
+                    trainer.times.append(trainer.block(steps) / steps)
+            intervals = {t.config: ("-" if t.mon is None else interval_of(t.mon)) for t in trainers}
+        finally:
+            for trainer in trainers:
+                if trainer.mon is not None:
+                    trainer.mon.close()
+    bare = trainers[0]
+    rows = []
+    for t in trainers:
+        paired = [mine / base for mine, base in zip(t.times, bare.times)]  # same round: drift cancels
+        rows.append({"workload": workload, "config": t.config, "every": intervals[t.config],
+                     "median_ms": statistics.median(t.times) * 1e3, "median_ratio": statistics.median(paired),
+                     "mean_ms": statistics.fmean(t.times) * 1e3,
+                     "mean_ratio": statistics.fmean(t.times) / statistics.fmean(bare.times),
+                     "warmup_ratio": t.warmup / bare.warmup})
+    return rows
+
+
+# ------------------------------------------------------------------------ memory
+
+def peak_rss_mib(workload: str, config: str, steps: int) -> tuple[float, bool]:
+    """Peak resident set of a fresh process that trains ``steps`` steps in ``config``, and
+    whether the count started after the imports."""
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", workload, config, "--steps", str(steps)],
+                         check=True, capture_output=True, text=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    return found["maxrss_kib"] / 1024, found["reset"]
+
+
+def memory_probe(workload: str, config: str, steps: int) -> None:
+    """Print the peak RSS of setting up and training, imports excluded where Linux allows."""
+    reset = _reset_peak_rss()
+    with tempfile.TemporaryDirectory(prefix="babysit-bench-") as logdir:
+        trainer = make_trainer(workload, config, logdir)
+        for _ in range(steps):
+            trainer.step()
+        if trainer.mon is not None:
+            trainer.mon.close()
+    print(json.dumps({"maxrss_kib": _peak_rss_kib(), "reset": reset}))
+
+
+def _peak_rss_kib() -> float:
+    """This process's peak resident set in KiB.
+
+    Linux: ``VmHWM``, which belongs to this process image. ``ru_maxrss`` would not do in a
+    subprocess: Linux carries the parent's resident set at fork into it across exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 1024 if sys.platform == "darwin" else maxrss  # macOS reports bytes
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the peak-RSS count here (Linux >= 4.0), so import peaks do not hide training's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set size (VmHWM, ru_maxrss)
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------ report
+
+def format_rows(rows: list[dict]) -> str:
+    headers = ("workload", "config", "every", "median ms/step", "x bare", "mean ms/step", "x bare",
+               "extra peak RSS")
+    table = [[r["workload"], r["config"], r["every"], f"{r['median_ms']:.3f}", f"{r['median_ratio']:.3f}",
+              f"{r['mean_ms']:.3f}", f"{r['mean_ratio']:.3f}",
+              "-" if r["config"] == "bare" else f"{r['extra_mib']:+.1f} MiB"] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    lines = [headers, *table]
+    return "\n".join("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Step-time and memory overhead of babysit's watch "
+                                                 "on the reference CPU workloads.")
+    parser.add_argument("--workload", choices=("cnn", "mlp", "all"), default="all")
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds (default: 12)")
+    parser.add_argument("--steps", type=int, default=150,
+                        help="steps per config per round; several times the automatic interval, so that "
+                             "each round holds a few sampled steps (default: 150)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds of 10 steps, short "
+                                                             "memory probes; the figures are noisy")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    if args.memory_probe:
+        memory_probe(*args.memory_probe, steps=args.steps)
+        return 0
+    rounds, steps, memory_steps, repeats = ((3, 10, 40, 1) if args.quick else
+                                            (args.rounds, args.steps, MEMORY_STEPS, MEMORY_REPEATS))
+    workloads = ("cnn", "mlp") if args.workload == "all" else (args.workload,)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+          f"(load average {os.getloadavg()[0]:.1f} at start); "
+          f"{rounds} rounds x {steps} steps per config, {WARMUP_STEPS} warm-up steps; "
+          f"peak RSS: median of {repeats} fresh processes per config ({memory_steps} steps)", flush=True)
+    rows = []
+    for workload in workloads:
+        found = time_workload(workload, rounds, steps)
+        peaks = {}
+        for config in CONFIGS:
+            probes = [peak_rss_mib(workload, config, memory_steps) for _ in range(repeats)]
+            peaks[config], reset = statistics.median(p for p, _ in probes), all(r for _, r in probes)
+        for row in found:
+            row["extra_mib"] = peaks[row["config"]] - peaks["bare"]
+        rows += found
+    print(format_rows(rows))
+    print(f"\nmedian: of the rounds' mean step times, and x bare the median of the ratios to bare in the same "
+          "round;\nmean: over all timed steps, every sampled step included.\n"
+          f"every: the interval in force at the end. Warm-up ({WARMUP_STEPS} steps, not in the figures above) "
+          "took " + ", ".join(f"{r['workload']} {r['config']} {r['warmup_ratio']:.2f}x" for r in rows
+                             if r["config"] != "bare") + " bare.\n"
+          f"extra peak RSS: median peak resident set of {repeats} fresh processes per config, minus bare's "
+          + ("(counted from after the imports)." if reset else "(whole process; imports included)."))
+    targets = [f"{r['config']} {r['median_ratio']:.3f}x (target <= {TARGETS[r['config']]}x: "
+               f"{'met' if r['median_ratio'] <= TARGETS[r['config']] else 'NOT met'})"
+               for r in rows if r["workload"] == "cnn" and r["config"] in TARGETS]
+    if targets:
+        print("issue 2 targets on cnn: " + "; ".join(targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The ``babysit`` command: the composition root that joins trainer_hooks, monitor and web.
+
+Each sub-command imports what it needs inside its own function, so ``babysit --help`` and
+``babysit runs`` start without loading torch, and importing this module keeps the rule of
+the ``monitor`` package (no torch, no web framework). Problems a user can fix (an unknown
+run, a bad option) print one line to stderr and exit with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+USAGE_ERROR = 2  # the exit status argparse uses for bad arguments; we use it for every user error
+
+
+class CliError(Exception):
+    """A problem the user can fix; :func:`main` prints it as one line and exits with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the usage block before it)."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------------------- demo
+
+def _add_demo(commands) -> None:
+    # Defaults live in trainer_hooks.demo.DemoOptions (importing it would load torch);
+    # options the user does not give are left out and DemoOptions fills them in. The
+    # "(default: ...)" texts are checked against DemoOptions by a test.
+    p = commands.add_parser(
+        "demo", help="train a small ConvNet on scikit-learn's digits, watched by babysit",
+        description="Train a small ConvNet (conv, BatchNorm, ReLU) on scikit-learn's bundled 8x8 digits "
+                    "for a few epochs with babysit watching, print one line per epoch, and say where the "
+                    "run is stored. Provoke a pathology to see what babysit records: --lr 3 (divergence), "
+                    "--init-bias -5 (dead ReLUs), --train-size 100 --epochs 60 (overfitting), "
+                    "--no-normalize (raw 0..16 pixels). The live dashboard arrives in a later version; "
+                    "for now the run is stored locally under --logdir.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("--lr", type=float, help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.9) or adam (default: sgd)")
+    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training images (default: 8)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default: 32)")
+    p.add_argument("--train-size", type=int, metavar="N", help="training images, 1..1437; 360 more are held out "
+                                                  "for validation (default: all 1437)")
+    p.add_argument("--init-bias", type=float, metavar="B", help="start the bias of every layer that feeds a ReLU at "
+                                                   "this value; -5 kills the ReLUs (default: PyTorch's init)")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="feed raw pixel values instead of zero mean, unit variance (default: normalize)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for the split, the initial weights and the batch order "
+                                            "(default: 0)")
+    p.add_argument("--every", type=_every, metavar="N", help="sample the layer statistics every N steps, or 'auto' "
+                                                            "to let babysit size the interval (default: 5)")
+    p.add_argument("--run", metavar="NAME", help="run name; the stored run id adds the time "
+                                                 "(default: digits-cnn)")
+    p.add_argument("--logdir", metavar="DIR", help="where runs are stored (default: runs)")
+    p.add_argument("--no-serve", dest="serve", action="store_false",
+                   help="do not start the live dashboard; it arrives in a later version, so the demo "
+                        "stores the run locally either way (default: serve when available)")
+    p.set_defaults(func=_demo)
+
+
+def _every(text: str) -> int | None:
+    """``--every``: a whole number of steps, or ``auto`` (None: the automatic schedule)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps or 'auto', got {text!r}") from None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainer_hooks.demo import DemoOptions, run_demo
+
+    options = vars(args).copy()
+    for key in ("func", "command", "serve"):
+        options.pop(key, None)
+    try:
+        demo_options = DemoOptions(**options)
+    except ValueError as exc:  # DemoOptions names the field ("train_size: ..."); name the option
+        field, _, rest = str(exc).partition(":")
+        raise CliError(f"--{field.replace('_', '-')}:{rest}" if field in options or rest else str(exc)) from None
+    if getattr(args, "serve", True):
+        print("babysit demo: the live dashboard arrives in a later version; storing the run locally "
+              "(pass --no-serve to skip this note)")
+    run_demo(demo_options)
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="write a stored run as CSV or Parquet files",
+        description="Write a stored run's tables (scalars, layer statistics, flags, ...) as one file each, "
+                    "and print the paths written.")
+    p.add_argument("run", metavar="RUN", help="the run id, as `babysit runs` lists it")
+    p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
+    p.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv",
+                   help="file format (default: csv)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="directory to write into (default: chosen by the exporter, printed at the end)")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    _require_logdir(args.logdir)
+    from monitor.export import export_run
+
+    try:
+        paths = export_run(args.run, args.logdir, args.fmt, args.out)
+    except (LookupError, ValueError) as exc:  # an unknown run or a format the exporter refuses
+        raise CliError(_message(exc)) from None
+    for path in paths:
+        print(path)
+    return 0
+
+
+# ------------------------------------------------------------------------------- runs
+
+RUN_COLUMNS = ("run", "name", "status", "started", "updated", "last_step", "last_loss", "flags")
+RUN_HEADERS = ("RUN", "NAME", "STATUS", "STARTED", "UPDATED", "STEP", "LOSS", "FLAGS")
+
+
+def _add_runs(commands) -> None:
+    p = commands.add_parser("runs", help="list the stored runs",
+                            description="List the runs stored under --logdir, newest first.")
+    p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
+    p.set_defaults(func=_runs)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    _require_logdir(args.logdir)
+    from monitor.store import RunStore
+
+    runs = list(RunStore(args.logdir).runs())
+    if not runs:
+        print(f"no runs stored in {args.logdir}")
+        return 0
+    rows = [[_cell(getattr(r, c, "")) for c in RUN_COLUMNS] for r in runs]
+    print(format_table(RUN_HEADERS, rows))
+    return 0
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart; numbers stay left-aligned too."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [headers, *rows]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        if value > 1e9 and value < 1e10:  # unix seconds (2001..2286), the store's wall clock
+            return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return str(len(value))
+    return str(getattr(value, "value", value))  # enums show their value
+
+
+# ------------------------------------------------------------------------------- main
+
+def _require_logdir(logdir: str) -> None:
+    if not Path(logdir).is_dir():
+        raise CliError(f"no run store at {logdir!r}: the directory does not exist "
+                       f"(pass --logdir DIR, or create a run with `babysit demo`)")
+
+
+def _message(exc: BaseException) -> str:
+    # KeyError quotes its argument; show the text as written.
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return str(text).splitlines()[0] if str(text) else type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="babysit", description="babysit watches PyTorch training: per-layer statistics "
+                                                 "of every step it samples, stored for pandas.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
+    _add_demo(commands)
+    _add_export(commands)
+    _add_runs(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``babysit`` with ``argv`` (default: the command line); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"babysit {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"babysit {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,22 +2,24 @@
 
 Two CPU workloads on 2 threads, SGD with momentum 0.9 and cross-entropy, batches of 64:
 ``cnn`` (two conv-ReLU-pool blocks on synthetic 3x32x32 images, then a 2048-128-10 MLP head)
-and ``mlp`` (784 -> 512 five times with ReLU, -> 10). Each is timed in three configs:
-``bare`` (no babysit), ``unsampled`` (watched, but only step 0 sampled: what every step
-pays for the hooks, the loss logging and the writer), ``auto`` (``watch(every=None)``, the
-default interval) and ``every=1`` (every statistic on every step). A step is zero_grad, forward, loss, backward,
+and ``mlp`` (784 -> 512 five times with ReLU, -> 10). Each is timed in five configs:
+``bare`` (no babysit); ``bare again`` (a second unwatched model: the noise floor);
+``unsampled`` (watched, but only step 0 sampled: what every step pays for the hooks, the
+loss logging and the writer); ``auto`` (``watch(every=None)``, the default interval); and
+``every=1`` (every statistic on every step). A step is zero_grad, forward, loss, backward,
 optimizer step and, when watched, ``mon.log(loss=loss)`` with the loss as a tensor.
 
 Method. The configs train side by side in rounds; each round runs a block of
-``--steps`` steps per config, in an order that rotates from round to round, so slow drift
-of the machine (thermal, other processes) falls on all configs alike. Before the rounds,
+``--steps`` steps per config, in a random order drawn afresh for each round (seeded), so
+slow drift of the machine (thermal, other processes) and the aftermath of one config's
+block fall on all configs alike. Before the rounds,
 each config runs ``WARMUP_STEPS`` untimed steps (allocator growth, the automatic
 schedule's first estimate). After each watched block we wait for babysit's writer thread
 to commit what the block logged, outside the clock, and charge the CPU time the process
 spent meanwhile to the block: that is the writer's work, which would otherwise spill into
 the next config's block. A block's time over its steps is its step time; we report, per
-config, the median over rounds and the mean over all steps (which weighs every sampled
-step exactly as often as it happened), each with its ratio to bare.
+config, the median over rounds (with the median of its per-round ratios to bare) and the
+mean over all steps (which weighs every sampled step exactly as often as it happened).
 
 Memory. tracemalloc does not see torch's allocations and torch keeps no allocator
 statistics on the CPU, so each config also trains in fresh subprocesses that report
@@ -26,7 +28,7 @@ their peak resident set (Linux ``VmHWM``, reset after the imports through
 is the difference of the medians to bare's. All subprocesses import babysit, so the figure
 is the cost of watching, not of importing.
 
-Run: ``python benchmarks/overhead.py`` (both workloads, about four minutes on 2 cores);
+Run: ``python benchmarks/overhead.py`` (both workloads, about five minutes on 2 cores);
 ``--quick`` for a smoke run. See benchmarks/README.md for what the figures mean.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -54,10 +57,12 @@ BATCH = 64
 WARMUP_STEPS = 60  # timed apart; covers lazy initialisation and the automatic schedule's calibration
 MEMORY_STEPS = 200  # steps each memory subprocess trains: several sampled steps at the default interval
 MEMORY_REPEATS = 3  # fresh processes per config; the median, as one process's peak varies by a few MiB
-CONFIGS = ("bare", "unsampled", "auto", "every=1")
+CONFIGS = ("bare", "bare again", "unsampled", "auto", "every=1")
+#: ``bare again`` is a second unwatched model timed like the others: its ratio to bare,
+#: which should be 1, shows how far the machine's noise moves the figures.
 #: ``unsampled`` samples step 0 only: the cost of the hooks, the loss logging and the writer
 #: on the steps that are not sampled, which every interval pays on every step.
-EVERY = {"bare": None, "unsampled": 10**9, "auto": None, "every=1": 1}
+EVERY = {"unsampled": 10**9, "auto": None, "every=1": 1}  # the watched configs
 
 
 def cnn() -> nn.Module:
@@ -127,7 +132,7 @@ def make_trainer(workload: str, config: str, logdir: str, seed: int = 0) -> Trai
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = [(torch.randn(BATCH, *shape), torch.randint(0, 10, (BATCH,))) for _ in range(4)]
     mon = None
-    if config != "bare":
+    if config in EVERY:
         mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '')}",
                     config={"workload": workload}, every=EVERY[config], logdir=logdir)
     return Trainer(config, model, optimizer, batches, mon)
@@ -146,8 +151,11 @@ def time_workload(workload: str, rounds: int, steps: int) -> list[dict]:
         try:
             for trainer in trainers:
                 trainer.warmup = trainer.block(WARMUP_STEPS)
-            for r in range(rounds):
-                for trainer in trainers[r % len(trainers):] + trainers[: r % len(trainers)]:
+            order = random.Random(0)
+            for _ in range(rounds):
+                # A fresh random order each round: no config always follows the same one
+                # (a rotation would always put bare right after every=1's aftermath).
+                for trainer in order.sample(trainers, len(trainers)):
                     trainer.times.append(trainer.block(steps) / steps)
             intervals = {t.config: ("-" if t.mon is None else interval_of(t.mon)) for t in trainers}
         finally:
@@ -223,7 +231,7 @@ def format_rows(rows: list[dict]) -> str:
                "extra peak RSS")
     table = [[r["workload"], r["config"], r["every"], f"{r['median_ms']:.3f}", f"{r['median_ratio']:.3f}",
               f"{r['mean_ms']:.3f}", f"{r['mean_ratio']:.3f}",
-              "-" if r["config"] == "bare" else f"{r['extra_mib']:+.1f} MiB"] for r in rows]
+              "-" if r["extra_mib"] is None else f"{r['extra_mib']:+.1f} MiB"] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
     lines = [headers, *table]
     return "\n".join("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -234,10 +242,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Step-time and memory overhead of babysit's watch "
                                                  "on the reference CPU workloads.")
     parser.add_argument("--workload", choices=("cnn", "mlp", "all"), default="all")
-    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds (default: 12)")
-    parser.add_argument("--steps", type=int, default=150,
-                        help="steps per config per round; several times the automatic interval, so that "
-                             "each round holds a few sampled steps (default: 150)")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default: 30)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="steps per config per round; about the automatic interval, so that most "
+                             "rounds hold a sampled step (default: 50)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds of 10 steps, short "
                                                              "memory probes; the figures are noisy")
     parser.add_argument("--memory-probe", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
@@ -252,24 +260,24 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
           f"(load average {os.getloadavg()[0]:.1f} at start); "
           f"{rounds} rounds x {steps} steps per config, {WARMUP_STEPS} warm-up steps; "
-          f"peak RSS: median of {repeats} fresh processes per config ({memory_steps} steps)", flush=True)
+          f"peak RSS: median of {repeats} fresh process(es) per config ({memory_steps} steps)", flush=True)
     rows = []
     for workload in workloads:
         found = time_workload(workload, rounds, steps)
         peaks = {}
-        for config in CONFIGS:
+        for config in ("bare", *EVERY):
             probes = [peak_rss_mib(workload, config, memory_steps) for _ in range(repeats)]
             peaks[config], reset = statistics.median(p for p, _ in probes), all(r for _, r in probes)
         for row in found:
-            row["extra_mib"] = peaks[row["config"]] - peaks["bare"]
+            row["extra_mib"] = peaks[row["config"]] - peaks["bare"] if row["config"] in EVERY else None
         rows += found
     print(format_rows(rows))
     print(f"\nmedian: of the rounds' mean step times, and x bare the median of the ratios to bare in the same "
           "round;\nmean: over all timed steps, every sampled step included.\n"
           f"every: the interval in force at the end. Warm-up ({WARMUP_STEPS} steps, not in the figures above) "
           "took " + ", ".join(f"{r['workload']} {r['config']} {r['warmup_ratio']:.2f}x" for r in rows
-                             if r["config"] != "bare") + " bare.\n"
-          f"extra peak RSS: median peak resident set of {repeats} fresh processes per config, minus bare's "
+                             if r["config"] in EVERY) + " bare.\n"
+          f"extra peak RSS: median peak resident set of {repeats} fresh process(es) per config, minus bare's "
           + ("(counted from after the imports)." if reset else "(whole process; imports included)."))
     targets = [f"{r['config']} {r['median_ratio']:.3f}x (target <= {TARGETS[r['config']]}x: "
                f"{'met' if r['median_ratio'] <= TARGETS[r['config']] else 'NOT met'})"

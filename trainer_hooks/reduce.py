@@ -59,7 +59,9 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
     numel = flat.numel()
     if numel <= sample_size and indices is None:
         # Small tensors (biases, small layers) travel whole: no reduction kernels at all.
-        return Reduced(numel=numel, moments=[], counted=False, sample=flat, whole=True)
+        # A copy, not a view: an in-place op later in the step (ReLU(inplace=True)) would
+        # otherwise rewrite the values before the step's single packed copy reads them.
+        return Reduced(numel=numel, moments=[], counted=False, sample=flat.clone(), whole=True)
     acc = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else None
     total = flat.sum(dtype=acc)
     squares = torch.dot(flat, flat) if acc is None else torch.dot(flat.float(), flat.float())

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Mapping
 
 from monitor.events import Event
-from monitor.validation import SchemaError
+from monitor.validation import Payload, SchemaError
 
 _FLOAT_TAG = "$float"
 _BYTES_TAG = "$bytes"
@@ -77,6 +77,11 @@ def _untag(obj: dict) -> Any:
 
 def _reject_constant(token: str) -> Any:
     raise SchemaError(f"bare {token} is not JSON; encode it as {{\"{_FLOAT_TAG}\": ...}}")
+
+
+def encode_payload(payload: Payload) -> str:
+    """An event's ``data`` as stored and sent."""
+    return dumps(payload.to_dict())
 
 
 def encode_event(event: Event) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from monitor.validation import (
     SchemaError, Payload, as_enum, as_float, as_int, as_list, as_str, fail, floats,
-    json_like, set_field, check_label, check_run_id, check_scalar_name,
+    json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name,
 )
 
 SCHEMA_VERSION = 1
@@ -98,22 +98,16 @@ class TensorSummary(Payload):
         check_label("layer", self.layer)
         set_field(self, "signal", as_enum(Signal, "signal", self.signal))
         check_label("module", self.module)
-        for name in ("numel", "nan", "inf", "sample"):
-            set_field(self, name, as_int(name, getattr(self, name)))
-        for name in ("mean", "std", "min", "max", "norm", "hist_lo", "hist_hi", "zero_frac"):
-            set_field(self, name, as_float(name, getattr(self, name)))
+        convert_fields(self, as_int, ("numel", "nan", "inf", "sample"))
+        convert_fields(self, as_float, ("mean", "std", "min", "max", "norm", "hist_lo", "hist_hi", "zero_frac"))
         set_field(self, "quantiles", floats("quantiles", self.quantiles))
         if len(self.quantiles) not in (0, len(QUANTILE_LEVELS)):
             raise fail("quantiles", f"{len(QUANTILE_LEVELS)} values (or none)", self.quantiles)
         set_field(self, "hist", tuple(as_list("hist", self.hist)))
-        if not all(type(v) is int and v >= 0 for v in self.hist):  # the common case, checked fast
+        if not (set(map(type, self.hist)) <= {int} and (not self.hist or min(self.hist) >= 0)):  # fast common case
             set_field(self, "hist", tuple(as_int("hist", v) for v in self.hist))
-        for name in ("sat_frac", "weight_norm", "update_ratio"):
-            if getattr(self, name) is not None:
-                set_field(self, name, as_float(name, getattr(self, name)))
-        for name in ("units", "dead_units", "window"):
-            if getattr(self, name) is not None:
-                set_field(self, name, as_int(name, getattr(self, name)))
+        convert_fields(self, as_float, ("sat_frac", "weight_norm", "update_ratio"), optional=True)
+        convert_fields(self, as_int, ("units", "dead_units", "window"), optional=True)
         if self.nan + self.inf > self.numel:
             raise fail("nan + inf", f"at most numel={self.numel}", self.nan + self.inf)
 
@@ -184,8 +178,7 @@ class RunStart(Payload):
             raise fail("config", "a mapping", self.config)
         set_field(self, "model", tuple(self.model))
         as_str("host", self.host, 256)
-        for name in ("pid", "rank"):
-            set_field(self, name, as_int(name, getattr(self, name)))
+        convert_fields(self, as_int, ("pid", "rank"))
         set_field(self, "world", as_int("world", self.world, 1))
         set_field(self, "versions", json_like("versions", self.versions))
         set_field(self, "sampling", json_like("sampling", self.sampling))
@@ -231,10 +224,8 @@ class InputStats(Payload):
 
     def __post_init__(self):
         set_field(self, "shape", tuple(as_int("shape", v) for v in as_list("shape", self.shape)))
-        for name in ("mean", "std", "min", "max"):
-            set_field(self, name, as_float(name, getattr(self, name)))
-        for name in ("nan", "inf"):
-            set_field(self, name, as_int(name, getattr(self, name)))
+        convert_fields(self, as_float, ("mean", "std", "min", "max"))
+        convert_fields(self, as_int, ("nan", "inf"))
         set_field(self, "channel_mean", floats("channel_mean", self.channel_mean))
         set_field(self, "channel_std", floats("channel_std", self.channel_std))
         if len(self.channel_mean) != len(self.channel_std):

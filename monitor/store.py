@@ -129,59 +129,88 @@ class RunStore:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, events: Sequence[Event]) -> int:
+    def append(self, events: Sequence[Event], texts: Sequence[str] | None = None) -> int:
         """Store a batch in one transaction, each ``(run, seq)`` once; return how many were new.
 
         Derived rows (scalars, run counters) are written only for newly stored events, so a
         replayed batch changes nothing. On any failure (a non-Event item included) the whole
         batch is rolled back and the exception propagates: the sender keeps it and retries.
+        The batch is written with one statement per table (``executemany``), not one per
+        event: a training process commits its losses every fraction of a second, and the
+        server ingests many processes at once. ``texts``, when given, are the payloads
+        already encoded by the caller (``codec.encode_payload(event.data)`` of each event),
+        so that a writer can time or reuse the encoding.
         """
         events = list(events)
+        for position, event in enumerate(events):
+            if not isinstance(event, Event):
+                raise TypeError(f"append: item {position} of the batch is a {type(event).__name__}, "
+                                "expected a monitor.events.Event; nothing of this batch was stored")
         if not events:
             return 0
+        if texts is None:
+            texts = [codec.encode_payload(e.data) for e in events]
+        elif len(texts) != len(events):
+            raise ValueError(f"append: {len(texts)} encoded payloads for {len(events)} events")
+        rows = [(e.run, e.seq, e.step, e.wall, e.kind.value, text) for e, text in zip(events, texts)]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                stored = sum(self._insert(event, position) for position, event in enumerate(events))
+                fresh = self._new_events(events)
+                self._db.executemany(
+                    "INSERT INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
+                    [row for row, event in zip(rows, events) if id(event) in fresh])
+                new = [event for event in events if id(event) in fresh]
+                self._db.executemany(
+                    "INSERT INTO scalars (run, name, step, seq, wall, value) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.run, name, e.step, e.seq, e.wall, value) for e in new if e.kind is Kind.SCALARS
+                     for name, value in e.data.values.items()])
+                for run in dict.fromkeys(e.run for e in new):
+                    self._update_run(run, [e for e in new if e.run == run])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-        return stored
+        return len(new)
 
-    def _insert(self, event: Any, position: int) -> bool:
-        if not isinstance(event, Event):
-            raise TypeError(f"append: item {position} of the batch is a {type(event).__name__}, "
-                            "expected a monitor.events.Event; nothing of this batch was stored")
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (event.run, event.seq, event.step, event.wall, event.kind.value, codec.dumps(event.data.to_dict())))
-        if cursor.rowcount == 0:
-            return False  # already stored: a replay
-        self._update_run(event)
-        return True
+    def _new_events(self, events: list[Event]) -> set[int]:
+        """ids of the events whose ``(run, seq)`` is neither stored nor earlier in the batch."""
+        stored: set[tuple[str, int]] = set()
+        for run in dict.fromkeys(e.run for e in events):
+            seqs = [e.seq for e in events if e.run == run]
+            stored.update((run, seq) for (seq,) in self._db.execute(
+                "SELECT seq FROM events WHERE run = ? AND seq BETWEEN ? AND ?", (run, min(seqs), max(seqs))))
+        fresh = set()
+        for event in events:
+            key = (event.run, event.seq)
+            if key not in stored:
+                stored.add(key)
+                fresh.add(id(event))
+        return fresh
 
-    def _update_run(self, e: Event) -> None:
-        db, data = self._db, e.data
+    def _update_run(self, run: str, new: list[Event]) -> None:
+        """The run's row from its newly stored events: counters once, lifecycle in order."""
+        db, first = self._db, new[0]
         db.execute("INSERT OR IGNORE INTO runs (run, name, status, started, updated, last_step) "
-                   "VALUES (?, ?, 'running', ?, ?, ?)", (e.run, e.run, e.wall, e.wall, e.step))
+                   "VALUES (?, ?, 'running', ?, ?, ?)", (run, run, first.wall, first.wall, first.step))
         db.execute("UPDATE runs SET updated = max(updated, ?), last_step = max(last_step, ?) WHERE run = ?",
-                   (e.wall, e.step, e.run))
-        if e.kind is Kind.RUN_START:
-            db.execute("UPDATE runs SET name = ?, status = 'running', started = ?, host = ?, rank = ?, "
-                       "world = ?, config = ? WHERE run = ?",
-                       (data.name, e.wall, data.host, data.rank, data.world, codec.dumps(dict(data.config)), e.run))
-        elif e.kind in (Kind.STATUS, Kind.RUN_END):
-            db.execute("UPDATE runs SET status = ? WHERE run = ?", (data.state.value, e.run))
-        elif e.kind is Kind.FLAG:
-            db.execute("UPDATE runs SET flags = flags + 1 WHERE run = ?", (e.run,))
-        elif e.kind is Kind.SCALARS:
-            db.executemany("INSERT INTO scalars (run, name, step, seq, wall, value) VALUES (?, ?, ?, ?, ?, ?)",
-                           [(e.run, name, e.step, e.seq, e.wall, value) for name, value in data.values.items()])
-            if "loss" in data.values:  # an older step replayed late must not overwrite a newer loss
-                db.execute("UPDATE runs SET last_loss = ?, loss_step = ? "
-                           "WHERE run = ? AND coalesce(loss_step, -1) <= ?",
-                           (data.values["loss"], e.step, e.run, e.step))
+                   (max(e.wall for e in new), max(e.step for e in new), run))
+        for e in new:
+            data = e.data
+            if e.kind is Kind.RUN_START:
+                db.execute("UPDATE runs SET name = ?, status = 'running', started = ?, host = ?, rank = ?, "
+                           "world = ?, config = ? WHERE run = ?",
+                           (data.name, e.wall, data.host, data.rank, data.world, codec.dumps(dict(data.config)), run))
+            elif e.kind in (Kind.STATUS, Kind.RUN_END):
+                db.execute("UPDATE runs SET status = ? WHERE run = ?", (data.state.value, run))
+        flags = sum(e.kind is Kind.FLAG for e in new)
+        if flags:
+            db.execute("UPDATE runs SET flags = flags + ? WHERE run = ?", (flags, run))
+        losses = [e for e in new if e.kind is Kind.SCALARS and "loss" in e.data.values]
+        if losses:  # the loss at the highest step (the later one on a tie); a late replay never wins
+            latest = max(reversed(losses), key=lambda e: e.step)
+            db.execute("UPDATE runs SET last_loss = ?, loss_step = ? WHERE run = ? AND coalesce(loss_step, -1) <= ?",
+                       (latest.data.values["loss"], latest.step, run, latest.step))
 
     # ------------------------------------------------------------------ reading
 

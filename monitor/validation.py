@@ -44,12 +44,16 @@ def check_scalar_name(value: Any) -> str:
 
 
 def as_float(where: str, value: Any) -> float:
+    if type(value) is float:  # the common case, checked first: summaries hold hundreds
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(where, "a number (NaN and Inf allowed)", value)
     return float(value)
 
 
 def as_int(where: str, value: Any, minimum: int | None = 0) -> int:
+    if type(value) is int and (minimum is None or value >= minimum):
+        return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
@@ -125,7 +129,22 @@ def as_list(where: str, value: Any) -> list:
 
 
 def floats(where: str, value: Any) -> tuple[float, ...]:
+    if type(value) is tuple and all(type(v) is float for v in value):
+        return value
     return tuple(as_float(where, v) for v in as_list(where, value))
+
+
+def convert_fields(obj: Any, convert, names: tuple[str, ...], *, optional: bool = False) -> None:
+    """Check and normalise the named fields with ``convert(name, value)``; None passes
+    when ``optional``. A field is written only when conversion changed it, which keeps
+    payloads built by our own code (already exact types) cheap to validate."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        converted = convert(name, value)
+        if converted is not value:
+            set_field(obj, name, converted)
 
 
 def set_field(obj: Any, name: str, value: Any) -> None:

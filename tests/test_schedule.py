@@ -1,4 +1,6 @@
 """Sampling schedules, driven by scripted step times (no training)."""
+import math
+
 import pytest
 
 from trainer_hooks.schedule import INITIAL_EVERY, MAX_EVERY, AutoInterval, FixedInterval
@@ -63,3 +65,15 @@ def drive_from(schedule, start, plain, extra, steps):
 def test_an_overhead_budget_outside_zero_and_one_is_rejected():
     with pytest.raises(ValueError, match="overhead budget"):
         AutoInterval(budget=2.0)
+
+
+def test_the_writers_cost_of_a_sample_counts_against_the_budget():
+    """A sample costs what the training thread sees plus what the writer thread spends on
+    it later; with both the interval is the one the sum calls for."""
+    schedule = AutoInterval(budget=0.01, background=lambda: 0.002)
+    plain, extra = 0.010, 0.003
+    for step in range(400):
+        due = schedule.due(step)
+        schedule.observe(step, plain + (extra if due else 0.0), due)
+    # ceil((3 ms + 2 ms) / (1 % of 10 ms)) = 50 (give or take float rounding); 30 without the writer
+    assert abs(schedule.every - math.ceil((extra + 0.002) / (0.01 * plain))) <= 1

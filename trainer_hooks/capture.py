@@ -1,10 +1,13 @@
 """One sampled step's statistics: collected on the device, packed into one tensor.
 
 Hooks add reductions as they fire; at the end of the step :meth:`StepCapture.pack`
-stacks every 0-d result and concatenates every vector into a single 1-d tensor, the one
-device-to-host copy of the step (done later by the writer thread, so the training thread
-never waits for it). The layout, a list of :class:`Item`, says which slice is what;
-:func:`decode` turns the copied numbers back into schema payloads.
+joins every result (0-d moments and counts, 1-d samples) into a single 1-d tensor, the
+one device-to-host copy of the step (done later by the writer thread, so the training
+thread never waits for it). Pieces are joined per dtype first (one stack or one cat
+each, the kernels' fast path) and the groups converted once: a single cat of mixed
+dtypes would copy piece by piece. The layout, a list of :class:`Item` plus each piece's
+span, says which slice is what; :func:`decode` turns the copied numbers back into
+schema payloads.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monitor.events import InputStats, LayerStats, Signal, TensorSummary
+from monitor.events import InputStats, LayerStats, Signal
 from trainer_hooks import decode as host
 from trainer_hooks.reduce import Reduced
 
@@ -24,17 +27,22 @@ from trainer_hooks.reduce import Reduced
 class Item:
     kind: str  # "tensor", "param_pre", "param_post", "input", "filters"
     meta: dict[str, Any]
-    scalars: tuple[int, int]  # start, count in the scalar region
-    vectors: tuple[tuple[int, int], ...]  # (offset, length) in the vector region
+    scalars: tuple[int, ...]  # indices of its 0-d pieces
+    vectors: tuple[int, ...]  # indices of its 1-d pieces
+
+
+@dataclass(frozen=True)
+class Packed:
+    values: torch.Tensor  # 1-d float64 (float32 on MPS), still on the device
+    items: list[Item]
+    spans: list[tuple[int, int]]  # (offset, length) of each piece in ``values``
 
 
 @dataclass
 class StepCapture:
     step: int
     items: list[Item] = field(default_factory=list)
-    scalars: list[torch.Tensor] = field(default_factory=list)
-    vectors: list[torch.Tensor] = field(default_factory=list)
-    vector_length: int = 0
+    pieces: list[torch.Tensor] = field(default_factory=list)
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)  # backward hooks may run on autograd threads
 
@@ -43,13 +51,12 @@ class StepCapture:
         with self.lock:
             if self.closed:  # a late hook (e.g. a backward after the step was packed)
                 return False
-            spans = []
-            for v in vectors:
-                spans.append((self.vector_length, v.numel()))  # numel is metadata: no sync
-                self.vector_length += v.numel()
-            self.items.append(Item(kind, meta, (len(self.scalars), len(scalars)), tuple(spans)))
-            self.scalars.extend(scalars)
-            self.vectors.extend(v.reshape(-1) for v in vectors)
+            first = len(self.pieces)
+            self.pieces.extend(scalars)
+            self.pieces.extend(v.reshape(-1) for v in vectors)
+            middle = first + len(scalars)
+            self.items.append(Item(kind, meta, tuple(range(first, middle)),
+                                   tuple(range(middle, len(self.pieces)))))
             return True
 
     def add_reduced(self, kind: str, meta: dict[str, Any], reduced: Reduced,
@@ -59,18 +66,29 @@ class StepCapture:
                 "whole": reduced.whole}
         return self.add(kind, meta, reduced.moments + list(scalars), [reduced.sample, *vectors])
 
-    def pack(self) -> torch.Tensor | None:
-        """Everything as one 1-d float64 tensor (float32 on MPS), still on the device."""
+    def pack(self) -> Packed | None:
+        """Everything as one 1-d tensor on the device, with its layout."""
         with self.lock:
             self.closed = True
             if not self.items:
                 return None
-            parts = ([torch.stack(self.scalars)] if self.scalars else []) + self.vectors
-            # Several devices (model parallel) cannot share one cat; bring them to the first.
-            device = parts[0].device
-            parts = [p if p.device == device else p.to(device, non_blocking=True) for p in parts]
+            device = self.pieces[0].device
+            groups: dict[tuple, list[int]] = {}
+            for i, piece in enumerate(self.pieces):
+                groups.setdefault((piece.device, piece.dtype, piece.dim() == 0), []).append(i)
             dtype = torch.float32 if device.type == "mps" else torch.float64
-            return torch.cat(parts).to(dtype)
+            parts, spans, offset = [], [(0, 0)] * len(self.pieces), 0
+            for (_, _, scalar), members in groups.items():
+                tensors = [self.pieces[i] for i in members]
+                joined = torch.stack(tensors) if scalar else torch.cat(tensors)
+                # Several devices (model parallel) cannot share one cat; bring them to the first.
+                parts.append(joined.to(device, dtype, non_blocking=True))
+                for i in members:
+                    length = self.pieces[i].numel()  # metadata: no sync
+                    spans[i] = (offset, length)
+                    offset += length
+            values = parts[0] if len(parts) == 1 else torch.cat(parts)
+            return Packed(values, self.items, spans)
 
 
 @dataclass(frozen=True)
@@ -80,25 +98,28 @@ class Decoded:
     filters: Any  # monitor.events.Filters | None
 
 
-def decode(values: np.ndarray, items: list[Item]) -> Decoded:
-    """Turn one packed step back into payloads (runs on the writer thread)."""
-    n_scalars = sum(item.scalars[1] for item in items)
-    scalar_region, vector_region = values[:n_scalars], values[n_scalars:]
-    summaries: list[TensorSummary] = []
+def decode(packed: Packed, values: np.ndarray | None = None) -> Decoded:
+    """Turn one packed step back into payloads (runs on the writer thread, which makes
+    the step's one device-to-host copy here unless ``values`` were copied already)."""
+    if values is None:
+        values = packed.values.cpu().numpy()
+    pieces = [values[o:o + n] for o, n in packed.spans]
+    items = packed.items
+    specs: list[dict] = []
     params_after: dict[str, tuple[np.ndarray, float]] = {}
     pending_params = []
     inputs = filters = None
     for item in items:
-        start, count = item.scalars
-        scalars = scalar_region[start:start + count]
-        vectors = [vector_region[o:o + n] for o, n in item.vectors]
+        scalars = np.array([pieces[i][0] for i in item.scalars])
+        vectors = [pieces[i] for i in item.vectors]
         meta = item.meta
         if item.kind == "tensor":
             units = meta.get("units")
-            summaries.append(host.tensor_summary(
-                layer=meta["layer"], signal=meta["signal"], module=meta["module"],
-                numel=meta["numel"], raw=_raw(meta, scalars, vectors[0]), counted=meta["counted"],
-                sample=vectors[0], units=units, dead=scalars[-1] if units else None, window=meta.get("window")))
+            specs.append(dict(
+                layer=meta["layer"], signal=meta["signal"], module=meta["module"], numel=meta["numel"],
+                raw=_raw(meta, scalars, vectors[0]), counted=meta["counted"], single=not meta["whole"],
+                sample=vectors[0],
+                units=units, dead_units=int(scalars[-1]) if units else None, window=meta.get("window")))
         elif item.kind == "param_pre":
             pending_params.append((meta, scalars, vectors))
         elif item.kind == "param_post":
@@ -111,12 +132,13 @@ def decode(values: np.ndarray, items: list[Item]) -> Decoded:
             filters = host.filter_grid(meta["layer"], vectors[0].reshape(meta["shape"]))
     for meta, scalars, (grad_sample, before) in pending_params:
         after, weight_norm = params_after.get(meta["layer"], (None, None))
-        summaries.append(host.tensor_summary(
-            layer=meta["layer"], signal=Signal.PARAM_GRAD, module=meta["module"],
-            numel=meta["numel"], raw=_raw(meta, scalars, grad_sample), counted=meta["counted"],
+        specs.append(dict(
+            layer=meta["layer"], signal=Signal.PARAM_GRAD, module=meta["module"], numel=meta["numel"],
+            raw=_raw(meta, scalars, grad_sample), counted=meta["counted"], single=not meta["whole"],
             sample=grad_sample,
             weight_norm=weight_norm,
             update_ratio=None if after is None else host.update_ratio(before, after)))
+    summaries = host.tensor_summaries(specs)
     return Decoded(LayerStats(tuple(summaries)) if summaries else None, inputs, filters)
 
 

@@ -76,7 +76,7 @@ class Monitor:
                 "(mon.close(), or use `with watch(...) as mon:`) before watching it again.")
         self.optimizer = optimizer
         self.run_id = _run_id(run or type(self.model).__name__.lower())
-        self.schedule = make_schedule(every, overhead)
+        self.schedule = make_schedule(every, overhead, background=lambda: self._writer.capture_cost())
         self.filters_every = filters_every
         self.flags: list = []
         self._step = 0
@@ -202,7 +202,7 @@ class Monitor:
         self._samples += 1
         packed = capture.pack()
         if packed is not None:
-            self._put(CaptureRecord(capture.step, time.time(), packed, capture.items))
+            self._put(CaptureRecord(capture.step, time.time(), packed))
         return True
 
     def _emit(self, kind: Kind, data, wait: bool = False) -> None:

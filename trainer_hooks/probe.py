@@ -23,7 +23,7 @@ from torch.nn.modules import module as module_hooks
 from monitor.events import Signal
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.reduce import (
-    SAMPLE_SIZE, UnitWindow, active_units, channel_moments, reduce_tensor, sample_indices,
+    SAMPLE_SIZE, UnitWindow, channel_moments, reduce_tensor, sample_indices, unit_maxima,
 )
 
 ACTIVATIONS = (
@@ -121,7 +121,8 @@ class Probe:
         x = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
         if x is not None:
             self.input_shape = tuple(x.shape)
-            reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device))
+            reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device),
+                                    precise=True)
             if reduced is not None:
                 capture.add_reduced("input", {"shape": tuple(x.shape)}, reduced,
                                     vectors=channel_moments(x, MAX_INPUT_CHANNELS))
@@ -147,19 +148,20 @@ class Probe:
             x.register_hook(lambda grad: self._record(capture, label, info.module, Signal.OUTPUT_GRAD, grad))
 
     def _record(self, capture, label, module, signal, x, units=False) -> None:
-        reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device))
+        maxima = unit_maxima(x) if units else None
+        reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device),
+                                maxima=maxima)
         if reduced is None:
             return
         meta = {"layer": label, "module": module, "signal": signal}
         extra = []
-        if units:
-            active = active_units(x)
-            if active is not None:
-                window = self.windows.get(label)
-                if window is None or window.ring.shape[1] != active.shape[0] or window.ring.device != active.device:
-                    window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device)
-                extra.append(window.add(active))
-                meta.update(units=int(active.shape[0]), window=window.filled)
+        if maxima is not None:
+            active = maxima > 0
+            window = self.windows.get(label)
+            if window is None or window.ring.shape[1] != active.shape[0] or window.ring.device != active.device:
+                window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device)
+            extra.append(window.add(active))
+            meta.update(units=int(active.shape[0]), window=window.filled)
         capture.add_reduced("tensor", meta, reduced, scalars=extra)
         return None  # as a tensor hook: leave the gradient untouched
 

@@ -47,11 +47,18 @@ def sample_indices(numel: int, size: int, device: torch.device, generator: torch
 
 def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
                   generator: torch.Generator | None = None,
-                  indices: torch.Tensor | None = None) -> Reduced | None:
+                  indices: torch.Tensor | None = None,
+                  maxima: torch.Tensor | None = None,
+                  precise: bool = False) -> Reduced | None:
     """Moments over the finite elements, exact NaN/Inf counts, and a uniform sample.
 
     Returns None for empty or non-floating tensors. ``indices`` reuses positions drawn
     by the caller (a parameter's weights before and after the step must match).
+    ``maxima``, per-unit maxima the caller reduced already (an activation's, for its
+    dead units), give the tensor's maximum without another pass when all is finite.
+    ``precise`` accumulates in float64 (several times slower): for the model input,
+    whose mean may sit far above its spread (raw pixels, years), where the variance
+    from float32 sums of squares cancels.
     """
     if not x.is_floating_point() or x.numel() == 0:
         return None
@@ -62,28 +69,34 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
         # A copy, not a view: an in-place op later in the step (ReLU(inplace=True)) would
         # otherwise rewrite the values before the step's single packed copy reads them.
         return Reduced(numel=numel, moments=[], counted=False, sample=flat.clone(), whole=True)
-    acc = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else None
-    total = flat.sum(dtype=acc)
-    squares = torch.dot(flat, flat) if acc is None else torch.dot(flat.float(), flat.float())
-    counted = False
-    if flat.device.type != "cpu" or not math.isfinite(float(total) + float(squares)):
-        # On an accelerator we never branch on a value (that would sync), so we always
-        # count; on CPU reading the sum costs nothing, and the masked passes run only
-        # when the sum says a NaN or Inf is there.
-        moments = _masked_moments(flat)
-        counted = True
-    else:
-        moments = [total, squares, flat.amin(), flat.amax()]  # two passes beat aminmax's one on CPU
+    accumulate = torch.float64 if precise or flat.dtype == torch.float64 else torch.float32
+    moments = None
+    if flat.device.type == "cpu":
+        # On CPU reading a value costs nothing: the masked passes below run only when
+        # the sum of squares (NaN or Inf as soon as one element is) says so.
+        total = flat.sum(dtype=accumulate)
+        if precise:
+            squares = torch.linalg.vector_norm(flat, dtype=torch.float64) ** 2  # no float64 copy
+        else:
+            wide = flat if flat.dtype == accumulate else flat.to(accumulate)  # half types
+            squares = torch.dot(wide, wide)
+        if math.isfinite(float(squares)):  # two passes beat aminmax's one on CPU
+            moments = [total, squares, flat.amin(), (flat if maxima is None else maxima).amax()]
+    # On an accelerator we never branch on a value (that would sync), so we always count.
+    counted = moments is None
+    if counted:
+        moments = _masked_moments(flat, accumulate)
     if indices is None:
         indices = sample_indices(numel, sample_size, flat.device, generator)
-    sample = flat if indices is None else flat[indices]
+    # index_select, not advanced indexing: the same gather without the general machinery.
+    sample = flat if indices is None else flat.index_select(0, indices)
     return Reduced(numel=numel, moments=moments, counted=counted, sample=sample)
 
 
-def _masked_moments(flat: torch.Tensor) -> list[torch.Tensor]:
+def _masked_moments(flat: torch.Tensor, accumulate: torch.dtype) -> list[torch.Tensor]:
     """Moments over finite elements with branch-free masks, plus the NaN and Inf counts."""
     finite = torch.isfinite(flat)
-    zeroed = torch.where(finite, flat, flat.new_zeros(())).float()
+    zeroed = torch.where(finite, flat, flat.new_zeros(())).to(accumulate)
     inf = flat.new_full((), math.inf)  # a fill kernel, not a host-to-device copy
     return [
         zeroed.sum(),
@@ -95,13 +108,23 @@ def _masked_moments(flat: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
-def active_units(x: torch.Tensor) -> torch.Tensor | None:
-    """Per unit: was it positive anywhere in this batch? (bool, on the device)."""
+def unit_maxima(x: torch.Tensor) -> torch.Tensor | None:
+    """Per unit (channel or feature): its largest value in this batch (on the device).
+
+    A unit is active when its maximum is positive; the maxima also give the tensor's
+    maximum for free.
+    """
     dim = unit_dim(x.dim())
     if dim is None or not x.is_floating_point() or x.numel() == 0:
         return None
     others = tuple(d for d in range(x.dim()) if d != dim)
-    return x.detach().amax(dim=others) > 0
+    return x.detach().amax(dim=others)
+
+
+def active_units(x: torch.Tensor) -> torch.Tensor | None:
+    """Per unit: was it positive anywhere in this batch? (bool, on the device)."""
+    maxima = unit_maxima(x)
+    return None if maxima is None else maxima > 0
 
 
 class UnitWindow:
@@ -139,4 +162,7 @@ def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:
         return []
     dims = tuple(d for d in range(x.dim()) if d != 1)
     xd = x.detach()
-    return [xd.sum(dim=dims, dtype=torch.float64), (xd.double() ** 2).sum(dim=dims)]
+    # The norm with dtype=float64 accumulates in float64 without a float64 copy of the
+    # batch (four times cheaper than squaring a converted copy).
+    norms = torch.linalg.vector_norm(xd, dim=dims, dtype=torch.float64)
+    return [xd.sum(dim=dims, dtype=torch.float64), norms * norms]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from typing import Callable
 
 #: Share of training time the automatic schedule may spend on statistics. The
 #: benchmark holds the total (this plus the hooks' idle cost) under 2 % of a step.
@@ -45,17 +46,21 @@ class AutoInterval:
     """Sample as often as the budget allows, measured on this very run.
 
     The cost of a sample is the extra time a sampled step takes over a plain one
-    (medians of recent steps); the interval is the smallest that keeps that cost under
-    ``budget`` of the plain step time: ``every = ceil(cost / (budget * plain))``.
-    The first sampled step after step 0 sets the estimate; step 0 is warm-up and is
-    not timed.
+    (medians of recent steps) plus ``background()``, the CPU time the writer thread
+    spends on a sample afterwards (decoding, encoding), which the training thread does
+    not see but pays for on a machine with few cores. The interval is the smallest that
+    keeps that cost under ``budget`` of the plain step time:
+    ``every = ceil(cost / (budget * plain))``. The first sampled step after step 0 sets
+    the estimate; step 0 is warm-up and is not timed.
     """
 
-    def __init__(self, budget: float = OVERHEAD_BUDGET, max_every: int = MAX_EVERY):
+    def __init__(self, budget: float = OVERHEAD_BUDGET, max_every: int = MAX_EVERY,
+                 background: Callable[[], float] | None = None):
         if not 0 < budget < 1:
             raise ValueError(f"overhead budget: expected a fraction in (0, 1), got {budget!r}")
         self.budget = budget
         self.max_every = max_every
+        self.background = background
         self.every = INITIAL_EVERY
         self.next_due = 0
         self.plain_times: deque[float] = deque(maxlen=PLAIN_WINDOW)
@@ -77,7 +82,7 @@ class AutoInterval:
             return
         plain = statistics.median(self.plain_times)
         self.extra_times.append(max(seconds - plain, 0.0))
-        extra = statistics.median(self.extra_times)
+        extra = statistics.median(self.extra_times) + (self.background() if self.background else 0.0)
         wanted = math.ceil(extra / (self.budget * plain)) if plain > 0 else self.max_every
         self.every = min(max(wanted, 1), self.max_every)
         self.next_due = step + self.every
@@ -86,5 +91,6 @@ class AutoInterval:
         return {"mode": "auto", "budget": self.budget, "every": self.every}
 
 
-def make_schedule(every: int | None, budget: float = OVERHEAD_BUDGET):
-    return AutoInterval(budget) if every is None else FixedInterval(every)
+def make_schedule(every: int | None, budget: float = OVERHEAD_BUDGET,
+                  background: Callable[[], float] | None = None):
+    return AutoInterval(budget, background=background) if every is None else FixedInterval(every)

@@ -13,6 +13,7 @@ A failing sink is retried with back-off; it never raises into training.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections import deque
@@ -21,8 +22,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from monitor import codec
 from monitor.events import Event, Kind, Scalars
-from trainer_hooks.capture import Item, decode
+from trainer_hooks.capture import Packed, decode
 
 log = logging.getLogger("babysit")
 
@@ -33,12 +35,14 @@ QUEUE_LIMIT = 100_000
 BATCH_LIMIT = 2_000
 #: How long the thread waits for more records before committing what it has.
 FLUSH_SECONDS = 0.25
+#: Recent sampled steps whose host-side cost :meth:`Writer.capture_cost` reports.
+CAPTURE_COSTS_KEPT = 5
 #: Back-off for a failing sink: first wait, and the most it waits between tries.
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 
 
 class Sink(Protocol):
-    def append(self, events: Sequence[Event]) -> int: ...
+    def append(self, events: Sequence[Event], texts: Sequence[str]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,7 @@ class ScalarRecord:
 class CaptureRecord:
     step: int
     wall: float
-    packed: torch.Tensor
-    items: list[Item]
+    packed: Packed
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Writer:
         self._done = 0
         self._stopping = False
         self._wake = threading.Event()
+        self._capture_seconds: deque[float] = deque(maxlen=CAPTURE_COSTS_KEPT)
         self._thread = threading.Thread(target=self._loop, name=f"babysit-writer-{run}", daemon=True)
         self._thread.start()
 
@@ -125,24 +129,39 @@ class Writer:
             if stopping:
                 return
 
-    def _to_events(self, records: list) -> list[Event]:
+    def _to_events(self, records: list) -> tuple[list[Event], list[str]]:
+        """Events (stamped with the run's next seqs) and their encoded payloads."""
         scalar_values = _resolve_scalars([r for r in records if isinstance(r, ScalarRecord)])
-        events = []
+        events, texts = [], []
         for record in records:
+            started = time.thread_time()
             try:
-                for kind, data in self._payloads(record, scalar_values):
-                    events.append(Event(self.run, self.seq, record.step, record.wall, kind, data))
-                    self.seq += 1
+                made = [Event(self.run, self.seq + i, record.step, record.wall, kind, data)
+                        for i, (kind, data) in enumerate(self._payloads(record, scalar_values))]
+                encoded = [codec.encode_payload(event.data) for event in made]
             except Exception:  # a bug or a hostile name must not stop the other records
                 self.failed += 1
                 log.exception("babysit: could not record a %s at step %s", type(record).__name__, record.step)
-        return events
+                continue
+            self.seq += len(made)
+            events += made
+            texts += encoded
+            if isinstance(record, CaptureRecord):
+                self._capture_seconds.append(time.thread_time() - started)
+        return events, texts
+
+    def capture_cost(self) -> float:
+        """Median CPU seconds this thread spent turning a recent sampled step into stored
+        text: the part of a sample's cost the training thread does not see (the
+        automatic schedule adds it to what it measures)."""
+        recent = list(self._capture_seconds)
+        return statistics.median(recent) if recent else 0.0
 
     def _payloads(self, record, scalar_values):
         if isinstance(record, ScalarRecord):
             yield Kind.SCALARS, Scalars(scalar_values[id(record)])
         elif isinstance(record, CaptureRecord):
-            decoded = decode(record.packed.cpu().numpy(), record.items)
+            decoded = decode(record.packed)
             if decoded.input_stats is not None:
                 yield Kind.INPUT_STATS, decoded.input_stats
             if decoded.layer_stats is not None:
@@ -152,11 +171,12 @@ class Writer:
         else:
             yield record.kind, record.data
 
-    def _commit(self, events: list[Event]) -> None:
+    def _commit(self, batch: tuple[list[Event], list[str]]) -> None:
+        events, texts = batch
         wait = RETRY_FIRST
         while True:
             try:
-                self.sink.append(events)
+                self.sink.append(events, texts)
                 break
             except Exception as exc:  # disk full, locked database, ...: keep the batch
                 log.warning("babysit: could not store %d events (%s); retrying in %.1f s", len(events), exc, wait)
@@ -170,21 +190,21 @@ class Writer:
 
 
 def _resolve_scalars(records: list[ScalarRecord]) -> dict[int, dict[str, float]]:
-    """Bring every tensor value of a batch to the host with one copy per device."""
-    by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = {}
+    """Bring every tensor value of a batch to the host: CPU values are read directly,
+    accelerator values with one copy per device and dtype (never one sync per value)."""
+    groups: dict[tuple, list[tuple[dict, str, torch.Tensor]]] = {}
     out: dict[int, dict[str, float]] = {}
     for record in records:
-        out[id(record)] = {}
-        for name, value in record.values.items():
+        values = out[id(record)] = dict(record.values)  # keeps the user's order of names
+        for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                by_device.setdefault(value.device, []).append((id(record), name, value))
-            else:
-                out[id(record)][name] = value
-    for device, entries in by_device.items():
-        numbers = torch.stack([v.reshape(()).double() if v.device.type != "mps" else v.reshape(()).float()
-                               for _, _, v in entries]).cpu().tolist()
-        for (key, name, _), number in zip(entries, numbers):
-            out[key][name] = number
-    for record in records:  # keep the user's order of names
-        out[id(record)] = {name: out[id(record)][name] for name in record.values}
+                if value.device.type == "cpu":
+                    values[name] = float(value)
+                else:
+                    groups.setdefault((value.device, value.dtype), []).append((values, name, value))
+    for (device, _), entries in groups.items():
+        host = torch.float32 if device.type == "mps" else torch.float64
+        numbers = torch.stack([v.reshape(()) for _, _, v in entries]).to(host).cpu().tolist()
+        for (values, name, _), number in zip(entries, numbers):
+            values[name] = number
     return out

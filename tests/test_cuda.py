@@ -43,3 +43,41 @@ def test_sampled_and_plain_steps_on_cuda_never_synchronise_the_training_thread(t
     assert sorted(frames.layer_stats.step.unique()) == [0, 2, 4, 6]
     conv = frames.layer_stats[(frames.layer_stats.layer == "0") & (frames.layer_stats.signal == "activation")]
     assert (conv.nan > 0).all()
+
+
+def test_statistics_reduced_on_the_gpu_equal_plain_torch_with_nan_and_inf_counted():
+    from tests.test_statistics_oracle import oracle, summarize
+
+    torch.manual_seed(0)
+    for x in (torch.randn(64, 16, 32, 32, device="cuda") * 2 + 1,  # sampled: the masked path on the device
+              torch.randn(7, 5, device="cuda")):  # small: travels whole
+        x.view(-1)[::97] = float("nan")
+        x.view(-1)[1::89] = float("inf")
+        s, o = summarize(x), oracle(x.cpu())
+        assert (s.numel, s.nan, s.inf) == (o["numel"], o["nan"], o["inf"])
+        for key in ("mean", "std", "min", "max", "norm"):
+            assert getattr(s, key) == pytest.approx(o[key], rel=1e-4, abs=1e-5), key
+
+
+def test_bf16_autocast_on_the_gpu_is_watched_without_sync(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 10)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 256, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        for step in range(4):
+            if step == 2:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                mon.log(loss=loss)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
+    assert sorted(stats.step.unique()) == [0, 1, 2, 3]
+    assert stats[["mean", "std", "min", "max"]].notna().all().all()

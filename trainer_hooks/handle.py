@@ -163,6 +163,12 @@ class Monitor:
         """Block until everything recorded so far is in the store (for tests and notebooks)."""
         return self._writer.flush(timeout)
 
+    @property
+    def writer_seconds(self) -> float:
+        """CPU seconds babysit's background writer has spent so far (decoding, encoding,
+        storing): the part of babysit's cost that does not show in the step time."""
+        return self._writer.cpu_seconds
+
     def __enter__(self) -> "Monitor":
         return self
 

@@ -75,6 +75,7 @@ class Writer:
         self.seq = first_seq
         self.dropped = 0
         self.failed = 0  # records that could not be decoded (a bug, logged)
+        self.cpu_seconds = 0.0  # CPU time this thread has spent on records (retry waits excluded)
         self.on_events = on_events
         self._records: deque = deque()
         self._limit = QUEUE_LIMIT
@@ -123,8 +124,10 @@ class Writer:
             self._wake.clear()
             stopping = self._stopping  # read before draining: nothing put before close is missed
             while self._records:
+                started = time.thread_time()
                 records = [self._records.popleft() for _ in range(min(len(self._records), BATCH_LIMIT))]
                 self._commit(self._to_events(records))
+                self.cpu_seconds += time.thread_time() - started
                 self._done += len(records)
             if stopping:
                 return

@@ -1,4 +1,7 @@
 """On a GPU the hooks add no host synchronisation (runs only where CUDA is available)."""
+import contextlib
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +11,20 @@ from trainer_hooks import watch
 from trainer_hooks import writer as writer_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@contextlib.contextmanager
+def synchronisation_raises():
+    """Any synchronising CUDA call in the block raises (torch's sync debug mode, which is
+    process-wide: keep babysit's writer, which copies to the host by design, asleep)."""
+    torch.cuda.synchronize()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "a prototype feature"
+            torch.cuda.set_sync_debug_mode("error")
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_sampled_and_plain_steps_on_cuda_never_synchronise_the_training_thread(tmp_path, monkeypatch):
@@ -26,17 +43,13 @@ def test_sampled_and_plain_steps_on_cuda_never_synchronise_the_training_thread(t
         loss.backward()
         opt.step()
         mon.log(loss=loss)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with synchronisation_raises():
         for step in range(4):  # two sampled, two plain
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             mon.log(loss=loss)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     mon.close()
     frames = monitor.load_run(mon.run_id, tmp_path)
     assert frames.series("loss").index.tolist() == list(range(7))
@@ -59,25 +72,27 @@ def test_statistics_reduced_on_the_gpu_equal_plain_torch_with_nan_and_inf_counte
             assert getattr(s, key) == pytest.approx(o[key], rel=1e-4, abs=1e-5), key
 
 
-def test_bf16_autocast_on_the_gpu_is_watched_without_sync(tmp_path):
+def test_bf16_autocast_on_the_gpu_is_watched_without_sync(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FLUSH_SECONDS", 60.0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 10)).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 256, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+
     with watch(model, opt, every=1, logdir=tmp_path) as mon:
-        for step in range(4):
-            if step == 2:
-                torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("error")
-            try:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                mon.log(loss=loss)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
+        for _ in range(2):
+            step()
+        with synchronisation_raises():
+            for _ in range(2):
+                step()
     stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
     assert sorted(stats.step.unique()) == [0, 1, 2, 3]
     assert stats[["mean", "std", "min", "max"]].notna().all().all()

@@ -13,7 +13,7 @@ from trainer_hooks.reduce import SAMPLE_SIZE, UnitWindow, active_units, reduce_t
 def summarize(x: torch.Tensor, module: str = "Linear", sample_size: int = SAMPLE_SIZE):
     """Run a tensor through the real device -> pack -> host path and return its summary."""
     capture = StepCapture(step=0)
-    reduced = reduce_tensor(x, sample_size=sample_size, generator=torch.Generator().manual_seed(1))
+    reduced = reduce_tensor(x, sample_size=sample_size, generator=torch.Generator(x.device).manual_seed(1))
     capture.add_reduced("tensor", {"layer": "l", "module": module, "signal": Signal.ACTIVATION}, reduced)
     return decode(capture.pack()).layer_stats.summaries[0]
 

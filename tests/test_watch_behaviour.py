@@ -39,8 +39,10 @@ def train_step(model, opt, x, y, mon=None):
 
 
 def aten_ops(fn) -> dict[str, int]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # newer torch: "Profiler clears events at the end of each cycle"
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
     return {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
 
 

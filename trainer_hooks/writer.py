@@ -126,7 +126,13 @@ class Writer:
             while self._records:
                 started = time.thread_time()
                 records = [self._records.popleft() for _ in range(min(len(self._records), BATCH_LIMIT))]
-                self._commit(self._to_events(records))
+                try:
+                    batch = self._to_events(records)
+                except Exception:  # e.g. a device error while reading values: count, never die
+                    self.failed += len(records)
+                    log.exception("babysit: could not read a batch of %d records", len(records))
+                    batch = ([], [])
+                self._commit(batch)
                 self.cpu_seconds += time.thread_time() - started
                 self._done += len(records)
             if stopping:

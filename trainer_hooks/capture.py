@@ -119,7 +119,7 @@ def decode(packed: Packed, values: np.ndarray | None = None) -> Decoded:
                 layer=meta["layer"], signal=meta["signal"], module=meta["module"], numel=meta["numel"],
                 raw=_raw(meta, scalars, vectors[0]), counted=meta["counted"], single=not meta["whole"],
                 sample=vectors[0],
-                units=units, dead_units=int(scalars[-1]) if units else None, window=meta.get("window")))
+                units=units, dead_units=units - int(scalars[-1]) if units else None, window=meta.get("window")))
         elif item.kind == "param_pre":
             pending_params.append((meta, scalars, vectors))
         elif item.kind == "param_post":
@@ -144,4 +144,8 @@ def decode(packed: Packed, values: np.ndarray | None = None) -> Decoded:
 
 def _raw(meta: dict, scalars: np.ndarray, sample: np.ndarray) -> np.ndarray:
     """The device's moments, or for a tensor that travelled whole, the same computed here."""
-    return host.raw_moments(sample) if meta.get("whole") else scalars
+    if meta.get("whole"):
+        return host.raw_moments(sample)
+    if meta["counted"]:
+        return host.finite_bounds(scalars, sample)
+    return scalars

@@ -27,21 +27,41 @@ SATURATING = {
 
 
 def raw_moments(values: np.ndarray) -> np.ndarray:
-    """What the device computes (sum, sum of squares, min, max, NaN and Inf counts), on the host."""
+    """What the device computes (sum, sum of squares, min, max over the finite elements,
+    the NaN count and the non-finite count), here on the host, exactly."""
     finite = values[np.isfinite(values)]
     low, high = (finite.min(), finite.max()) if finite.size else (math.nan, math.nan)
     return np.array([finite.sum(), np.dot(finite, finite), low, high,
-                     np.count_nonzero(np.isnan(values)), np.count_nonzero(np.isinf(values))])
+                     np.count_nonzero(np.isnan(values)), values.size - finite.size])
+
+
+def finite_bounds(raw: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Device moments of a tensor whose non-finite elements were zero-filled: where
+    there were any, a bound at exactly zero may be the filling, not a value, and is
+    taken from the sample's finite values instead (a bound the sample may miss by a
+    little; the sums stay exact)."""
+    if raw[5] == 0 or (raw[2] != 0.0 and raw[3] != 0.0):
+        return raw
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        return raw
+    fixed = raw.copy()
+    if raw[2] == 0.0:  # every finite value is >= 0: the sample's least is the best estimate
+        fixed[2] = finite.min()
+    if raw[3] == 0.0:
+        fixed[3] = finite.max()
+    return fixed
 
 
 def moments(numel: int, raw: np.ndarray, counted: bool):
     """(mean, std, min, max, norm, nan, inf) over the finite elements.
 
-    ``raw`` holds sum, sum of squares, min, max and, when ``counted``, the NaN and Inf
-    counts. ``std`` is the unbiased estimate, as ``torch.std`` computes it.
+    ``raw`` holds sum, sum of squares, min, max and, when ``counted``, the NaN count
+    and the non-finite (NaN or ±Inf) count. ``std`` is the unbiased estimate, as
+    ``torch.std`` computes it.
     """
     total, squares, low, high = (float(v) for v in raw[:4])
-    nan, inf = (int(raw[4]), int(raw[5])) if counted else (0, 0)
+    nan, inf = (int(raw[4]), int(raw[5]) - int(raw[4])) if counted else (0, 0)
     finite = numel - nan - inf
     if finite == 0:
         return math.nan, math.nan, math.nan, math.nan, 0.0, nan, inf

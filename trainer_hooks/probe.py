@@ -23,7 +23,7 @@ from torch.nn.modules import module as module_hooks
 from monitor.events import Signal
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.reduce import (
-    SAMPLE_SIZE, UnitWindow, channel_moments, reduce_tensor, sample_indices, unit_maxima,
+    SAMPLE_SIZE, Reduced, UnitWindow, channel_moments, reduce_tensor, sample_indices, unit_maxima,
 )
 
 ACTIVATIONS = (
@@ -89,7 +89,8 @@ class Probe:
         self.calls: dict[str, int] = {}
         self.windows: dict[str, UnitWindow] = {}
         self.generators: dict[torch.device, torch.Generator] = {}
-        self.param_indices: dict[int, torch.Tensor | None] = {}
+        self.param_indices: dict[int, torch.Tensor] = {}  # sample positions of large parameters
+        self.stepped: list[tuple[torch.Tensor, str, str]] = []  # parameters the current step updates
         self.input_shape: tuple[int, ...] | None = None
         self.on_root_forward = lambda args: None  # set by the Monitor
         self.on_optimizer_step = lambda: None
@@ -121,11 +122,11 @@ class Probe:
         x = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
         if x is not None:
             self.input_shape = tuple(x.shape)
+            channels = channel_moments(x, MAX_INPUT_CHANNELS)
             reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device),
-                                    precise=True)
+                                    precise=True, sums=(channels[0].sum(), channels[1].sum()) if channels else None)
             if reduced is not None:
-                capture.add_reduced("input", {"shape": tuple(x.shape)}, reduced,
-                                    vectors=channel_moments(x, MAX_INPUT_CHANNELS))
+                capture.add_reduced("input", {"shape": tuple(x.shape)}, reduced, vectors=channels)
 
     def _forward(self, module, args, output):
         if not self.capturing:
@@ -184,28 +185,40 @@ class Probe:
         capture = self.capture
         if capture is None:
             return
+        self.stepped = [(p, name, module) for p, (name, module) in self._params()
+                        if p.grad is not None and not p.grad.is_sparse and p.grad.is_floating_point()
+                        and p.grad.numel() > 0]
         self.param_indices = {}
-        for p, (name, module) in self._params():
-            if p.grad is None or p.grad.is_sparse:
+        small = [entry for entry in self.stepped if entry[0].numel() <= self.sample_size]
+        # Small parameters (biases, norms) travel whole: their gradients and weights are
+        # copied in one kernel per device each, not one per parameter.
+        for group in _by_device(small):
+            grads = _joined([p.grad for p, _, _ in group])
+            weights = _joined([p for p, _, _ in group])
+            for (p, name, module), grad, weight in zip(group, grads, weights):
+                reduced = Reduced(numel=grad.numel(), moments=[], counted=False, sample=grad, whole=True)
+                capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced, vectors=[weight])
+        for p, name, module in self.stepped:
+            if p.numel() <= self.sample_size:
                 continue
-            idx = sample_indices(p.numel(), self.sample_size, p.device, self._generator(p.device))
+            idx = self.param_indices[id(p)] = sample_indices(p.numel(), self.sample_size, p.device,
+                                                             self._generator(p.device))
             reduced = reduce_tensor(p.grad, indices=idx)
-            if reduced is None:
-                continue
-            self.param_indices[id(p)] = idx
             capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced,
-                                vectors=[_weights(p, idx)])
+                                vectors=[p.detach().reshape(-1).index_select(0, idx)])
 
     def _step_post(self, optimizer, args, kwargs):
         capture = self.capture
-        if capture is not None:
-            for p, (name, _) in self._params():
-                if id(p) not in self.param_indices:
-                    continue
-                w = _weights(p, self.param_indices[id(p)])
-                norm = torch.linalg.vector_norm(p.detach(), dtype=torch.float32)
+        if capture is not None and self.stepped:
+            after = {}
+            for group in _by_device([e for e in self.stepped if id(e[0]) not in self.param_indices]):
+                after.update(zip((id(p) for p, _, _ in group), _joined([p for p, _, _ in group])))
+            norms = _norms([p.detach() for p, _, _ in self.stepped])
+            for (p, name, _), norm in zip(self.stepped, norms):
+                idx = self.param_indices.get(id(p))
+                w = after[id(p)] if idx is None else p.detach().reshape(-1).index_select(0, idx)
                 capture.add("param_post", {"layer": name}, [norm], [w])
-            self.param_indices = {}
+        self.stepped, self.param_indices = [], {}
         self.on_optimizer_step()
 
     # ------------------------------------------------------------------ filters
@@ -228,7 +241,23 @@ class Probe:
         capture.add("filters", {"layer": name, "shape": tuple(scaled.shape)}, [], [scaled])
 
 
-def _weights(p: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """A copy of (a sample of) the weights: the optimizer updates them in place."""
-    flat = p.detach().reshape(-1)
-    return flat.clone() if idx is None else flat[idx]
+def _by_device(entries: list[tuple]) -> list[list[tuple]]:
+    groups: dict[torch.device, list[tuple]] = {}
+    for entry in entries:
+        groups.setdefault(entry[0].device, []).append(entry)
+    return list(groups.values())
+
+
+def _joined(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Copies of several tensors (one device) made by a single kernel, as flat views."""
+    flat = [t.detach().reshape(-1) for t in tensors]
+    return torch.cat(flat).split([t.numel() for t in flat])
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The L2 norm of each tensor, in float32 or wider: one multi-tensor kernel where torch
+    has it (``_foreach_norm`` with a dtype, torch >= 2.3), else one norm each."""
+    try:
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+    except (AttributeError, TypeError, RuntimeError):
+        return [torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors]

@@ -49,7 +49,8 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
                   generator: torch.Generator | None = None,
                   indices: torch.Tensor | None = None,
                   maxima: torch.Tensor | None = None,
-                  precise: bool = False) -> Reduced | None:
+                  precise: bool = False,
+                  sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> Reduced | None:
     """Moments over the finite elements, exact NaN/Inf counts, and a uniform sample.
 
     Returns None for empty or non-floating tensors. ``indices`` reuses positions drawn
@@ -58,7 +59,8 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
     dead units), give the tensor's maximum without another pass when all is finite.
     ``precise`` accumulates in float64 (several times slower): for the model input,
     whose mean may sit far above its spread (raw pixels, years), where the variance
-    from float32 sums of squares cancels.
+    from float32 sums of squares cancels. ``sums``, the sum and sum of squares the
+    caller has already (the input's, from its per-channel sums), save two passes.
     """
     if not x.is_floating_point() or x.numel() == 0:
         return None
@@ -74,10 +76,13 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
     if flat.device.type == "cpu":
         # On CPU reading a value costs nothing: the masked passes below run only when
         # the sum of squares (NaN or Inf as soon as one element is) says so.
-        total = flat.sum(dtype=accumulate)
-        if precise:
+        if sums is not None:
+            total, squares = sums
+        elif precise:
+            total = flat.sum(dtype=accumulate)
             squares = torch.linalg.vector_norm(flat, dtype=torch.float64) ** 2  # no float64 copy
         else:
+            total = flat.sum(dtype=accumulate)
             wide = flat if flat.dtype == accumulate else flat.to(accumulate)  # half types
             squares = torch.dot(wide, wide)
         if math.isfinite(float(squares)):  # two passes beat aminmax's one on CPU
@@ -94,18 +99,27 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
 
 
 def _masked_moments(flat: torch.Tensor, accumulate: torch.dtype) -> list[torch.Tensor]:
-    """Moments over finite elements with branch-free masks, plus the NaN and Inf counts."""
-    finite = torch.isfinite(flat)
-    zeroed = torch.where(finite, flat, flat.new_zeros(())).to(accumulate)
-    inf = flat.new_full((), math.inf)  # a fill kernel, not a host-to-device copy
-    return [
-        zeroed.sum(),
-        torch.dot(zeroed, zeroed),
-        torch.where(finite, flat, inf).amin(),
-        torch.where(finite, flat, -inf).amax(),
-        torch.isnan(flat).sum(),
-        torch.isinf(flat).sum(),
-    ]
+    """Moments over the finite elements, the NaN count and the non-finite count, in
+    eight kernels and without a branch (an accelerator's launches, not its arithmetic,
+    are the cost of a sampled step).
+
+    Non-finite elements become zeros, which leaves the sums over the finite elements
+    exact. The min and max of the zero-filled tensor are the finite ones unless the
+    finite values all lie on one side of zero; the host then takes that bound from the
+    sample (:func:`trainer_hooks.decode.finite_bounds`).
+    """
+    zeroed = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
+    if accumulate == torch.float64 and flat.dtype != torch.float64:
+        total = zeroed.sum(dtype=torch.float64)
+        squares = torch.linalg.vector_norm(zeroed, dtype=torch.float64) ** 2  # no float64 copy
+    else:
+        wide = zeroed if zeroed.dtype == accumulate else zeroed.to(accumulate)
+        total, squares = wide.sum(), torch.dot(wide, wide)
+    if flat.device.type == "cuda":
+        low, high = torch.aminmax(zeroed)  # one kernel there
+    else:
+        low, high = zeroed.amin(), zeroed.amax()
+    return [total, squares, low, high, torch.isnan(flat).sum(), (zeroed != flat).sum()]
 
 
 def unit_maxima(x: torch.Tensor) -> torch.Tensor | None:
@@ -133,7 +147,8 @@ class UnitWindow:
     A ReLU unit that never fires on any input of several batches receives no gradient
     and will not recover: that is a dead unit. One batch is not enough evidence (a rare
     feature may simply be absent), hence the window. Kept on the device as a ring of
-    boolean rows; the dead count is a 0-d tensor packed with the other statistics.
+    boolean rows; the count of units active in the window is a 0-d tensor packed with
+    the other statistics (dead = units - active).
     """
 
     def __init__(self, units: int, window: int, device: torch.device):
@@ -149,7 +164,7 @@ class UnitWindow:
         self.ring[self.position % self.window] = active
         self.position += 1
         self.filled = min(self.filled + 1, self.window)
-        return (~self.ring[: self.filled].any(dim=0)).sum()
+        return self.ring[: self.filled].any(dim=0).sum()
 
 
 def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:

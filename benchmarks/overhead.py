@@ -278,7 +278,7 @@ def main(argv=None) -> int:
           f"(load average {os.getloadavg()[0]:.1f} at start); "
           f"{rounds} rounds x {steps} steps per config, {WARMUP_STEPS} warm-up steps; "
           f"peak RSS: median of {repeats} fresh process(es) per config ({memory_steps} steps)", flush=True)
-    rows = []
+    rows, reset = [], True
     for workload in workloads:
         found = time_workload(workload, rounds, steps)
         peaks = {}
@@ -294,8 +294,9 @@ def main(argv=None) -> int:
           f"every: the interval in force at the end. Warm-up ({WARMUP_STEPS} steps, not in the figures above) "
           "took " + ", ".join(f"{r['workload']} {r['config']} {r['warmup_ratio']:.2f}x" for r in rows
                              if r["config"] in EVERY) + " bare.\n"
-          f"extra peak RSS: median peak resident set of {repeats} fresh process(es) per config, minus bare's "
-          + ("(counted from after the imports)." if reset else "(whole process; imports included)."))
+          + (f"extra peak RSS: median peak resident set of {repeats} fresh process(es) per config, minus bare's "
+             + ("(counted from after the imports)." if reset else "(whole process; imports included).")
+             if DEVICE == "cpu" else "peak memory: not probed on a GPU."))
     targets = [f"{r['config']} {r['median_ratio']:.3f}x (target <= {TARGETS[r['config']]}x: "
                f"{'met' if r['median_ratio'] <= TARGETS[r['config']] else 'NOT met'})"
                for r in rows if r["workload"] == "cnn" and r["config"] in TARGETS]

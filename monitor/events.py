@@ -133,7 +133,12 @@ class Scalars(Payload):
     def __post_init__(self):
         if not isinstance(self.values, Mapping) or not self.values:
             raise fail("values", "a non-empty mapping of name to number", self.values)
-        set_field(self, "values", {check_scalar_name(k): as_float(f"scalar {k!r}", v) for k, v in self.values.items()})
+        values = dict(self.values)
+        for name, value in values.items():
+            check_scalar_name(name)
+            if type(value) is not float:  # the message names the scalar only when it is needed
+                values[name] = as_float(f"scalar {name!r}", value)
+        set_field(self, "values", values)
 
     def to_dict(self):
         return {"values": dict(self.values)}

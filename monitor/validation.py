@@ -31,14 +31,40 @@ def check_label(where: str, value: Any) -> str:
     return value
 
 
+#: Names already matched, so that the same few run ids and metric names are not matched
+#: again on every event (bounded: past the limit names are simply matched each time).
+_ACCEPTED: dict[re.Pattern, set[str]] = {}
+_ACCEPTED_LIMIT = 10_000
+
+
+def _matches(pattern: re.Pattern, value: Any) -> bool:
+    """The whole of ``value`` matches (``fullmatch``: a ``$`` alone lets a final newline in)."""
+    accepted = _ACCEPTED.setdefault(pattern, set())
+    if type(value) is str and value in accepted:
+        return True
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        return False
+    if len(accepted) < _ACCEPTED_LIMIT and type(value) is str:
+        accepted.add(value)
+    return True
+
+
+def is_run_id(value: Any) -> bool:
+    return _matches(RUN_ID_PATTERN, value)
+
+
+def is_scalar_name(value: Any) -> bool:
+    return _matches(SCALAR_NAME_PATTERN, value)
+
+
 def check_run_id(value: Any) -> str:
-    if not isinstance(value, str) or not RUN_ID_PATTERN.match(value):
+    if not _matches(RUN_ID_PATTERN, value):
         raise fail("run", "1-128 characters from A-Z a-z 0-9 . _ - starting with a letter or digit", value)
     return value
 
 
 def check_scalar_name(value: Any) -> str:
-    if not isinstance(value, str) or not SCALAR_NAME_PATTERN.match(value):
+    if not _matches(SCALAR_NAME_PATTERN, value):
         raise fail("scalar name", "1-128 characters from A-Z a-z 0-9 _ . : / -", value)
     return value
 

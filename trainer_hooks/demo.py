@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor.validation import RUN_ID_PATTERN
+from monitor.validation import is_run_id
 from trainer_hooks import watch
 
 OPTIMIZERS = ("sgd", "adam")
@@ -81,7 +81,7 @@ class DemoOptions:
         if self.init_bias is not None and not math.isfinite(self.init_bias):
             raise ValueError(f"init_bias: expected a finite number, got {self.init_bias!r}")
         # The stored run id is this name plus a time stamp and a tag: it names files and URLs.
-        if not isinstance(self.run, str) or len(self.run) > 100 or not RUN_ID_PATTERN.match(self.run):
+        if not is_run_id(self.run) or len(self.run) > 100:
             raise ValueError("run: expected a name of 1-100 characters from A-Z a-z 0-9 . _ - starting "
                              f"with a letter or digit, got {self.run!r}")
         if self.every is not None and self.every < 1:

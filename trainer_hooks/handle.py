@@ -25,7 +25,7 @@ from torch import nn
 
 from monitor.events import Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
 from monitor.store import RunStore
-from monitor.validation import RUN_ID_PATTERN, SCALAR_NAME_PATTERN
+from monitor.validation import is_run_id, is_scalar_name
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import SAMPLE_SIZE
@@ -245,14 +245,14 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
 # ---------------------------------------------------------------------- helpers
 
 def _run_id(name: str) -> str:
-    if not isinstance(name, str) or not RUN_ID_PATTERN.match(name) or len(name) > 100:
+    if not is_run_id(name) or len(name) > 100:
         raise ValueError(f"watch: run name {name!r} is not usable: use 1-100 characters from "
                          "A-Z a-z 0-9 . _ - starting with a letter or digit (it names files and URLs)")
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _scalar_problem(name: str, value: Any) -> str | None:
-    if not SCALAR_NAME_PATTERN.match(name):
+    if not is_scalar_name(name):
         return "names may use 1-128 characters from A-Z a-z 0-9 _ . : / -"
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:

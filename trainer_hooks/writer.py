@@ -143,7 +143,7 @@ class Writer:
         scalar_values = _resolve_scalars([r for r in records if isinstance(r, ScalarRecord)])
         events, texts = [], []
         for record in records:
-            started = time.thread_time()
+            started = time.thread_time() if isinstance(record, CaptureRecord) else 0.0
             try:
                 made = [Event(self.run, self.seq + i, record.step, record.wall, kind, data)
                         for i, (kind, data) in enumerate(self._payloads(record, scalar_values))]
@@ -157,10 +157,10 @@ class Writer:
             texts += encoded
             if isinstance(record, CaptureRecord):
                 self._capture_seconds.append(time.thread_time() - started)
-            # Hand the GIL over between records: the training thread waiting for it
-            # (its hooks, the model's Python) would otherwise wait out the interpreter's
-            # switch interval (5 ms) while this thread decodes a whole batch.
-            time.sleep(0)
+                # Hand the GIL over after each sampled step's long decode: a training
+                # thread waiting for it would otherwise wait out the interpreter's switch
+                # interval (5 ms). (A sleep costs a system call: not after cheap records.)
+                time.sleep(0)
         return events, texts
 
     def capture_cost(self) -> float:

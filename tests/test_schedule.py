@@ -77,3 +77,17 @@ def test_the_writers_cost_of_a_sample_counts_against_the_budget():
         schedule.observe(step, plain + (extra if due else 0.0), due)
     # ceil((3 ms + 2 ms) / (1 % of 10 ms)) = 50 (give or take float rounding); 30 without the writer
     assert abs(schedule.every - math.ceil((extra + 0.002) / (0.01 * plain))) <= 1
+
+
+def test_the_steps_slowed_down_after_a_sample_count_as_its_cost():
+    """A sample that costs 2 ms itself and 1 ms in each of the next two steps (caches
+    refilled) costs 4 ms: the interval doubles from what the sampled step alone implies."""
+    schedule = AutoInterval(budget=0.01)
+    plain, last_sampled = 0.010, -100
+    for step in range(2000):
+        due = schedule.due(step)
+        if due:
+            last_sampled = step
+        slow = 0.002 if due else (0.001 if 0 < step - last_sampled <= 2 else 0.0)
+        schedule.observe(step, plain + slow, due)
+    assert abs(schedule.every - 40) <= 1

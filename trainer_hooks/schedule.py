@@ -45,13 +45,16 @@ class FixedInterval:
 class AutoInterval:
     """Sample as often as the budget allows, measured on this very run.
 
-    The cost of a sample is the extra time a sampled step takes over a plain one
-    (medians of recent steps) plus ``background()``, the CPU time the writer thread
-    spends on a sample afterwards (decoding, encoding), which the training thread does
-    not see but pays for on a machine with few cores. The interval is the smallest that
-    keeps that cost under ``budget`` of the plain step time:
-    ``every = ceil(cost / (budget * plain))``. The first sampled step after step 0 sets
-    the estimate; step 0 is warm-up and is not timed.
+    The cost of a sample is what the steps from one sampled step up to the next took
+    beyond as many plain steps (the median plain step time): the sampled step's own
+    extra and its aftermath (caches refilled, allocations settled in the steps that
+    follow). The median over the last few intervals keeps a validation pass or a
+    checkpoint inside one interval from counting. ``background()`` adds the CPU time the
+    writer thread spends on a sample (decoding, encoding), which the training thread
+    does not see but pays for on a machine with few cores. The interval is the smallest
+    that keeps that cost under ``budget`` of the plain step time:
+    ``every = ceil(cost / (budget * plain))``. Step 0 is warm-up and is not timed; the
+    first estimate comes when the second sampled step closes the first interval.
     """
 
     def __init__(self, budget: float = OVERHEAD_BUDGET, max_every: int = MAX_EVERY,
@@ -65,6 +68,7 @@ class AutoInterval:
         self.next_due = 0
         self.plain_times: deque[float] = deque(maxlen=PLAIN_WINDOW)
         self.extra_times: deque[float] = deque(maxlen=SAMPLED_WINDOW)
+        self.interval: list[float] | None = None  # step times since the last sampled step, it included
 
     def due(self, step: int) -> bool:
         return step >= self.next_due
@@ -76,15 +80,17 @@ class AutoInterval:
             return
         if not sampled:
             self.plain_times.append(seconds)
+            if self.interval is not None:
+                self.interval.append(seconds)
             return
-        if not self.plain_times:
-            self.next_due = step + self.every
-            return
-        plain = statistics.median(self.plain_times)
-        self.extra_times.append(max(seconds - plain, 0.0))
-        extra = statistics.median(self.extra_times) + (self.background() if self.background else 0.0)
-        wanted = math.ceil(extra / (self.budget * plain)) if plain > 0 else self.max_every
-        self.every = min(max(wanted, 1), self.max_every)
+        if self.interval and self.plain_times:
+            plain = statistics.median(self.plain_times)
+            self.extra_times.append(max(sum(self.interval) - len(self.interval) * plain, 0.0))
+            extra = statistics.median(self.extra_times) + (self.background() if self.background else 0.0)
+            # (less a hair: a sum of step times carries float rounding that must not add a step)
+            wanted = math.ceil(extra / (self.budget * plain) - 1e-6) if plain > 0 else self.max_every
+            self.every = min(max(wanted, 1), self.max_every)
+        self.interval = [seconds]
         self.next_due = step + self.every
 
     def describe(self) -> dict:

@@ -91,3 +91,26 @@ def test_the_steps_slowed_down_after_a_sample_count_as_its_cost():
         slow = 0.002 if due else (0.001 if 0 < step - last_sampled <= 2 else 0.0)
         schedule.observe(step, plain + slow, due)
     assert abs(schedule.every - 40) <= 1
+
+
+def test_a_validation_pass_in_every_interval_does_not_inflate_the_cost():
+    """Long intervals all hold an epoch's validation: it is not the sample's doing."""
+    schedule = AutoInterval(budget=0.01)
+    for step in range(3000):
+        due = schedule.due(step)
+        validation = 2.0 if step % 97 == 50 else 0.0  # more often than any interval is long
+        schedule.observe(step, 0.010 + (0.005 if due else 0.0) + validation, due)
+    assert abs(schedule.every - 50) <= 1
+
+
+def test_noisy_plain_steps_do_not_add_up_to_a_cost():
+    """Step times scatter by ±20 %: over a long interval the scatter cancels, so the
+    interval stays near what the sample's true cost calls for (50)."""
+    import random
+
+    rng = random.Random(0)
+    schedule = AutoInterval(budget=0.01)
+    for step in range(5000):
+        due = schedule.due(step)
+        schedule.observe(step, 0.010 * rng.uniform(0.8, 1.2) + (0.005 if due else 0.0), due)
+    assert 35 <= schedule.every <= 65

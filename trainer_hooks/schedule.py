@@ -19,6 +19,8 @@ INITIAL_EVERY = 10
 #: Never sample less often than this, however cheap the steps: a run that goes wrong
 #: in a thousand steps should still be seen going wrong.
 MAX_EVERY = 1000
+#: A plain step slower than this many median plain steps is not charged to a sample.
+OUTLIER = 2.0
 #: Recent plain and sampled steps whose median times set the interval. Medians, not
 #: means: a validation pass or a checkpoint between two steps must not count as cost.
 PLAIN_WINDOW, SAMPLED_WINDOW = 31, 5
@@ -48,8 +50,9 @@ class AutoInterval:
     The cost of a sample is what the steps from one sampled step up to the next took
     beyond as many plain steps (the median plain step time): the sampled step's own
     extra and its aftermath (caches refilled, allocations settled in the steps that
-    follow). The median over the last few intervals keeps a validation pass or a
-    checkpoint inside one interval from counting. ``background()`` adds the CPU time the
+    follow). Steps slower than :data:`OUTLIER` plain steps (a validation pass, a
+    checkpoint) are left out, and the median over the last few intervals drops the rest
+    of such accidents. ``background()`` adds the CPU time the
     writer thread spends on a sample (decoding, encoding), which the training thread
     does not see but pays for on a machine with few cores. The interval is the smallest
     that keeps that cost under ``budget`` of the plain step time:
@@ -85,7 +88,12 @@ class AutoInterval:
             return
         if self.interval and self.plain_times:
             plain = statistics.median(self.plain_times)
-            self.extra_times.append(max(sum(self.interval) - len(self.interval) * plain, 0.0))
+            sampled_step, *after = self.interval
+            # Signed differences, so that noise cancels over a long interval instead of
+            # adding up; a step slower than OUTLIER plain steps is something else
+            # (validation, a checkpoint, another process) and is left out.
+            aftermath = sum(t - plain for t in after if t <= OUTLIER * plain)
+            self.extra_times.append(max(sampled_step - plain + aftermath, 0.0))
             extra = statistics.median(self.extra_times) + (self.background() if self.background else 0.0)
             # (less a hair: a sum of step times carries float rounding that must not add a step)
             wanted = math.ceil(extra / (self.budget * plain) - 1e-6) if plain > 0 else self.max_every

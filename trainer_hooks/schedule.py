@@ -19,6 +19,9 @@ INITIAL_EVERY = 10
 #: Never sample less often than this, however cheap the steps: a run that goes wrong
 #: in a thousand steps should still be seen going wrong.
 MAX_EVERY = 1000
+#: Plain steps after a sampled step that are charged with its aftermath (a fixed few:
+#: over a whole interval the scatter of step times would drown the cost).
+AFTERMATH_STEPS = 3
 #: A plain step slower than this many median plain steps is not charged to a sample.
 OUTLIER = 2.0
 #: Recent plain and sampled steps whose median times set the interval. Medians, not
@@ -47,17 +50,16 @@ class FixedInterval:
 class AutoInterval:
     """Sample as often as the budget allows, measured on this very run.
 
-    The cost of a sample is what the steps from one sampled step up to the next took
-    beyond as many plain steps (the median plain step time): the sampled step's own
-    extra and its aftermath (caches refilled, allocations settled in the steps that
-    follow). Steps slower than :data:`OUTLIER` plain steps (a validation pass, a
-    checkpoint) are left out, and the median over the last few intervals drops the rest
-    of such accidents. ``background()`` adds the CPU time the
-    writer thread spends on a sample (decoding, encoding), which the training thread
-    does not see but pays for on a machine with few cores. The interval is the smallest
-    that keeps that cost under ``budget`` of the plain step time:
-    ``every = ceil(cost / (budget * plain))``. Step 0 is warm-up and is not timed; the
-    first estimate comes when the second sampled step closes the first interval.
+    The cost of a sample is what the sampled step and the :data:`AFTERMATH_STEPS` steps
+    after it took beyond as many plain steps (the median plain step time): the sampled
+    step's own extra and its aftermath (caches refilled, allocations settled). Steps
+    slower than :data:`OUTLIER` plain steps (a validation pass, a checkpoint) are left
+    out, and the median over the last few samples drops the rest of such accidents.
+    ``background()`` adds the CPU time the writer thread spends on a sample (decoding,
+    encoding), which the training thread does not see but pays for on a machine with
+    few cores. The interval is the smallest that keeps that cost under ``budget`` of the
+    plain step time: ``every = ceil(cost / (budget * plain))``. Step 0 is warm-up and is
+    not timed; the first estimate comes at the second sampled step.
     """
 
     def __init__(self, budget: float = OVERHEAD_BUDGET, max_every: int = MAX_EVERY,
@@ -71,7 +73,7 @@ class AutoInterval:
         self.next_due = 0
         self.plain_times: deque[float] = deque(maxlen=PLAIN_WINDOW)
         self.extra_times: deque[float] = deque(maxlen=SAMPLED_WINDOW)
-        self.interval: list[float] | None = None  # step times since the last sampled step, it included
+        self.interval: list[float] | None = None  # the last sampled step's time and its aftermath's
 
     def due(self, step: int) -> bool:
         return step >= self.next_due
@@ -83,15 +85,15 @@ class AutoInterval:
             return
         if not sampled:
             self.plain_times.append(seconds)
-            if self.interval is not None:
+            if self.interval is not None and len(self.interval) <= AFTERMATH_STEPS:
                 self.interval.append(seconds)
             return
         if self.interval and self.plain_times:
             plain = statistics.median(self.plain_times)
             sampled_step, *after = self.interval
-            # Signed differences, so that noise cancels over a long interval instead of
-            # adding up; a step slower than OUTLIER plain steps is something else
-            # (validation, a checkpoint, another process) and is left out.
+            # Signed differences, so that noise cancels instead of adding up; a step slower
+            # than OUTLIER plain steps is something else (validation, a checkpoint, another
+            # process) and is left out.
             aftermath = sum(t - plain for t in after if t <= OUTLIER * plain)
             self.extra_times.append(max(sampled_step - plain + aftermath, 0.0))
             extra = statistics.median(self.extra_times) + (self.background() if self.background else 0.0)

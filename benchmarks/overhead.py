@@ -60,6 +60,7 @@ WARMUP_STEPS = 60  # timed apart; covers lazy initialisation and the automatic s
 MEMORY_STEPS = 200  # steps each memory subprocess trains: several sampled steps at the default interval
 MEMORY_REPEATS = 3  # fresh processes per config; the median, as one process's peak varies by a few MiB
 CONFIGS = ("bare", "bare again", "unsampled", "auto", "every=1")
+INSTANCES = 3  # models per config, used in turn (see time_workload)
 #: ``bare again`` is a second unwatched model timed like the others: its ratio to bare,
 #: which should be 1, shows how far the machine's noise moves the figures.
 #: ``unsampled`` samples step 0 only: the cost of the hooks, the loss logging and the writer
@@ -136,7 +137,7 @@ def _drain(mon) -> None:
         raise RuntimeError("babysit's writer did not catch up within 30 s")
 
 
-def make_trainer(workload: str, config: str, logdir: str, seed: int = 0) -> Trainer:
+def make_trainer(workload: str, config: str, logdir: str, seed: int = 0, instance: int = 0) -> Trainer:
     build, shape = WORKLOADS[workload]
     torch.manual_seed(seed)  # every config starts from the same weights and sees the same batches
     model = build().to(DEVICE)
@@ -144,44 +145,58 @@ def make_trainer(workload: str, config: str, logdir: str, seed: int = 0) -> Trai
     batches = [(torch.randn(BATCH, *shape).to(DEVICE), torch.randint(0, 10, (BATCH,)).to(DEVICE)) for _ in range(4)]
     mon = None
     if config in EVERY:
-        mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '')}",
+        mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '')}-{instance}",
                     config={"workload": workload}, every=EVERY[config], logdir=logdir)
     return Trainer(config, model, optimizer, batches, mon)
 
 
-def interval_of(mon) -> str:
-    """The sampling interval the handle's schedule has settled on, at the end of the rounds."""
-    return str(mon.schedule.every)
+def interval_of(instances: list[Trainer]) -> str:
+    """The sampling intervals the instances' schedules have settled on, at the end of the rounds."""
+    if instances[0].mon is None:
+        return "-"
+    return "/".join(str(t.mon.schedule.every) for t in instances)
 
 
-def time_workload(workload: str, rounds: int, steps: int) -> list[dict]:
-    """Interleaved rounds of all configs; one result row per config."""
+def time_workload(workload: str, rounds: int, steps: int, instances: int = INSTANCES) -> list[dict]:
+    """Interleaved rounds of all configs; one result row per config.
+
+    Each config trains ``instances`` separate models (same weights, same batches), one
+    per round in turn: where a model's tensors happen to land in memory moves its step
+    time by a percent or two, a bias that rotating instances averages out.
+    """
     with tempfile.TemporaryDirectory(prefix="babysit-bench-") as logdir:
-        trainers = [make_trainer(workload, config, logdir) for config in CONFIGS]
+        trainers = {config: [make_trainer(workload, config, logdir, instance=i) for i in range(instances)]
+                    for config in CONFIGS}
         make_trainer(workload, "bare", logdir).block(10)  # the process's first steps initialise torch's kernels
         try:
-            for trainer in trainers:
-                trainer.warmup = trainer.block(WARMUP_STEPS)
+            for group in trainers.values():
+                for trainer in group:
+                    trainer.warmup = trainer.block(WARMUP_STEPS)
             order = random.Random(0)
-            for _ in range(rounds):
+            times: dict[str, list[float]] = {config: [] for config in CONFIGS}
+            for round_ in range(rounds):
                 # A fresh random order each round: no config always follows the same one
                 # (a rotation would always put bare right after every=1's aftermath).
-                for trainer in order.sample(trainers, len(trainers)):
-                    trainer.times.append(trainer.block(steps) / steps)
-            intervals = {t.config: ("-" if t.mon is None else interval_of(t.mon)) for t in trainers}
+                for config in order.sample(CONFIGS, len(CONFIGS)):
+                    trainer = trainers[config][round_ % instances]
+                    times[config].append(trainer.block(steps) / steps)
+            intervals = {config: interval_of(group) for config, group in trainers.items()}
         finally:
-            for trainer in trainers:
-                if trainer.mon is not None:
-                    trainer.mon.close()
-    bare = trainers[0]
+            for group in trainers.values():
+                for trainer in group:
+                    if trainer.mon is not None:
+                        trainer.mon.close()
+    bare = times["bare"]
+    warmup = {config: sum(t.warmup for t in group) for config, group in trainers.items()}
     rows = []
-    for t in trainers:
-        paired = [mine / base for mine, base in zip(t.times, bare.times)]  # same round: drift cancels
-        rows.append({"workload": workload, "config": t.config, "every": intervals[t.config],
-                     "median_ms": statistics.median(t.times) * 1e3, "median_ratio": statistics.median(paired),
-                     "mean_ms": statistics.fmean(t.times) * 1e3,
-                     "mean_ratio": statistics.fmean(t.times) / statistics.fmean(bare.times),
-                     "warmup_ratio": t.warmup / bare.warmup})
+    for config in CONFIGS:
+        mine = times[config]
+        paired = [a / b for a, b in zip(mine, bare)]  # same round: drift cancels
+        rows.append({"workload": workload, "config": config, "every": intervals[config],
+                     "median_ms": statistics.median(mine) * 1e3, "median_ratio": statistics.median(paired),
+                     "mean_ms": statistics.fmean(mine) * 1e3,
+                     "mean_ratio": statistics.fmean(mine) / statistics.fmean(bare),
+                     "warmup_ratio": warmup[config] / warmup["bare"]})
     return rows
 
 
@@ -255,6 +270,8 @@ def main(argv=None) -> int:
                                                  "on the reference CPU workloads.")
     parser.add_argument("--workload", choices=("cnn", "mlp", "all"), default="all")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default: 30)")
+    parser.add_argument("--instances", type=int, default=INSTANCES,
+                        help=f"models per config, used in turn (default: {INSTANCES})")
     parser.add_argument("--steps", type=int, default=50,
                         help="steps per config per round; about the automatic interval, so that most "
                              "rounds hold a sampled step (default: 50)")
@@ -280,7 +297,7 @@ def main(argv=None) -> int:
           f"peak RSS: median of {repeats} fresh process(es) per config ({memory_steps} steps)", flush=True)
     rows, reset = [], True
     for workload in workloads:
-        found = time_workload(workload, rounds, steps)
+        found = time_workload(workload, rounds, steps, 1 if args.quick else args.instances)
         peaks = {}
         for config in ("bare", *EVERY) if DEVICE == "cpu" else ():
             probes = [peak_rss_mib(workload, config, memory_steps) for _ in range(repeats)]

@@ -276,12 +276,12 @@ class RunEnd(Payload):
     steps: int
     duration: float
     dropped: int = 0  # events the training process could not hand on (queue full)
+    skipped: int = 0  # due samples not taken because the writer was behind (memory bound)
 
     def __post_init__(self):
         set_field(self, "state", as_enum(RunState, "state", self.state))
-        set_field(self, "steps", as_int("steps", self.steps))
+        convert_fields(self, as_int, ("steps", "dropped", "skipped"))
         set_field(self, "duration", as_float("duration", self.duration))
-        set_field(self, "dropped", as_int("dropped", self.dropped))
 
 
 PAYLOADS: dict[Kind, type[Payload]] = {

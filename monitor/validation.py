@@ -131,15 +131,15 @@ class Payload:
         return cls(**decode_nested(cls, raw))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        # The instance dict holds exactly the fields, in order (dataclasses without slots):
+        # reading it beats dataclasses.fields(), which the writer would pay per summary.
+        out = dict(self.__dict__)
+        for name, value in out.items():
             if isinstance(value, Enum):
-                value = value.value
-            elif isinstance(value, tuple) and value and isinstance(value[0], Payload):
-                value = [v.to_dict() for v in value]
-            out[f.name] = value  # tuples and mappings: the codec writes them as JSON lists and objects
-        return out
+                out[name] = value.value
+            elif type(value) is tuple and value and isinstance(value[0], Payload):
+                out[name] = [v.to_dict() for v in value]
+        return out  # tuples and mappings: the codec writes them as JSON lists and objects
 
 
 def decode_nested(cls, raw: Mapping) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from torch.nn.modules import module as module_hooks
 import monitor
 from monitor.events import RunState
 from trainer_hooks import BabysitWarning, watch
+from trainer_hooks import handle as handle_module
 from trainer_hooks import writer as writer_module
 
 
@@ -242,3 +243,22 @@ def test_a_deep_copy_of_a_watched_model_is_not_watched(tmp_path):
         clone = copy.deepcopy(model)
         with watch(clone, every=1, logdir=tmp_path) as other:
             assert other.run_id != mon.run_id
+
+
+def test_sampling_backs_off_while_the_writer_is_behind_so_memory_stays_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FLUSH_SECONDS", 60.0)  # the writer sleeps through the loop
+    monkeypatch.setattr(handle_module, "CAPTURE_BACKLOG_LIMIT", 2)
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        for step in range(6):
+            train_step(model, opt, *batch(step), mon)
+        assert mon._writer.capture_backlog == 2 and mon.skipped_samples == 4
+        mon.flush()  # the writer catches up, and sampling resumes
+        train_step(model, opt, *batch(6), mon)
+    frames = monitor.load_run(mon.run_id, tmp_path)
+    assert sorted(frames.layer_stats.step.unique()) == [0, 1, 6]
+    assert frames.series("loss").index.tolist() == list(range(7))  # the loss is never skipped
+    from monitor.store import RunStore
+    with RunStore(tmp_path) as store:
+        assert store.events(mon.run_id, kinds=["run_end"])[0].data.skipped == 4

@@ -30,7 +30,7 @@ from trainer_hooks.capture import StepCapture
 from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import SAMPLE_SIZE
 from trainer_hooks.schedule import OVERHEAD_BUDGET, make_schedule
-from trainer_hooks.writer import CaptureRecord, EventRecord, ScalarRecord, Writer
+from trainer_hooks.writer import CAPTURE_BACKLOG_LIMIT, CaptureRecord, EventRecord, ScalarRecord, Writer
 
 #: Sampled steps between two pictures of the first-layer filters (they change slowly).
 FILTERS_EVERY = 5
@@ -84,6 +84,7 @@ class Monitor:
         self._capture: StepCapture | None = None
         self._captured_step = -1
         self._samples = 0
+        self.skipped_samples = 0  # due samples not taken because the writer was behind
         self._step_started = time.perf_counter()
         self._started = time.time()
         self._stop: Status | None = None
@@ -154,8 +155,8 @@ class Monitor:
         reason = reason or (self._stop.reason if self._stop is not None else "")
         by = self._stop.by if self._stop is not None else ""
         self._emit(Kind.STATUS, Status(state, reason, by), wait=True)
-        self._emit(Kind.RUN_END, RunEnd(state, self._step, time.time() - self._started, self._writer.dropped),
-                   wait=True)
+        end = RunEnd(state, self._step, time.time() - self._started, self._writer.dropped, self.skipped_samples)
+        self._emit(Kind.RUN_END, end, wait=True)
         self._writer.close()
         self.store.close()
 
@@ -187,6 +188,9 @@ class Monitor:
             return  # validation or inference: keep it out of the training statistics
         self._forward_step = self._step
         if self._capture is None and self._captured_step != self._step and self.schedule.due(self._step):
+            if self._writer.capture_backlog >= CAPTURE_BACKLOG_LIMIT:
+                self.skipped_samples += 1  # the writer is behind: sample a later step instead
+                return
             self._capture = StepCapture(self._step)
             self._captured_step = self._step
             self.probe.begin(self._capture, args)

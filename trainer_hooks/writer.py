@@ -31,6 +31,10 @@ log = logging.getLogger("babysit")
 #: Records the queue may hold before new ones are dropped (each is small: a few
 #: numbers, or one packed tensor of a sampled step).
 QUEUE_LIMIT = 100_000
+#: Sampled steps waiting for the writer beyond which no new sample is taken: each holds
+#: its packed statistics (a few hundred kB), so this bounds memory when the writer
+#: cannot keep up, and makes the sampling back off instead of the training.
+CAPTURE_BACKLOG_LIMIT = 32
 #: Most records turned into events and committed in one batch.
 BATCH_LIMIT = 2_000
 #: How long the thread waits for more records before committing what it has.
@@ -81,6 +85,8 @@ class Writer:
         self._limit = QUEUE_LIMIT
         self._accepted = 0  # records put; compared with _done by flush()
         self._done = 0
+        self._captures_put = 0
+        self._captures_done = 0
         self._stopping = False
         self._wake = threading.Event()
         self._capture_seconds: deque[float] = deque(maxlen=CAPTURE_COSTS_KEPT)
@@ -97,6 +103,8 @@ class Writer:
             self._wake.set()
             time.sleep(0.01)
         self._accepted += 1
+        if isinstance(record, CaptureRecord):
+            self._captures_put += 1
         self._records.append(record)  # atomic under the GIL; no lock, no wake-up
         return True
 
@@ -134,6 +142,7 @@ class Writer:
                     batch = ([], [])
                 self._commit(batch)
                 self.cpu_seconds += time.thread_time() - started
+                self._captures_done += sum(isinstance(r, CaptureRecord) for r in records)  # stored or failed
                 self._done += len(records)
             if stopping:
                 return
@@ -162,6 +171,11 @@ class Writer:
                 # interval (5 ms). (A sleep costs a system call: not after cheap records.)
                 time.sleep(0)
         return events, texts
+
+    @property
+    def capture_backlog(self) -> int:
+        """Sampled steps handed over and not yet turned into events."""
+        return self._captures_put - self._captures_done
 
     def capture_cost(self) -> float:
         """Median CPU seconds this thread spent turning a recent sampled step into stored

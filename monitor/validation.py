@@ -130,6 +130,15 @@ class Payload:
             raise SchemaError(f"{cls.__name__}: missing field(s) {missing}")
         return cls(**decode_nested(cls, raw))
 
+    @classmethod
+    def unchecked(cls, **values: Any):
+        """Build without validating: only for payloads babysit's own code computes, with
+        the schema's types, on a hot path (the writer's); tests hold that those validate.
+        Everything that arrives from elsewhere goes through the constructor."""
+        obj = object.__new__(cls)
+        obj.__dict__.update({f.name: values[f.name] if f.name in values else f.default for f in fields(cls)})
+        return obj
+
     def to_dict(self) -> dict[str, Any]:
         # The instance dict holds exactly the fields, in order (dataclasses without slots):
         # reading it beats dataclasses.fields(), which the writer would pay per summary.

@@ -226,3 +226,41 @@ def test_a_large_tensor_far_from_zero_keeps_a_meaningful_std():
     s = summarize(x)
     assert s.mean == pytest.approx(1e4, rel=1e-6)
     assert s.std == pytest.approx(x.double().std().item(), rel=0.06)
+
+
+def test_every_summary_the_writer_builds_unchecked_passes_the_schema(tmp_path):
+    """The writer builds summaries without re-validating them (its hot path): each must
+    equal what the validating constructor makes of its dict, NaN, Inf and units included."""
+    from monitor.codec import dumps
+    from monitor.events import TensorSummary
+    from trainer_hooks import watch
+    from trainer_hooks.writer import CaptureRecord, Writer
+
+    captured = []
+    put = Writer.put
+
+    def spy(self, record, wait=False):
+        if isinstance(record, CaptureRecord):
+            captured.append(record)
+        return put(self, record, wait)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(40, 64)
+    x[0, 0] = float("nan")
+    x[1, 1] = float("inf")
+    Writer.put = spy
+    try:
+        with watch(model, opt, every=1, logdir=tmp_path) as mon:
+            model(x).sum().backward()
+            opt.step()
+    finally:
+        Writer.put = put
+    summaries = decode(captured[0].packed).layer_stats.summaries
+    assert {s.signal.value for s in summaries} == {"activation", "output_grad", "param_grad"}
+    assert any(s.nan for s in summaries) and any(s.sat_frac is not None for s in summaries)
+    for s in summaries:  # compared as codec text: NaN != NaN, but its encoding is exact
+        assert dumps(TensorSummary.from_dict(s.to_dict()).to_dict()) == dumps(s.to_dict()), s.layer
+        assert all(type(getattr(s, name)) is float for name in ("mean", "std", "min", "max", "norm", "zero_frac"))

@@ -100,9 +100,19 @@ class Decoded:
 
 def decode(packed: Packed, values: np.ndarray | None = None) -> Decoded:
     """Turn one packed step back into payloads (runs on the writer thread, which makes
-    the step's one device-to-host copy here unless ``values`` were copied already)."""
+    the step's one device-to-host copy here unless ``values`` were copied already).
+
+    NaN and ±Inf are data here (Inf - Inf in a variance is NaN, as it should be), so
+    numpy's floating-point warnings are silenced rather than printed into the user's
+    training log.
+    """
     if values is None:
         values = packed.values.cpu().numpy()
+    with np.errstate(all="ignore"):
+        return _decode(packed, values)
+
+
+def _decode(packed: Packed, values: np.ndarray) -> Decoded:
     pieces = [values[o:o + n] for o, n in packed.spans]
     items = packed.items
     specs: list[dict] = []
@@ -117,8 +127,8 @@ def decode(packed: Packed, values: np.ndarray | None = None) -> Decoded:
             units = meta.get("units")
             specs.append(dict(
                 layer=meta["layer"], signal=meta["signal"], module=meta["module"], numel=meta["numel"],
-                raw=_raw(meta, scalars, vectors[0]), counted=meta["counted"], single=not meta["whole"],
-                sample=vectors[0],
+                raw=None if meta["whole"] else _raw(meta, scalars, vectors[0]), counted=meta["counted"],
+                single=not meta["whole"], sample=vectors[0],
                 units=units, dead_units=units - int(scalars[-1]) if units else None, window=meta.get("window")))
         elif item.kind == "param_pre":
             pending_params.append((meta, scalars, vectors))
@@ -134,8 +144,8 @@ def decode(packed: Packed, values: np.ndarray | None = None) -> Decoded:
         after, weight_norm = params_after.get(meta["layer"], (None, None))
         specs.append(dict(
             layer=meta["layer"], signal=Signal.PARAM_GRAD, module=meta["module"], numel=meta["numel"],
-            raw=_raw(meta, scalars, grad_sample), counted=meta["counted"], single=not meta["whole"],
-            sample=grad_sample,
+            raw=None if meta["whole"] else _raw(meta, scalars, grad_sample), counted=meta["counted"],
+            single=not meta["whole"], sample=grad_sample,
             weight_norm=weight_norm,
             update_ratio=None if after is None else host.update_ratio(before, after)))
     summaries = host.tensor_summaries(specs)

@@ -6,6 +6,7 @@ histograms or building dataclasses. Everything here is a pure function of its in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,28 +75,54 @@ def moments(numel: int, raw: np.ndarray, counted: bool):
 _LEVELS = np.asarray(QUANTILE_LEVELS)
 
 
-def distributions(samples: list[np.ndarray], lows: list[float], highs: list[float],
+@dataclass(frozen=True)
+class SortedSamples:
+    """A step's samples (one per tensor, up to SAMPLE_SIZE values each) as one padded
+    matrix: each row holds its finite values in order, then NaN (non-finite values and
+    padding). One row-wise sort serves all the host statistics of the step. Batching is
+    what keeps the writer thread's share of a core small: per-tensor numpy calls cost
+    more in call overhead than in arithmetic."""
+
+    rows: np.ndarray
+    counts: np.ndarray  # finite values per row
+    nan: np.ndarray  # NaN per sample
+    nonfinite: np.ndarray  # NaN or ±Inf per sample
+
+    @classmethod
+    def of(cls, samples: list[np.ndarray]) -> "SortedSamples":
+        width = max((s.size for s in samples), default=0)
+        rows = np.full((len(samples), width), np.nan)
+        for i, s in enumerate(samples):
+            rows[i, :s.size] = s
+        padding = width - np.array([s.size for s in samples], dtype=np.int64)
+        nan = np.count_nonzero(np.isnan(rows), axis=1) - padding
+        rows[np.isinf(rows)] = np.nan
+        rows.sort(axis=1)  # NaN sorts last
+        counts = width - np.count_nonzero(np.isnan(rows), axis=1)
+        return cls(rows, counts, nan, width - padding - counts)
+
+    def raw_moments(self) -> np.ndarray:
+        """Per row, what :func:`raw_moments` gives for a whole tensor (exact)."""
+        rows, n = self.rows, self.counts
+        last = np.maximum(n - 1, 0)
+        low = np.where(n > 0, rows[np.arange(len(n)), 0], np.nan)
+        high = np.where(n > 0, rows[np.arange(len(n)), last], np.nan)
+        return np.stack([np.nansum(rows, axis=1), np.nansum(rows * rows, axis=1), low, high,
+                         self.nan, self.nonfinite], axis=1)
+
+
+def distributions(batch: SortedSamples, lows: list[float], highs: list[float],
                   modules: list[str], bins: int = HIST_BINS) -> list[dict]:
     """Quantiles, histogram and fractions of each sample's finite part, all at once.
 
     ``lows`` and ``highs`` are the exact extremes of each whole tensor (from the device),
-    which the histogram spans. A step's samples (one per tensor, up to SAMPLE_SIZE values
-    each) go into one padded matrix with the non-finite values as NaN, and one row-wise
-    sort serves everything: quantiles by linear interpolation between order statistics
-    (numpy's and torch's default) gathered for all rows at once, and the counts below
-    each bin edge by binary search in each sorted row. Batching is what keeps the writer
-    thread's share of a core small: per-tensor numpy calls cost more in call overhead
-    than in arithmetic.
+    which the histogram spans. Quantiles by linear interpolation between order statistics
+    (numpy's and torch's default), gathered for all rows at once; the counts below each
+    bin edge by binary search in each sorted row.
     """
-    if not samples:
+    rows, counts = batch.rows, batch.counts
+    if not len(rows):
         return []
-    width = max(s.size for s in samples)
-    rows = np.full((len(samples), width), np.nan)
-    for i, s in enumerate(samples):
-        rows[i, :s.size] = s
-    rows[np.isinf(rows)] = np.nan
-    rows.sort(axis=1)  # NaN sorts last: each row is its finite values in order, then padding
-    counts = width - np.count_nonzero(np.isnan(rows), axis=1)
     last = np.maximum(counts - 1, 0)[:, None]
     position = _LEVELS[None, :] * last
     below = np.floor(position).astype(np.int64)
@@ -110,7 +137,7 @@ def distributions(samples: list[np.ndarray], lows: list[float], highs: list[floa
     low, high = np.where(constant, low - 0.5, low), np.where(constant, high + 0.5, high)
     with np.errstate(invalid="ignore"):  # rows that are not usable get NaN edges, never read
         edges = low[:, None] + (high - low)[:, None] * (np.arange(bins + 1) / bins)[None, :]
-    under = np.zeros((len(samples), bins + 1), dtype=np.int64)
+    under = np.zeros((len(rows), bins + 1), dtype=np.int64)
     for i in np.flatnonzero(usable):
         under[i, 1:-1] = np.searchsorted(rows[i, :counts[i]], edges[i, 1:-1], side="left")
         under[i, -1] = counts[i]  # the last bin is closed: it holds the maximum
@@ -142,16 +169,27 @@ def saturated_fraction(ordered: np.ndarray, module: str) -> float | None:
 
 
 def tensor_summaries(specs: list[dict]) -> list[TensorSummary]:
-    """Summaries of one step's tensors. Each spec holds ``raw`` (the moments), ``counted``,
+    """Summaries of one step's tensors. Each spec holds ``raw`` (the device's moments;
+    None for a tensor that travelled whole, whose moments are computed here), ``counted``,
     ``single`` (the moments were accumulated in float32), ``sample`` and the
     :class:`TensorSummary` fields known before the host work (layer, signal, module,
-    numel and the optional unit and update fields)."""
+    numel and the optional unit and update fields).
+
+    The summaries are built unchecked: every value here is computed by this module with
+    the schema's types (a test holds that they validate).
+    """
+    if not specs:
+        return []
+    batch = SortedSamples.of([spec["sample"] for spec in specs])
+    whole = batch.raw_moments()
     rest = [{k: v for k, v in spec.items() if k not in ("raw", "counted", "single", "sample")} for spec in specs]
-    stats = [_guarded(moments(spec["numel"], spec["raw"], spec["counted"]), spec) for spec in specs]
-    shapes = distributions([spec["sample"] for spec in specs], [m[2] for m in stats],
-                           [m[3] for m in stats], [spec["module"] for spec in specs])
+    stats = [_guarded(moments(spec["numel"], whole[i], True) if spec["raw"] is None
+                      else moments(spec["numel"], spec["raw"], spec["counted"]), spec)
+             for i, spec in enumerate(specs)]
+    shapes = distributions(batch, [m[2] for m in stats], [m[3] for m in stats], [spec["module"] for spec in specs])
     return [
-        TensorSummary(**fields, nan=nan, inf=inf, mean=mean, std=std, min=low, max=high, norm=norm, **shape)
+        TensorSummary.unchecked(**fields, nan=nan, inf=inf, mean=mean, std=std, min=low, max=high, norm=norm,
+                                **shape)
         for fields, (mean, std, low, high, norm, nan, inf), shape in zip(rest, stats, shapes)
     ]
 

@@ -13,6 +13,10 @@ SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
 MAX_LABEL_LENGTH = 512  # layer and parameter names: free text, escaped wherever shown
 
 
+#: Per payload class, its fields and defaults in order (for Payload.unchecked).
+_DEFAULTS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
 class SchemaError(ValueError):
     """An event or payload that does not match the schema; the message names the field."""
 
@@ -135,8 +139,11 @@ class Payload:
         """Build without validating: only for payloads babysit's own code computes, with
         the schema's types, on a hot path (the writer's); tests hold that those validate.
         Everything that arrives from elsewhere goes through the constructor."""
+        defaults = _DEFAULTS.get(cls)
+        if defaults is None:
+            defaults = _DEFAULTS[cls] = tuple((f.name, f.default) for f in fields(cls))
         obj = object.__new__(cls)
-        obj.__dict__.update({f.name: values[f.name] if f.name in values else f.default for f in fields(cls)})
+        obj.__dict__.update({name: values[name] if name in values else default for name, default in defaults})
         return obj
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class StepCapture:
                     scalars: list[torch.Tensor] = (), vectors: list[torch.Tensor] = ()) -> bool:
         """A reduced tensor (its moments, then ``scalars``; its sample, then ``vectors``)."""
         meta = {**meta, "numel": reduced.numel, "counted": reduced.counted or reduced.whole,
-                "whole": reduced.whole}
+                "whole": reduced.whole, "wide": reduced.sample.dtype == torch.float64}
         return self.add(kind, meta, reduced.moments + list(scalars), [reduced.sample, *vectors])
 
     def pack(self) -> Packed | None:
@@ -128,7 +128,7 @@ def _decode(packed: Packed, values: np.ndarray) -> Decoded:
             specs.append(dict(
                 layer=meta["layer"], signal=meta["signal"], module=meta["module"], numel=meta["numel"],
                 raw=None if meta["whole"] else _raw(meta, scalars, vectors[0]), counted=meta["counted"],
-                single=not meta["whole"], sample=vectors[0],
+                single=not meta["whole"], sample=vectors[0], wide=meta["wide"],
                 units=units, dead_units=units - int(scalars[-1]) if units else None, window=meta.get("window")))
         elif item.kind == "param_pre":
             pending_params.append((meta, scalars, vectors))
@@ -145,7 +145,7 @@ def _decode(packed: Packed, values: np.ndarray) -> Decoded:
         specs.append(dict(
             layer=meta["layer"], signal=Signal.PARAM_GRAD, module=meta["module"], numel=meta["numel"],
             raw=None if meta["whole"] else _raw(meta, scalars, grad_sample), counted=meta["counted"],
-            single=not meta["whole"], sample=grad_sample,
+            single=not meta["whole"], sample=grad_sample, wide=meta["wide"],
             weight_norm=weight_norm,
             update_ratio=None if after is None else host.update_ratio(before, after)))
     summaries = host.tensor_summaries(specs)

@@ -154,7 +154,8 @@ def interval_of(instances: list[Trainer]) -> str:
     """The sampling intervals the instances' schedules have settled on, at the end of the rounds."""
     if instances[0].mon is None:
         return "-"
-    return "/".join(str(t.mon.schedule.every) for t in instances)
+    every = [t.mon.schedule.every for t in instances]
+    return "step 0 only" if min(every) >= EVERY["unsampled"] else "/".join(map(str, every))
 
 
 def time_workload(workload: str, rounds: int, steps: int, instances: int = INSTANCES) -> list[dict]:

@@ -177,7 +177,9 @@ def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:
         return []
     dims = tuple(d for d in range(x.dim()) if d != 1)
     xd = x.detach()
-    # The norm with dtype=float64 accumulates in float64 without a float64 copy of the
-    # batch (four times cheaper than squaring a converted copy).
-    norms = torch.linalg.vector_norm(xd, dim=dims, dtype=torch.float64)
-    return [xd.sum(dim=dims, dtype=torch.float64), norms * norms]
+    # Squares in the input's precision, summed in float64: rounding each product to
+    # float32 is unbiased and averages out (relative error ~1e-7 / sqrt(n)), while the
+    # float64 sum keeps the cancellation in var = E[x^2] - mean^2 harmless; half the
+    # time of a float64 norm along dims, a tenth of squaring a float64 copy.
+    wide = xd if xd.dtype in (torch.float32, torch.float64) else xd.float()
+    return [xd.sum(dim=dims, dtype=torch.float64), (wide * wide).sum(dim=dims, dtype=torch.float64)]

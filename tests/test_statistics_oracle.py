@@ -228,7 +228,7 @@ def test_a_large_tensor_far_from_zero_keeps_a_meaningful_std():
     assert s.std == pytest.approx(x.double().std().item(), rel=0.06)
 
 
-def test_every_summary_the_writer_builds_unchecked_passes_the_schema(tmp_path):
+def test_every_summary_the_writer_builds_unchecked_passes_the_schema(tmp_path, monkeypatch):
     """The writer builds summaries without re-validating them (its hot path): each must
     equal what the validating constructor makes of its dict, NaN, Inf and units included."""
     from monitor.codec import dumps
@@ -251,13 +251,10 @@ def test_every_summary_the_writer_builds_unchecked_passes_the_schema(tmp_path):
     x = torch.randn(40, 64)
     x[0, 0] = float("nan")
     x[1, 1] = float("inf")
-    Writer.put = spy
-    try:
-        with watch(model, opt, every=1, logdir=tmp_path) as mon:
-            model(x).sum().backward()
-            opt.step()
-    finally:
-        Writer.put = put
+    monkeypatch.setattr(Writer, "put", spy)
+    with watch(model, opt, every=1, logdir=tmp_path):
+        model(x).sum().backward()
+        opt.step()
     summaries = decode(captured[0].packed).layer_stats.summaries
     assert {s.signal.value for s in summaries} == {"activation", "output_grad", "param_grad"}
     assert any(s.nan for s in summaries) and any(s.sat_frac is not None for s in summaries)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.events import QUANTILE_LEVELS, Filters, InputStats, Signal, TensorSummary
+from monitor.events import QUANTILE_LEVELS, Filters, InputStats, TensorSummary
 
 #: Bins of the per-tensor histogram, spanning the tensor's exact min..max
 #: (TensorBoard uses 30; a power of two keeps the page's bar widths even).

@@ -7,7 +7,6 @@ never waits on the disk or the network, and it never reads a device value.
 from __future__ import annotations
 
 import atexit
-import math
 import numbers
 import os
 import secrets

@@ -52,8 +52,8 @@ class StepCapture:
             if self.closed:  # a late hook (e.g. a backward after the step was packed)
                 return False
             first = len(self.pieces)
-            self.pieces.extend(scalars)
-            self.pieces.extend(v.reshape(-1) for v in vectors)
+            self.pieces += scalars
+            self.pieces += [v if v.dim() == 1 else v.reshape(-1) for v in vectors]
             middle = first + len(scalars)
             self.items.append(Item(kind, meta, tuple(range(first, middle)),
                                    tuple(range(middle, len(self.pieces)))))

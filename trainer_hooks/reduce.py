@@ -2,11 +2,13 @@
 
 Nothing here reads a value back to the host on an accelerator: every result stays a
 tensor on the tensor's device, to be packed with the rest of the step and copied in one
-go (see :mod:`trainer_hooks.capture`). The work per tensor is four full passes (sum,
-sum of squares, min/max, and on CPU a free finiteness check) plus a gather of
-``sample_size`` random elements; quantiles, the histogram and the zero and saturation
-fractions are computed from that sample on the host, off the training thread. A full
-64-bin histogram of every tensor costs far more and shows the same distribution.
+go (see :mod:`trainer_hooks.capture`). The work per tensor is four full passes on CPU
+(sum, sum of squares, min, max; reading the sum of squares, free there, says whether a
+NaN or Inf needs the masked passes) and eight sync-free kernels on an accelerator, plus a
+gather of ``sample_size`` random elements; quantiles, the histogram and the zero and
+saturation fractions are computed from that sample on the host, off the training thread.
+Tensors no larger than the sample travel whole. A full 64-bin histogram of every tensor
+costs far more and shows the same distribution.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ class Reduced:
     """The on-device results for one tensor, in the order the host decodes them."""
 
     numel: int
-    moments: list[torch.Tensor]  # 0-d: sum, sum of squares, min, max [, nan count, inf count]
-    counted: bool  # whether the nan and inf counts are in ``moments`` (else both are 0)
+    moments: list[torch.Tensor]  # 0-d: sum, sum of squares, min, max [, NaN count, non-finite count]
+    counted: bool  # whether the counts are in ``moments`` (else there is no NaN or Inf)
     sample: torch.Tensor  # 1-d, at most SAMPLE_SIZE elements, may hold non-finite values
     whole: bool = False  # the sample is the whole tensor, and the host computes everything
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,12 +23,11 @@ from trainer_hooks import decode as host
 from trainer_hooks.reduce import Reduced
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):  # a tuple: made per tensor on the training thread, it must be cheap
     kind: str  # "tensor", "param_pre", "param_post", "input", "filters"
     meta: dict[str, Any]
-    scalars: tuple[int, ...]  # indices of its 0-d pieces
-    vectors: tuple[int, ...]  # indices of its 1-d pieces
+    scalars: range  # indices of its 0-d pieces
+    vectors: range  # indices of its 1-d pieces
 
 
 @dataclass(frozen=True)
@@ -51,20 +50,21 @@ class StepCapture:
         with self.lock:
             if self.closed:  # a late hook (e.g. a backward after the step was packed)
                 return False
-            first = len(self.pieces)
-            self.pieces += scalars
-            self.pieces += [v if v.dim() == 1 else v.reshape(-1) for v in vectors]
-            middle = first + len(scalars)
-            self.items.append(Item(kind, meta, tuple(range(first, middle)),
-                                   tuple(range(middle, len(self.pieces)))))
+            pieces = self.pieces
+            first = len(pieces)
+            pieces += scalars
+            middle = len(pieces)
+            pieces += [v if v.dim() == 1 else v.reshape(-1) for v in vectors]
+            self.items.append(Item(kind, meta, range(first, middle), range(middle, len(pieces))))
             return True
 
     def add_reduced(self, kind: str, meta: dict[str, Any], reduced: Reduced,
                     scalars: list[torch.Tensor] = (), vectors: list[torch.Tensor] = ()) -> bool:
-        """A reduced tensor (its moments, then ``scalars``; its sample, then ``vectors``)."""
-        meta = {**meta, "numel": reduced.numel, "counted": reduced.counted or reduced.whole,
-                "whole": reduced.whole, "wide": reduced.sample.dtype == torch.float64}
-        return self.add(kind, meta, reduced.moments + list(scalars), [reduced.sample, *vectors])
+        """A reduced tensor (its moments, then ``scalars``; its sample, then ``vectors``).
+        ``meta`` is a fresh dict of the caller's, completed here in place."""
+        meta["numel"], meta["counted"] = reduced.numel, reduced.counted or reduced.whole
+        meta["whole"], meta["wide"] = reduced.whole, reduced.sample.dtype == torch.float64
+        return self.add(kind, meta, [*reduced.moments, *scalars], [reduced.sample, *vectors])
 
     def pack(self) -> Packed | None:
         """Everything as one 1-d tensor on the device, with its layout."""
@@ -72,19 +72,25 @@ class StepCapture:
             self.closed = True
             if not self.items:
                 return None
-            device = self.pieces[0].device
+            pieces = self.pieces
+            device = pieces[0].device
             groups: dict[tuple, list[int]] = {}
-            for i, piece in enumerate(self.pieces):
-                groups.setdefault((piece.device, piece.dtype, piece.dim() == 0), []).append(i)
+            for i, piece in enumerate(pieces):
+                key = (piece.device, piece.dtype, piece.dim())
+                members = groups.get(key)
+                if members is None:
+                    groups[key] = [i]
+                else:
+                    members.append(i)
             dtype = torch.float32 if device.type == "mps" else torch.float64
-            parts, spans, offset = [], [(0, 0)] * len(self.pieces), 0
-            for (_, _, scalar), members in groups.items():
-                tensors = [self.pieces[i] for i in members]
-                joined = torch.stack(tensors) if scalar else torch.cat(tensors)
+            parts, spans, offset = [], [None] * len(pieces), 0
+            for (_, _, ndim), members in groups.items():
+                tensors = [pieces[i] for i in members]
+                joined = torch.cat(tensors) if ndim else torch.stack(tensors)
                 # Several devices (model parallel) cannot share one cat; bring them to the first.
                 parts.append(joined.to(device, dtype, non_blocking=True))
-                for i in members:
-                    length = self.pieces[i].numel()  # metadata: no sync
+                for i, tensor in zip(members, tensors):
+                    length = tensor.numel() if ndim else 1  # metadata: no sync
                     spans[i] = (offset, length)
                     offset += length
             values = parts[0] if len(parts) == 1 else torch.cat(parts)

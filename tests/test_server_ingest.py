@@ -1,0 +1,146 @@
+"""The server's ingest and dashboard channels, end to end: a real Flask-SocketIO server on a
+loopback port, a real python-socketio client, a real SQLite store."""
+import json
+import math
+import threading
+import urllib.request
+
+import pytest
+import socketio
+
+from monitor import codec
+from monitor.events import Event, Kind, Scalars
+from monitor.store import RunStore
+from web.app import ServerConfig, create_app
+from web.serving import serve_in_thread
+
+
+@pytest.fixture
+def server(tmp_path):
+    app = create_app(ServerConfig(logdir=tmp_path))
+    running = serve_in_thread(app)
+    yield running, app
+    running.stop()
+    app.store.close()
+
+
+def client(url, namespace="/ingest", auth=None):
+    c = socketio.Client()
+    c.connect(url, namespaces=[namespace], transports=["websocket"], auth=auth, wait_timeout=5)
+    return c
+
+
+def batch(run="r1", seqs=range(3), loss=0.5):
+    return codec.dumps([Event(run, seq, seq, 1000.0 + seq, Kind.SCALARS, Scalars({"loss": loss})).to_dict()
+                        for seq in seqs])
+
+
+def test_a_batch_is_committed_before_it_is_acknowledged_and_a_replay_stores_nothing(server, tmp_path):
+    running, _ = server
+    c = client(running.url)
+    try:
+        ack = c.call("batch", batch(), namespace="/ingest", timeout=5)
+        assert ack == {"ok": True, "stored": 3, "last_seq": 2}
+        with RunStore(tmp_path) as store:  # another connection sees the commit once the ack is back
+            assert [e.seq for e in store.events("r1")] == [0, 1, 2]
+        assert c.call("batch", batch(), namespace="/ingest", timeout=5)["stored"] == 0
+    finally:
+        c.disconnect()
+    with RunStore(tmp_path) as store:
+        assert len(store.scalars("r1")) == 3
+
+
+def test_nan_and_inf_arrive_exactly(server, tmp_path):
+    running, _ = server
+    c = client(running.url)
+    try:
+        text = codec.dumps([Event("r2", 0, 0, 1.0, Kind.SCALARS,
+                                  Scalars({"loss": math.nan, "lr": math.inf, "g": -math.inf})).to_dict()])
+        assert c.call("batch", text, namespace="/ingest", timeout=5)["ok"]
+    finally:
+        c.disconnect()
+    with RunStore(tmp_path) as store:
+        values = store.events("r2")[0].data.values
+    assert math.isnan(values["loss"]) and values["lr"] == math.inf and values["g"] == -math.inf
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("not json", "not valid JSON"),
+    ('{"run": "r"}', "expected a list of events"),
+    ('[{"run": "r", "seq": 0}]', "batch event 0"),
+    ('[{"run": "../etc", "seq": 0, "step": 0, "wall": 1, "kind": "scalars", "data": {"values": {"x": 1}}}]',
+     "run"),
+    ('[{"run": "r", "seq": 0, "step": 0, "wall": 1, "kind": "scalars", "data": {"values": {"x": NaN}}}]',
+     "bare NaN"),
+    (12, "expected the events as JSON text"),
+])
+def test_a_malformed_batch_is_refused_with_the_reason_and_the_server_carries_on(server, tmp_path, text, problem):
+    running, _ = server
+    c = client(running.url)
+    try:
+        ack = c.call("batch", text, namespace="/ingest", timeout=5)
+        assert ack["ok"] is False and problem in ack["error"]
+        assert c.call("batch", batch("ok"), namespace="/ingest", timeout=5)["stored"] == 3
+    finally:
+        c.disconnect()
+    with RunStore(tmp_path) as store:
+        assert [info.run for info in store.runs()] == ["ok"]
+
+
+def test_browsers_in_a_runs_room_receive_its_events_after_the_commit(server):
+    running, _ = server
+    browser = client(running.url, "/dashboard")
+    received, arrived = [], threading.Event()
+
+    @browser.on("events", namespace="/dashboard")
+    def on_events(message):
+        received.append(message)
+        arrived.set()
+
+    trainer = client(running.url)
+    try:
+        assert browser.call("join", "r3", namespace="/dashboard", timeout=5) == {"ok": True}
+        trainer.call("batch", batch("other"), namespace="/ingest", timeout=5)  # another run: not sent here
+        trainer.call("batch", batch("r3", seqs=[7]), namespace="/ingest", timeout=5)
+        assert arrived.wait(5)
+    finally:
+        trainer.disconnect()
+        browser.disconnect()
+    assert [m["run"] for m in received] == ["r3"]
+    (event,) = received[0]["events"]
+    assert (event["seq"], event["kind"]) == (7, "scalars") and codec.loads(event["data"]) == {"values": {"loss": 0.5}}
+
+
+def test_with_a_token_ingest_refuses_connections_without_it(tmp_path):
+    app = create_app(ServerConfig(logdir=tmp_path, token="s3cret"))
+    running = serve_in_thread(app)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            client(running.url)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            client(running.url, auth={"token": "guess"})
+        c = client(running.url, auth={"token": "s3cret"})
+        assert c.call("batch", batch(), namespace="/ingest", timeout=5)["ok"]
+        c.disconnect()
+    finally:
+        running.stop()
+        app.store.close()
+
+
+def test_serving_beyond_loopback_without_a_token_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="give a token"):
+        ServerConfig(logdir=tmp_path, host="0.0.0.0")
+
+
+def test_the_run_list_is_served_as_json_with_nan_tagged(server):
+    running, _ = server
+    c = client(running.url)
+    try:
+        c.call("batch", batch("r4", loss=math.nan), namespace="/ingest", timeout=5)
+    finally:
+        c.disconnect()
+    with urllib.request.urlopen(f"{running.url}/api/runs", timeout=5) as response:
+        body = response.read().decode()
+    runs = codec.loads(body)
+    assert [r["run"] for r in runs] == ["r4"] and math.isnan(runs[0]["last_loss"])
+    json.loads(body)  # strict JSON: no bare NaN for browsers to choke on

@@ -1,0 +1,35 @@
+"""Serving an app from a background thread (the embedded server and the tests).
+
+Werkzeug's threaded WSGI server carries Socket.IO's WebSocket transport in threading
+mode (through simple-websocket) and can be shut down from another thread; its request
+log is silenced (a browser tab polling all day would flood the training's terminal).
+``babysit serve`` uses a production server instead (see the README).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from werkzeug.serving import make_server
+
+
+@dataclass
+class RunningServer:
+    url: str
+    _server: object
+    _thread: threading.Thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout)
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+    """Serve ``app`` (a :class:`web.app.App`) on ``host:port`` (0: a free port) in a daemon thread."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server(host, port, app.flask, threaded=True)
+    port = server.socket.getsockname()[1]
+    thread = threading.Thread(target=server.serve_forever, name=f"babysit-server-{port}", daemon=True)
+    thread.start()
+    return RunningServer(f"http://{host}:{port}", server, thread)

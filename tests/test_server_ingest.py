@@ -3,6 +3,7 @@ loopback port, a real python-socketio client, a real SQLite store."""
 import json
 import math
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -144,3 +145,34 @@ def test_the_run_list_is_served_as_json_with_nan_tagged(server):
     runs = codec.loads(body)
     assert [r["run"] for r in runs] == ["r4"] and math.isnan(runs[0]["last_loss"])
     json.loads(body)  # strict JSON: no bare NaN for browsers to choke on
+
+
+def test_a_long_series_comes_back_downsampled_with_its_spike_and_nan(server, tmp_path):
+    running, app = server
+    n = 100_000
+    events = [Event("long", i, i, 1000.0 + i, Kind.SCALARS,
+                    Scalars({"loss": 50.0 if i == 31_337 else (math.nan if i == 77_000 else 1.0 / (1 + i))}))
+              for i in range(n)]
+    for start in range(0, n, 10_000):
+        app.store.append(events[start:start + 10_000])
+    with urllib.request.urlopen(f"{running.url}/api/runs/long/series?names=loss", timeout=30) as response:
+        series = codec.loads(response.read())["loss"]
+    assert series["total"] == n and len(series["step"]) <= 2000
+    assert 31_337 in series["step"] and 77_000 in series["step"] and series["step"][-1] == n - 1
+    assert max(v for v in series["value"] if not math.isnan(v)) == 50.0
+    assert math.isnan(series["value"][series["step"].index(77_000)])
+
+
+@pytest.mark.parametrize("path, status", [("/api/runs/nope/series", 404), ("/api/runs/bad%0Aname/series", 400),
+                                          ("/api/runs/r1/series?names=a%20b", 400),
+                                          ("/api/runs/r1/series?max_points=5", 400)])
+def test_a_bad_series_request_gets_a_clear_error(server, path, status):
+    running, _ = server
+    c = client(running.url)
+    try:
+        c.call("batch", batch(), namespace="/ingest", timeout=5)
+    finally:
+        c.disconnect()
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(running.url + path, timeout=5)
+    assert error.value.code == status and "error" in codec.loads(error.value.read())

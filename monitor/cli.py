@@ -177,6 +177,41 @@ def _require_logdir(logdir: str) -> None:
                        f"(pass --logdir DIR, or create a run with `babysit demo`)")
 
 
+# ------------------------------------------------------------------------------- serve
+
+def _add_serve(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="the dashboard server that training processes stream to",
+        description="Serve the dashboard and the ingest channel for training processes (watch(server=URL)) "
+                    "on HOST:PORT, storing runs under --logdir. Beyond 127.0.0.1 a token is required "
+                    "(--token or BABYSIT_TOKEN): training processes and the stop button must present it.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
+    p.add_argument("--token", default=None, help="shared secret for ingest and stop (default: $BABYSIT_TOKEN)")
+    p.add_argument("--threads", type=int, default=64, metavar="N",
+                   help="connections served at once: training processes, browser tabs (default: 64)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from web.app import ServerConfig
+    from web.production import serve
+
+    try:
+        config = ServerConfig(logdir=Path(args.logdir), host=args.host,
+                              token=args.token or os.environ.get("BABYSIT_TOKEN") or None)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if not 1 <= args.port <= 65535:
+        raise CliError(f"--port: expected 1..65535, got {args.port}")
+    print(f"babysit serve: http://{args.host}:{args.port}/  (runs in {config.logdir})", flush=True)
+    serve(config, args.port, args.threads)
+    return 0
+
+
 def _message(exc: BaseException) -> str:
     # KeyError quotes its argument; show the text as written.
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -191,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_export(commands)
     _add_runs(commands)
+    _add_serve(commands)
     return parser
 
 

@@ -1,0 +1,60 @@
+"""``babysit serve``: the app under gunicorn, a server fit for runs that last for days.
+
+Why gunicorn with its ``gthread`` worker: Flask-SocketIO runs in threading mode (the same
+app is embedded in training processes, where eventlet or gevent monkey patching is not
+acceptable), and gunicorn's threaded worker carries its WebSockets properly (a clean close,
+where Werkzeug's development server leaves the client waiting), restarts a crashed worker,
+and handles signals. One worker, because Socket.IO sessions must stick to one process;
+more processes are the message-queue setup of ARCHITECTURE.md. Each open WebSocket (a
+training process, a browser tab) holds one of the worker's threads for its lifetime,
+hence ``threads``. On Windows, where gunicorn does not run, Werkzeug's threaded server
+stands in, with a warning.
+"""
+from __future__ import annotations
+
+import sys
+
+from web.app import ServerConfig, create_app
+
+#: Worker threads: open connections (trainers, browser tabs) plus room for REST requests.
+DEFAULT_THREADS = 64
+
+
+def serve(config: ServerConfig, port: int, threads: int = DEFAULT_THREADS) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import time
+        import warnings
+
+        from web.serving import serve_in_thread
+
+        warnings.warn("babysit serve: gunicorn does not run on Windows; using Werkzeug's threaded server")
+        running = serve_in_thread(create_app(config), config.host, port)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            running.stop()
+        return
+    _Gunicorn(config, port, threads).run()
+
+
+def _gunicorn_base():
+    from gunicorn.app.base import BaseApplication
+    return BaseApplication
+
+
+class _Gunicorn(_gunicorn_base()):
+    def __init__(self, config: ServerConfig, port: int, threads: int):
+        self.babysit = config
+        self.options = {"bind": f"{config.host}:{port}", "workers": 1, "worker_class": "gthread",
+                        "threads": threads, "timeout": 0,  # a WebSocket may stay quiet for hours
+                        "graceful_timeout": 10, "accesslog": None, "errorlog": "-", "loglevel": "warning"}
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return create_app(self.babysit).flask

@@ -29,12 +29,15 @@ from trainer_hooks.capture import StepCapture
 from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import SAMPLE_SIZE
 from trainer_hooks.schedule import OVERHEAD_BUDGET, make_schedule
+from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import CAPTURE_BACKLOG_LIMIT, CaptureRecord, EventRecord, ScalarRecord, Writer
 
 #: Sampled steps between two pictures of the first-layer filters (they change slowly).
 FILTERS_EVERY = 5
 #: Sampled batches over which a unit must stay silent to count as dead.
 DEAD_WINDOW = 8
+#: Seconds close() gives a server to take what is still spooled.
+CLOSE_SEND_SECONDS = 15.0
 #: Scalar names that describe where training is, not how it goes: logging them alone
 #: does not advance the step of a run without an optimizer.
 POSITION_SCALARS = frozenset({"epoch"})
@@ -63,7 +66,7 @@ class Monitor:
                  config: Mapping[str, Any] | None = None, every: int | None = None,
                  logdir: str | os.PathLike = "runs", overhead: float = OVERHEAD_BUDGET,
                  sample_size: int = SAMPLE_SIZE, dead_window: int = DEAD_WINDOW,
-                 filters_every: int = FILTERS_EVERY):
+                 filters_every: int = FILTERS_EVERY, server: str | None = None, token: str | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch: expected a torch.nn.Module as model, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -89,9 +92,18 @@ class Monitor:
         self._stop: Status | None = None
         self._warned: set[str] = set()
         self._closed = False
-        self.store = RunStore(logdir)
-        self.store_path = Path(self.store.path)
-        self._writer = Writer(self.run_id, self.store, first_seq=self.store.next_seq(self.run_id))
+        server = server or os.environ.get("BABYSIT_SERVER") or None
+        if server is None:  # the local store, in this process
+            self.store = RunStore(logdir)
+            self.store_path: Path | None = Path(self.store.path)
+            self._sink = self.store
+        else:  # the server's store, through a spool under logdir
+            self.store, self.store_path = None, None
+            self._sink = SocketSink(server, self.run_id, Path(logdir) / "spool",
+                                    token=token or os.environ.get("BABYSIT_TOKEN") or None)
+        self.server = server
+        self._writer = Writer(self.run_id, self._sink,
+                              first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0)
         self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, config, self.schedule, sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
         self.probe = Probe(self.model, optimizer, sample_size=sample_size, dead_window=dead_window)
@@ -157,7 +169,13 @@ class Monitor:
         end = RunEnd(state, self._step, time.time() - self._started, self._writer.dropped, self.skipped_samples)
         self._emit(Kind.RUN_END, end, wait=True)
         self._writer.close()
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
+        else:
+            if not self._sink.flush(CLOSE_SEND_SECONDS):
+                warnings.warn(f"babysit: the server at {self.server} did not take all of run {self.run_id} "
+                              f"before close; the rest is kept in {self._sink.spool}", BabysitWarning, stacklevel=2)
+            self._sink.close()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything recorded so far is in the store (for tests and notebooks)."""
@@ -238,7 +256,8 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
     default 0.5 % as measured, about 1 % in fact), ``logdir`` (where the SQLite store lives, default ``runs``),
     ``sample_size``, ``dead_window``, ``filters_every``. Unknown options are errors.
     """
-    known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every"}
+    known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every",
+             "server", "token"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"watch: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")

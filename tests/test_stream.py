@@ -1,0 +1,114 @@
+"""watch(server=URL): a real server on a loopback port, a real tiny training streaming to
+it; every event lands exactly once and in order, also across an outage."""
+import socket
+import time
+
+import torch
+from torch import nn
+
+from monitor.store import RunStore
+from trainer_hooks import stream, watch
+from web.app import ServerConfig, create_app
+from web.serving import serve_in_thread
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def train(model, opt, mon, steps, start=0):
+    for i in range(start, start + steps):
+        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(i))
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+
+
+def stored(logdir, run):
+    with RunStore(logdir) as store:
+        return store.events(run)
+
+
+def assert_complete(events, steps):
+    assert [e.seq for e in events] == list(range(len(events)))  # every seq once, none missing
+    kinds = [e.kind.value for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert sorted(e.step for e in events if e.kind.value == "scalars") == list(range(steps))
+
+
+def test_a_run_streams_to_the_server_exactly_once(tmp_path):
+    app = create_app(ServerConfig(logdir=tmp_path / "server"))
+    running = serve_in_thread(app)
+    try:
+        model, opt = tiny()
+        with watch(model, opt, every=2, server=running.url, logdir=tmp_path / "trainer") as mon:
+            train(model, opt, mon, 12)
+        assert mon.store_path is None
+        events = stored(tmp_path / "server", mon.run_id)
+    finally:
+        running.stop()
+        app.store.close()
+    assert_complete(events, 12)
+    assert {"layer_stats", "input_stats", "filters"} & {e.kind.value for e in events}
+    assert not list((tmp_path / "trainer" / "spool").glob("*.jsonl")) or \
+        (tmp_path / "trainer" / "spool" / f"{mon.run_id}.jsonl").read_text() == ""
+
+
+def test_while_the_server_is_down_events_are_spooled_and_replayed_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "RETRY_SECONDS", 0.2)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    model, opt = tiny()
+    mon = watch(model, opt, every=3, server=url, logdir=tmp_path / "trainer")
+    train(model, opt, mon, 10)  # no server yet: the training never notices
+    mon.flush()
+    spool = tmp_path / "trainer" / "spool" / f"{mon.run_id}.jsonl"
+    assert spool.stat().st_size > 0
+    app = create_app(ServerConfig(logdir=tmp_path / "server"))
+    running = serve_in_thread(app, port=port)
+    try:
+        train(model, opt, mon, 5, start=10)
+        mon.close()
+        events = stored(tmp_path / "server", mon.run_id)
+    finally:
+        running.stop()
+        app.store.close()
+    assert_complete(events, 15)
+
+
+def test_a_server_restart_mid_run_loses_nothing_and_duplicates_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "RETRY_SECONDS", 0.2)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = ServerConfig(logdir=tmp_path / "server")
+    app = create_app(config)
+    running = serve_in_thread(app, port=port)
+    model, opt = tiny()
+    mon = watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer")
+    try:
+        train(model, opt, mon, 6)
+        mon.flush()
+        running.stop()  # the server goes away mid-run
+        app.store.close()
+        train(model, opt, mon, 6, start=6)
+        mon.flush()
+        time.sleep(0.3)
+        app = create_app(config)  # and comes back, on the same store
+        running = serve_in_thread(app, port=port)
+        train(model, opt, mon, 3, start=12)
+        mon.close()
+        events = stored(tmp_path / "server", mon.run_id)
+    finally:
+        running.stop()
+        app.store.close()
+    assert_complete(events, 15)

@@ -1,0 +1,162 @@
+"""Streaming a run to ``babysit serve``: a sink for the writer thread, with a spool.
+
+Every batch the writer hands over is first appended to a spool file (one JSON line per
+batch, flushed and fsync'd), then the spool is sent in order over a python-socketio
+connection, each batch waiting for the server's acknowledgement, which comes only after
+the server committed it. The spool's read position is saved after each acknowledged
+batch, so a batch is re-sent only if its acknowledgement was lost, and the server's
+``(run, seq)`` key stores it once. While the server is unreachable the batches simply
+stay in the spool (the writer never blocks on the network: a connection is tried at most
+every ``RETRY_SECONDS``), and they are replayed in order once it answers again. The
+training thread never sees any of this.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from monitor.events import Event
+
+log = logging.getLogger("babysit")
+
+#: Seconds between attempts to reach an unreachable server.
+RETRY_SECONDS = 2.0
+#: Seconds to wait for a connection, and for one batch's acknowledgement.
+CONNECT_TIMEOUT, ACK_TIMEOUT = 3.0, 30.0
+
+
+def batch_text(events: Sequence[Event], texts: Sequence[str]) -> str:
+    """The events as the JSON list the server's ``batch`` handler reads; the payloads are
+    the writer's encodings, spliced in rather than encoded again."""
+    return "[" + ",".join(
+        '{"run":%s,"seq":%d,"step":%d,"wall":%s,"kind":"%s","data":%s}'
+        % (json.dumps(e.run), e.seq, e.step, json.dumps(e.wall), e.kind.value, text)
+        for e, text in zip(events, texts)) + "]"
+
+
+class SocketSink:
+    """``append(events, texts)`` for :class:`trainer_hooks.writer.Writer`: spool, then send."""
+
+    def __init__(self, url: str, run: str, spool_dir: str | os.PathLike, token: str | None = None):
+        self.url = url.rstrip("/")
+        self.token = token
+        spool_dir = Path(spool_dir)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = spool_dir / f"{run}.jsonl"
+        self.position_file = spool_dir / f"{run}.sent"
+        self.position = int(self.position_file.read_text()) if self.position_file.exists() else 0
+        self.refused = 0  # batches the server rejected as malformed (a bug: logged, skipped)
+        self._client = None
+        self._next_try = 0.0
+        self._unreachable = False
+        self._lock = threading.Lock()
+
+    # The writer calls append; close is called once the writer has stopped.
+    def append(self, events: Sequence[Event], texts: Sequence[str]) -> int:
+        with self._lock:
+            if events:
+                with open(self.spool, "a", encoding="utf-8") as f:
+                    f.write(batch_text(events, texts) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            self._drain()
+        return len(events)
+
+    def pending(self) -> int:
+        """Bytes of the spool not yet acknowledged by the server."""
+        return max(self.spool.stat().st_size - self.position, 0) if self.spool.exists() else 0
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Try to send everything spooled (at close); True when nothing is left."""
+        deadline = time.monotonic() + timeout
+        while self.pending() and time.monotonic() < deadline:
+            with self._lock:
+                self._next_try = 0.0
+                self._drain()
+            if self.pending():
+                time.sleep(0.2)
+        return not self.pending()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.disconnect()
+                except Exception:
+                    pass
+                self._client = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _drain(self) -> None:
+        if not self.pending() or not self._connected():
+            return
+        with open(self.spool, "rb") as f:
+            f.seek(self.position)
+            for line in f:
+                if not self._send(line.decode("utf-8").rstrip("\n")):
+                    return
+                self.position += len(line)
+                self._save_position()
+        if self.position >= self.spool.stat().st_size:  # all acknowledged: start afresh
+            self.spool.write_text("")
+            self.position = 0
+            self._save_position()
+
+    def _send(self, text: str) -> bool:
+        try:
+            ack = self._client.call("batch", text, namespace="/ingest", timeout=ACK_TIMEOUT)
+        except Exception as exc:  # disconnected, timed out: keep the batch, try again later
+            log.warning("babysit: the server at %s did not acknowledge a batch (%s); keeping it in %s",
+                        self.url, type(exc).__name__, self.spool)
+            self._drop_client()
+            return False
+        if isinstance(ack, dict) and ack.get("ok"):
+            return True
+        error = ack.get("error", "") if isinstance(ack, dict) else repr(ack)
+        if "retry" in error:  # the server could not store it now
+            self._drop_client()
+            return False
+        self.refused += 1
+        log.error("babysit: the server refused a batch: %s (skipped; this is a bug)", error)
+        return True
+
+    def _connected(self) -> bool:
+        if self._client is not None and self._client.connected:
+            return True
+        if time.monotonic() < self._next_try:
+            return False
+        self._next_try = time.monotonic() + RETRY_SECONDS
+        import socketio
+
+        client = socketio.Client(reconnection=False)
+        try:
+            client.connect(self.url, namespaces=["/ingest"], transports=["websocket"],
+                           auth={"token": self.token} if self.token else None, wait_timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            if not self._unreachable:  # once per outage, not every retry
+                log.warning("babysit: cannot reach the server at %s (%s); spooling to %s until it answers",
+                            self.url, type(exc).__name__, self.spool)
+            self._unreachable = True
+            return False
+        if self._unreachable:
+            log.warning("babysit: reached the server at %s again; replaying the spool", self.url)
+        self._unreachable = False
+        self._client = client
+        return True
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            threading.Thread(target=client.disconnect, daemon=True).start()  # a close may take seconds
+        self._next_try = time.monotonic() + RETRY_SECONDS
+
+    def _save_position(self) -> None:
+        tmp = self.position_file.with_suffix(".tmp")
+        tmp.write_text(str(self.position))
+        os.replace(tmp, self.position_file)

@@ -112,3 +112,53 @@ def test_a_server_restart_mid_run_loses_nothing_and_duplicates_nothing(tmp_path,
         running.stop()
         app.store.close()
     assert_complete(events, 15)
+
+
+def test_a_stop_from_the_dashboard_reaches_the_training_process(tmp_path):
+    import socketio
+
+    app = create_app(ServerConfig(logdir=tmp_path / "server"))
+    running = serve_in_thread(app)
+    browser = socketio.Client()
+    try:
+        model, opt = tiny()
+        with watch(model, opt, every=5, server=running.url, logdir=tmp_path / "trainer") as mon:
+            train(model, opt, mon, 3)
+            mon.flush()  # the trainer is connected and known to the server
+            browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
+            assert browser.call("stop", {"run": mon.run_id, "reason": "loss looks wrong"},
+                                namespace="/dashboard", timeout=5) == {"ok": True}
+            deadline = time.monotonic() + 10
+            steps = 3
+            while not mon.should_stop and time.monotonic() < deadline:
+                train(model, opt, mon, 1, start=steps)
+                steps += 1
+                time.sleep(0.05)
+            assert mon.should_stop
+        events = stored(tmp_path / "server", mon.run_id)
+    finally:
+        browser.disconnect()
+        running.stop()
+        app.store.close()
+    statuses = [(e.data.state.value, e.data.by, e.data.reason) for e in events if e.kind.value == "status"]
+    assert ("stopping", "dashboard", "loss looks wrong") in statuses
+    assert statuses[-1][:2] == ("stopped", "dashboard")
+
+
+def test_with_a_token_a_stop_without_it_is_refused(tmp_path):
+    import socketio
+
+    app = create_app(ServerConfig(logdir=tmp_path, token="t0k"))
+    running = serve_in_thread(app)
+    browser = socketio.Client()
+    try:
+        browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
+        refused = browser.call("stop", {"run": "r1"}, namespace="/dashboard", timeout=5)
+        accepted = browser.call("stop", {"run": "r1", "token": "t0k"}, namespace="/dashboard", timeout=5)
+        hostile = browser.call("stop", {"run": "../x", "token": "t0k"}, namespace="/dashboard", timeout=5)
+    finally:
+        browser.disconnect()
+        running.stop()
+        app.store.close()
+    assert refused == {"ok": False, "error": "stop: wrong or missing token"}
+    assert accepted == {"ok": True} and hostile["ok"] is False and "run" in hostile["error"]

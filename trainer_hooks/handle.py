@@ -100,7 +100,8 @@ class Monitor:
         else:  # the server's store, through a spool under logdir
             self.store, self.store_path = None, None
             self._sink = SocketSink(server, self.run_id, Path(logdir) / "spool",
-                                    token=token or os.environ.get("BABYSIT_TOKEN") or None)
+                                    token=token or os.environ.get("BABYSIT_TOKEN") or None,
+                                    on_stop=lambda reason, by: self.stop(reason, by))
         self.server = server
         self._writer = Writer(self.run_id, self._sink,
                               first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0)

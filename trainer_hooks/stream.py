@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from monitor.events import Event
 
@@ -42,8 +42,11 @@ def batch_text(events: Sequence[Event], texts: Sequence[str]) -> str:
 class SocketSink:
     """``append(events, texts)`` for :class:`trainer_hooks.writer.Writer`: spool, then send."""
 
-    def __init__(self, url: str, run: str, spool_dir: str | os.PathLike, token: str | None = None):
+    def __init__(self, url: str, run: str, spool_dir: str | os.PathLike, token: str | None = None,
+                 on_stop: Callable[[str, str], None] | None = None):
         self.url = url.rstrip("/")
+        self.run = run
+        self.on_stop = on_stop  # (reason, by): a stop command from the server for this run
         self.token = token
         spool_dir = Path(spool_dir)
         spool_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +138,7 @@ class SocketSink:
         import socketio
 
         client = socketio.Client(reconnection=False)
+        client.on("stop", self._stop_command, namespace="/ingest")
         try:
             client.connect(self.url, namespaces=["/ingest"], transports=["websocket"],
                            auth={"token": self.token} if self.token else None, wait_timeout=CONNECT_TIMEOUT)
@@ -149,6 +153,10 @@ class SocketSink:
         self._unreachable = False
         self._client = client
         return True
+
+    def _stop_command(self, message) -> None:
+        if self.on_stop is not None and isinstance(message, dict) and message.get("run") == self.run:
+            self.on_stop(str(message.get("reason", "stopped from the dashboard")), str(message.get("by", "dashboard")))
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None

@@ -29,7 +29,13 @@ MAX_BATCH_EVENTS = 20_000
 
 
 def room(run: str) -> str:
+    """Browsers watching a run."""
     return f"run:{run}"
+
+
+def trainer_room(run: str) -> str:
+    """The training process(es) streaming a run (every DDP rank, when they all stream)."""
+    return f"trainer:{run}"
 
 
 class IngestNamespace(Namespace):
@@ -54,6 +60,8 @@ class IngestNamespace(Namespace):
             return {"ok": False, "error": str(exc)}
         if not events:
             return {"ok": True, "stored": 0}
+        for run in dict.fromkeys(event.run for event in events):
+            join_room(trainer_room(run))  # where a stop for this run is sent
         texts = [codec.encode_payload(event.data) for event in events]
         try:
             stored = self.app.store.append(events, texts)
@@ -77,6 +85,27 @@ class DashboardNamespace(Namespace):
             join_room(room(check_run_id(run)))
         except SchemaError as exc:
             return {"ok": False, "error": str(exc)}
+        return {"ok": True}
+
+    def on_stop(self, message):
+        """``{"run": id, "reason": text, "token": ...}`` from the stop button: forwarded to the
+        run's training processes, whose ``should_stop`` turns true at their next step. Needs
+        the server's token when it has one."""
+        if not isinstance(message, dict):
+            return {"ok": False, "error": "stop: expected {run, reason, token}"}
+        token = self.app.config.token
+        given = message.get("token")
+        if token is not None and not (isinstance(given, str) and hmac.compare_digest(given, token)):
+            return {"ok": False, "error": "stop: wrong or missing token"}
+        try:
+            run = check_run_id(message.get("run"))
+        except SchemaError as exc:
+            return {"ok": False, "error": str(exc)}
+        reason = message.get("reason")
+        reason = reason[:500] if isinstance(reason, str) and reason.strip() else "stopped from the dashboard"
+        self.app.socketio.emit("stop", {"run": run, "reason": reason, "by": "dashboard"},
+                               to=trainer_room(run), namespace="/ingest")
+        log.warning("babysit: stop sent to run %s (%s)", run, reason)
         return {"ok": True}
 
     def on_leave(self, run):

@@ -212,6 +212,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ replay
+
+def _add_replay(commands) -> None:
+    p = commands.add_parser(
+        "replay", help="send spooled events of runs that ended before their server answered",
+        description="Training processes streaming to a server keep what it has not acknowledged in "
+                    "LOGDIR/spool. If a process ended while the server was down, send the rest now; each "
+                    "event is stored once however often this runs.")
+    p.add_argument("--server", required=True, metavar="URL", help="the babysit serve URL, e.g. http://host:5000")
+    p.add_argument("--logdir", metavar="DIR", default="runs", help="the training processes' logdir (default: runs)")
+    p.add_argument("--token", default=None, help="the server's token (default: $BABYSIT_TOKEN)")
+    p.set_defaults(func=_replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import os
+
+    from trainer_hooks.stream import replay_spools
+
+    spool = Path(args.logdir) / "spool"
+    if not spool.is_dir():
+        print(f"nothing spooled under {spool}")
+        return 0
+    results = replay_spools(args.server, spool, token=args.token or os.environ.get("BABYSIT_TOKEN") or None)
+    for run, done in results.items():
+        print(f"{run}: {'sent' if done else 'NOT all sent (server unreachable?); run again later'}")
+    if not results:
+        print(f"nothing spooled under {spool}")
+    return 0 if all(results.values()) else 1
+
+
 def _message(exc: BaseException) -> str:
     # KeyError quotes its argument; show the text as written.
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -227,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_runs(commands)
     _add_serve(commands)
+    _add_replay(commands)
     return parser
 
 

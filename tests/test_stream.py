@@ -162,3 +162,31 @@ def test_with_a_token_a_stop_without_it_is_refused(tmp_path):
         app.store.close()
     assert refused == {"ok": False, "error": "stop: wrong or missing token"}
     assert accepted == {"ok": True} and hostile["ok"] is False and "run" in hostile["error"]
+
+
+def test_a_spool_left_by_a_process_that_ended_offline_is_replayed_by_babysit_replay(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from monitor import cli
+    from trainer_hooks import BabysitWarning
+    from trainer_hooks import handle
+
+    monkeypatch.setattr(stream, "RETRY_SECONDS", 0.1)
+    monkeypatch.setattr(handle, "CLOSE_SEND_SECONDS", 0.5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    model, opt = tiny()
+    with pytest.warns(BabysitWarning, match="kept in"):
+        with watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer") as mon:
+            train(model, opt, mon, 8)  # the server never answers while this process lives
+    app = create_app(ServerConfig(logdir=tmp_path / "server"))
+    running = serve_in_thread(app, port=port)
+    try:
+        assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0
+        assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0  # idempotent
+        events = stored(tmp_path / "server", mon.run_id)
+    finally:
+        running.stop()
+        app.store.close()
+    assert f"{mon.run_id}: sent" in capsys.readouterr().out
+    assert_complete(events, 8)

@@ -168,3 +168,21 @@ class SocketSink:
         tmp = self.position_file.with_suffix(".tmp")
         tmp.write_text(str(self.position))
         os.replace(tmp, self.position_file)
+
+
+def replay_spools(url: str, spool_dir: str | os.PathLike, token: str | None = None,
+                  timeout: float = 60.0) -> dict[str, bool]:
+    """Send what processes that ended before the server answered left in ``spool_dir``.
+
+    Returns, per run with something spooled, whether all of it was acknowledged. Safe to
+    repeat: each spool resumes at its saved position and the server stores each event once.
+    """
+    results = {}
+    for spool in sorted(Path(spool_dir).glob("*.jsonl")):
+        run = spool.stem
+        sink = SocketSink(url, run, spool_dir, token=token)
+        if not sink.pending():
+            continue
+        results[run] = sink.flush(timeout)
+        sink.close()
+    return results

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
         try:
             for _ in range(200):
                 try:
-                    urllib.request.urlopen(url + "/api/runs", timeout=1).read()
+                    with urllib.request.urlopen(url + "/api/runs", timeout=1) as response:
+                        response.read()
                     break
                 except OSError:
                     time.sleep(0.1)

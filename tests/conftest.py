@@ -47,3 +47,21 @@ def make_run(run: str = "digits-cnn", wall: float = 1000.0) -> list[Event]:
 def make_events():
     """``make_events(run="digits-cnn", wall=1000.0) -> list[Event]``: a fresh sample run."""
     return make_run
+
+
+def _http_get(url: str, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """GET ``url``: (status, headers, body), error statuses included, the connection always closed."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), error.read()
+
+
+@pytest.fixture
+def http_get():
+    return _http_get

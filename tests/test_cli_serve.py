@@ -26,7 +26,8 @@ def wait_until_serving(url: str, process, seconds: float = 20.0) -> None:
         if process.poll() is not None:
             raise AssertionError(f"babysit serve exited: {process.stdout.read()}")
         try:
-            urllib.request.urlopen(url + "/api/runs", timeout=1).read()
+            with urllib.request.urlopen(url + "/api/runs", timeout=1) as response:
+                response.read()
             return
         except OSError:
             time.sleep(0.1)
@@ -50,7 +51,8 @@ def test_serve_ingests_over_a_websocket_and_stops_cleanly_on_sigterm(tmp_path):
         started = time.monotonic()
         client.disconnect()
         assert time.monotonic() - started < 1.0  # a clean WebSocket close, unlike the development server
-        runs = codec.loads(urllib.request.urlopen(url + "/api/runs", timeout=5).read())
+        with urllib.request.urlopen(url + "/api/runs", timeout=5) as response:
+            runs = codec.loads(response.read())
         assert [r["run"] for r in runs] == ["served"] and runs[0]["last_loss"] == 2.5
     finally:
         process.send_signal(signal.SIGTERM)

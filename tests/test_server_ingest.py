@@ -3,8 +3,6 @@ loopback port, a real python-socketio client, a real SQLite store."""
 import json
 import math
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 import socketio
@@ -133,21 +131,20 @@ def test_serving_beyond_loopback_without_a_token_is_refused_with_the_fix(tmp_pat
         ServerConfig(logdir=tmp_path, host="0.0.0.0")
 
 
-def test_the_run_list_is_served_as_json_with_nan_tagged(server):
+def test_the_run_list_is_served_as_json_with_nan_tagged(server, http_get):
     running, _ = server
     c = client(running.url)
     try:
         c.call("batch", batch("r4", loss=math.nan), namespace="/ingest", timeout=5)
     finally:
         c.disconnect()
-    with urllib.request.urlopen(f"{running.url}/api/runs", timeout=5) as response:
-        body = response.read().decode()
+    body = http_get(f"{running.url}/api/runs")[2].decode()
     runs = codec.loads(body)
     assert [r["run"] for r in runs] == ["r4"] and math.isnan(runs[0]["last_loss"])
     json.loads(body)  # strict JSON: no bare NaN for browsers to choke on
 
 
-def test_a_long_series_comes_back_downsampled_with_its_spike_and_nan(server, tmp_path):
+def test_a_long_series_comes_back_downsampled_with_its_spike_and_nan(server, tmp_path, http_get):
     running, app = server
     n = 100_000
     events = [Event("long", i, i, 1000.0 + i, Kind.SCALARS,
@@ -155,8 +152,7 @@ def test_a_long_series_comes_back_downsampled_with_its_spike_and_nan(server, tmp
               for i in range(n)]
     for start in range(0, n, 10_000):
         app.store.append(events[start:start + 10_000])
-    with urllib.request.urlopen(f"{running.url}/api/runs/long/series?names=loss", timeout=30) as response:
-        series = codec.loads(response.read())["loss"]
+    series = codec.loads(http_get(f"{running.url}/api/runs/long/series?names=loss", 30)[2])["loss"]
     assert series["total"] == n and len(series["step"]) <= 2000
     assert 31_337 in series["step"] and 77_000 in series["step"] and series["step"][-1] == n - 1
     assert max(v for v in series["value"] if not math.isnan(v)) == 50.0
@@ -166,13 +162,37 @@ def test_a_long_series_comes_back_downsampled_with_its_spike_and_nan(server, tmp
 @pytest.mark.parametrize("path, status", [("/api/runs/nope/series", 404), ("/api/runs/bad%0Aname/series", 400),
                                           ("/api/runs/r1/series?names=a%20b", 400),
                                           ("/api/runs/r1/series?max_points=5", 400)])
-def test_a_bad_series_request_gets_a_clear_error(server, path, status):
+def test_a_bad_series_request_gets_a_clear_error(server, path, status, http_get):
     running, _ = server
     c = client(running.url)
     try:
         c.call("batch", batch(), namespace="/ingest", timeout=5)
     finally:
         c.disconnect()
-    with pytest.raises(urllib.error.HTTPError) as error:
-        urllib.request.urlopen(running.url + path, timeout=5)
-    assert error.value.code == status and "error" in codec.loads(error.value.read())
+    code, _, body = http_get(running.url + path)
+    assert code == status and "error" in codec.loads(body)
+
+
+def test_flags_and_an_export_zip_are_served_for_a_run(server, http_get):
+    import io
+    import zipfile
+
+    from monitor.events import Flag
+
+    running, _ = server
+    flag = Event("r5", 3, 3, 1003.0, Kind.FLAG, Flag(kind="divergence", severity="critical", message="loss is NaN",
+                                                     advice="lower the learning rate",
+                                                     evidence={"loss": math.nan}))
+    c = client(running.url)
+    try:
+        c.call("batch", batch("r5"), namespace="/ingest", timeout=5)
+        assert c.call("batch", codec.dumps([flag.to_dict()]), namespace="/ingest", timeout=5)["ok"]
+    finally:
+        c.disconnect()
+    flags = codec.loads(http_get(f"{running.url}/api/runs/r5/flags")[2])
+    assert [(f["seq"], f["kind"], f["severity"]) for f in flags] == [(3, "divergence", "critical")]
+    assert math.isnan(flags[0]["evidence"]["loss"])
+    code, headers, body = http_get(f"{running.url}/api/runs/r5/export?format=csv")
+    assert code == 200 and headers["Content-Type"] == "application/zip"
+    assert {"r5/scalars.csv", "r5/flags.csv"} <= set(zipfile.ZipFile(io.BytesIO(body)).namelist())
+    assert http_get(f"{running.url}/api/runs/r5/export?format=xlsx")[0] == 400

@@ -1,12 +1,18 @@
 """REST routes: JSON written by ``monitor.codec`` (NaN and ±Inf tagged, never bare)."""
 from __future__ import annotations
 
+import io
+import tempfile
+import zipfile
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Response, request
 
 from monitor import codec
+from monitor.events import Kind
+from monitor.export import FORMATS, export_run
 from monitor.validation import SchemaError, check_run_id, check_scalar_name
 from web.downsample import MAX_POINTS, downsample
 
@@ -26,16 +32,16 @@ def api_blueprint(app) -> Blueprint:
     def series(run: str):
         """``?names=loss,val_loss&max_points=2000``: each named scalar (all when no names)
         as ``{"step": [...], "wall": [...], "value": [...]}``, downsampled keeping extremes."""
+        problem = _known_run(app, run)
+        if problem is not None:
+            return problem
         try:
-            check_run_id(run)
             names = [check_scalar_name(n) for n in request.args.get("names", "").split(",") if n] or None
             max_points = int(request.args.get("max_points", MAX_POINTS))
             if not 10 <= max_points <= 100_000:
                 raise ValueError("max_points: expected 10 to 100000")
         except (SchemaError, ValueError) as exc:
             return json_response({"error": str(exc)}, 400)
-        if app.store.run_info(run) is None:
-            return json_response({"error": f"no run {run!r}"}, 404)
         columns: dict[str, tuple[list, list, list]] = {}
         for step, wall, name, value in app.store.scalars(run, names):
             column = columns.setdefault(name, ([], [], []))
@@ -49,4 +55,42 @@ def api_blueprint(app) -> Blueprint:
                          "value": np.asarray(values, dtype=np.float64)[keep].tolist(), "total": len(steps)}
         return json_response(out)
 
+    @api.get("/runs/<run>/flags")
+    def flags(run: str):
+        """Every flag of the run, in order: ``[{"seq", "step", "wall", ...flag fields}]``."""
+        problem = _known_run(app, run)
+        if problem is not None:
+            return problem
+        return json_response([{"seq": e.seq, "step": e.step, "wall": e.wall, **e.data.to_dict()}
+                              for e in app.store.events(run, kinds=[Kind.FLAG])])
+
+    @api.get("/runs/<run>/export")
+    def export(run: str):
+        """``?format=csv|parquet``: the run's tables (and filter images) as one zip download."""
+        problem = _known_run(app, run)
+        if problem is not None:
+            return problem
+        fmt = request.args.get("format", "csv")
+        if fmt not in FORMATS:
+            return json_response({"error": f"format: expected one of {', '.join(FORMATS)}"}, 400)
+        buffer = io.BytesIO()
+        with tempfile.TemporaryDirectory(prefix="babysit-export-") as folder:
+            paths = export_run(run, app.config.logdir, fmt, Path(folder))
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in paths:
+                    archive.write(path, f"{run}/{path.name}")
+        return Response(buffer.getvalue(), mimetype="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{run}-{fmt}.zip"'})
+
     return api
+
+
+def _known_run(app, run: str) -> Response | None:
+    """None when ``run`` names a stored run, else the error response (400 or 404)."""
+    try:
+        check_run_id(run)
+    except SchemaError as exc:
+        return json_response({"error": str(exc)}, 400)
+    if app.store.run_info(run) is None:
+        return json_response({"error": f"no run {run!r}"}, 404)
+    return None

@@ -1,5 +1,6 @@
 """watch(server=URL): a real server on a loopback port, a real tiny training streaming to
 it; every event lands exactly once and in order, also across an outage."""
+import contextlib
 import socket
 import time
 
@@ -10,6 +11,29 @@ from monitor.store import RunStore
 from trainer_hooks import stream, watch
 from web.app import ServerConfig, create_app
 from web.serving import serve_in_thread
+
+
+@contextlib.contextmanager
+def serving(logdir, port: int = 0, token=None):
+    """A real server on a loopback port for the block, stopped and its store closed after."""
+    app = create_app(ServerConfig(logdir=logdir, token=token))
+    running = serve_in_thread(app, port=port)
+    try:
+        yield running
+    finally:
+        running.stop()
+        app.store.close()
+
+
+class _Disconnecting:
+    """A Socket.IO client that ``contextlib.closing`` disconnects (if it connected)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def close(self):
+        if self.client.connected:
+            self.client.disconnect()
 
 
 def free_port() -> int:
@@ -47,17 +71,12 @@ def assert_complete(events, steps):
 
 
 def test_a_run_streams_to_the_server_exactly_once(tmp_path):
-    app = create_app(ServerConfig(logdir=tmp_path / "server"))
-    running = serve_in_thread(app)
-    try:
+    with serving(tmp_path / "server") as running:
         model, opt = tiny()
         with watch(model, opt, every=2, server=running.url, logdir=tmp_path / "trainer") as mon:
             train(model, opt, mon, 12)
-        assert mon.store_path is None
-        events = stored(tmp_path / "server", mon.run_id)
-    finally:
-        running.stop()
-        app.store.close()
+    assert mon.store_path is None
+    events = stored(tmp_path / "server", mon.run_id)
     assert_complete(events, 12)
     assert {"layer_stats", "input_stats", "filters"} & {e.kind.value for e in events}
     assert not list((tmp_path / "trainer" / "spool").glob("*.jsonl")) or \
@@ -74,53 +93,36 @@ def test_while_the_server_is_down_events_are_spooled_and_replayed_in_order(tmp_p
     mon.flush()
     spool = tmp_path / "trainer" / "spool" / f"{mon.run_id}.jsonl"
     assert spool.stat().st_size > 0
-    app = create_app(ServerConfig(logdir=tmp_path / "server"))
-    running = serve_in_thread(app, port=port)
-    try:
+    with serving(tmp_path / "server", port):
         train(model, opt, mon, 5, start=10)
         mon.close()
-        events = stored(tmp_path / "server", mon.run_id)
-    finally:
-        running.stop()
-        app.store.close()
-    assert_complete(events, 15)
+    assert_complete(stored(tmp_path / "server", mon.run_id), 15)
 
 
 def test_a_server_restart_mid_run_loses_nothing_and_duplicates_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(stream, "RETRY_SECONDS", 0.2)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = ServerConfig(logdir=tmp_path / "server")
-    app = create_app(config)
-    running = serve_in_thread(app, port=port)
     model, opt = tiny()
     mon = watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer")
-    try:
+    with serving(tmp_path / "server", port):
         train(model, opt, mon, 6)
         mon.flush()
-        running.stop()  # the server goes away mid-run
-        app.store.close()
-        train(model, opt, mon, 6, start=6)
-        mon.flush()
-        time.sleep(0.3)
-        app = create_app(config)  # and comes back, on the same store
-        running = serve_in_thread(app, port=port)
+    # the server went away mid-run
+    train(model, opt, mon, 6, start=6)
+    mon.flush()
+    time.sleep(0.3)
+    with serving(tmp_path / "server", port):  # and comes back, on the same store
         train(model, opt, mon, 3, start=12)
         mon.close()
-        events = stored(tmp_path / "server", mon.run_id)
-    finally:
-        running.stop()
-        app.store.close()
-    assert_complete(events, 15)
+    assert_complete(stored(tmp_path / "server", mon.run_id), 15)
 
 
 def test_a_stop_from_the_dashboard_reaches_the_training_process(tmp_path):
     import socketio
 
-    app = create_app(ServerConfig(logdir=tmp_path / "server"))
-    running = serve_in_thread(app)
     browser = socketio.Client()
-    try:
+    with serving(tmp_path / "server") as running, contextlib.closing(_Disconnecting(browser)):
         model, opt = tiny()
         with watch(model, opt, every=5, server=running.url, logdir=tmp_path / "trainer") as mon:
             train(model, opt, mon, 3)
@@ -135,11 +137,7 @@ def test_a_stop_from_the_dashboard_reaches_the_training_process(tmp_path):
                 steps += 1
                 time.sleep(0.05)
             assert mon.should_stop
-        events = stored(tmp_path / "server", mon.run_id)
-    finally:
-        browser.disconnect()
-        running.stop()
-        app.store.close()
+    events = stored(tmp_path / "server", mon.run_id)
     statuses = [(e.data.state.value, e.data.by, e.data.reason) for e in events if e.kind.value == "status"]
     assert ("stopping", "dashboard", "loss looks wrong") in statuses
     assert statuses[-1][:2] == ("stopped", "dashboard")
@@ -148,18 +146,12 @@ def test_a_stop_from_the_dashboard_reaches_the_training_process(tmp_path):
 def test_with_a_token_a_stop_without_it_is_refused(tmp_path):
     import socketio
 
-    app = create_app(ServerConfig(logdir=tmp_path, token="t0k"))
-    running = serve_in_thread(app)
     browser = socketio.Client()
-    try:
+    with serving(tmp_path, token="t0k") as running, contextlib.closing(_Disconnecting(browser)):
         browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
         refused = browser.call("stop", {"run": "r1"}, namespace="/dashboard", timeout=5)
         accepted = browser.call("stop", {"run": "r1", "token": "t0k"}, namespace="/dashboard", timeout=5)
         hostile = browser.call("stop", {"run": "../x", "token": "t0k"}, namespace="/dashboard", timeout=5)
-    finally:
-        browser.disconnect()
-        running.stop()
-        app.store.close()
     assert refused == {"ok": False, "error": "stop: wrong or missing token"}
     assert accepted == {"ok": True} and hostile["ok"] is False and "run" in hostile["error"]
 
@@ -179,14 +171,8 @@ def test_a_spool_left_by_a_process_that_ended_offline_is_replayed_by_babysit_rep
     with pytest.warns(BabysitWarning, match="kept in"):
         with watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer") as mon:
             train(model, opt, mon, 8)  # the server never answers while this process lives
-    app = create_app(ServerConfig(logdir=tmp_path / "server"))
-    running = serve_in_thread(app, port=port)
-    try:
+    with serving(tmp_path / "server", port):
         assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0
         assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0  # idempotent
-        events = stored(tmp_path / "server", mon.run_id)
-    finally:
-        running.stop()
-        app.store.close()
     assert f"{mon.run_id}: sent" in capsys.readouterr().out
-    assert_complete(events, 8)
+    assert_complete(stored(tmp_path / "server", mon.run_id), 8)

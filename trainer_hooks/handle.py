@@ -179,7 +179,8 @@ class Monitor:
             self._sink.close()
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Block until everything recorded so far is in the store (for tests and notebooks)."""
+        """Block until everything recorded so far is in the store, or with a server in the
+        spool and sent as far as the server answers (for tests and notebooks)."""
         return self._writer.flush(timeout)
 
     @property
@@ -254,8 +255,11 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
 
     Options: ``run`` (name), ``config`` (hyper-parameters to record), ``every``
     (sampling interval in steps; None sizes it to ``overhead``, a share of step time,
-    default 0.5 % as measured, about 1 % in fact), ``logdir`` (where the SQLite store lives, default ``runs``),
-    ``sample_size``, ``dead_window``, ``filters_every``. Unknown options are errors.
+    default 0.5 % as measured, about 1 % in fact), ``logdir`` (where the SQLite store
+    lives, default ``runs``; with a server, where the spool lives), ``server`` (URL of
+    ``babysit serve``, default ``$BABYSIT_SERVER``; None: the local store only), ``token``
+    (the server's, default ``$BABYSIT_TOKEN``), ``sample_size``, ``dead_window``,
+    ``filters_every``. Unknown options are errors.
     """
     known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every",
              "server", "token"}

@@ -1,0 +1,112 @@
+// The run page's header: status badge, progress line (step, epoch, steps/s, elapsed),
+// who stopped the run and when, and the stop button.
+import { request } from "./live.js";
+import { clock, duration, num } from "./format.js";
+
+// Recent (step, wall) pairs of the loss the training speed is measured over.
+const SPEED_WINDOW = 50;
+const ACTIVE = new Set(["running", "stopping"]);
+
+export class RunHeader {
+  constructor(run) {
+    this.run = run;
+    this.badge = document.getElementById("status");
+    this.progress = document.getElementById("progress");
+    this.stoppedBy = document.getElementById("stopped-by");
+    this.button = document.getElementById("stop");
+    this.tokenRequired = document.body.dataset.tokenRequired === "true";
+    this.socket = null;
+    this.state = "unknown";
+    this.step = 0;
+    this.epoch = null;
+    this.started = null;
+    this.ended = null;
+    this.speed = null;
+    this.recent = [];
+    this.button.addEventListener("click", () => this.askToStop());
+  }
+
+  load(run) {
+    const p = run.progress || {};
+    this.started = run.info.started;
+    this.step = p.step ?? run.info.last_step;
+    this.epoch = p.epoch ?? null;
+    this.speed = p.steps_per_s ?? null;
+    this.recent = [];
+    this.ended = run.end ? run.end.wall : null;
+    this.setState(run.status ? run.status.state : run.info.status, run.status);
+    if (run.end) this.setState(run.end.state, run.status);
+    this.render();
+  }
+
+  runStarted(event) {
+    this.started = event.wall;
+    this.ended = null;
+    this.render();
+  }
+
+  scalars(event) {
+    this.step = Math.max(this.step, event.step);
+    const values = event.data.values;
+    if ("epoch" in values) this.epoch = values.epoch;
+    if ("loss" in values) {
+      this.recent.push([event.step, event.wall]);
+      if (this.recent.length > SPEED_WINDOW) this.recent.shift();
+      const [s0, w0] = this.recent[0], [s1, w1] = this.recent[this.recent.length - 1];
+      if (w1 > w0 && s1 > s0) this.speed = (s1 - s0) / (w1 - w0);
+    }
+  }
+
+  lifecycle(event) {
+    if (event.kind === "run_end") this.ended = event.wall;
+    this.setState(event.data.state, { ...event.data, wall: event.wall, step: event.step });
+    this.render();
+  }
+
+  setState(state, status) {
+    this.state = state;
+    this.badge.textContent = state;
+    this.badge.className = `badge ${state}`;
+    this.button.disabled = state !== "running";
+    if (status && (status.by || status.reason) && state !== "running") {
+      const who = status.by ? `by ${status.by}` : "";
+      const when = status.wall ? `at ${clock(status.wall)}` : "";
+      const why = status.reason ? `: ${status.reason}` : "";
+      this.stoppedBy.textContent = `${state} ${who} ${when}${why}`.replace(/\s+/g, " ").trim();
+    } else {
+      this.stoppedBy.textContent = "";
+    }
+  }
+
+  tick() {
+    if (ACTIVE.has(this.state)) this.render();
+  }
+
+  render() {
+    const end = this.ended ?? (ACTIVE.has(this.state) ? Date.now() / 1000 : null);
+    const parts = [`step ${this.step.toLocaleString()}`];
+    if (this.epoch !== null && this.epoch !== undefined) parts.push(`epoch ${num(this.epoch)}`);
+    if (this.speed) parts.push(`${num(this.speed, 3)} steps/s`);
+    if (this.started && end) parts.push(`elapsed ${duration(end - this.started)}`);
+    this.progress.textContent = parts.join(" · ");
+  }
+
+  async askToStop() {
+    if (!this.socket) return;
+    if (!window.confirm(`Stop run ${this.run}? The training process stops at its next step.`)) return;
+    let token = null;
+    if (this.tokenRequired) {
+      token = window.prompt("This server needs its token to stop a run (babysit serve --token):");
+      if (!token) return;
+    }
+    this.button.disabled = true;
+    try {
+      const reply = await request(this.socket, "stop", { run: this.run, reason: "stopped from the dashboard", token });
+      if (!reply.ok) throw new Error(reply.error);
+      this.stoppedBy.textContent = "stop sent; waiting for the training process…";
+    } catch (err) {
+      this.button.disabled = this.state !== "running";
+      this.stoppedBy.textContent = `could not stop: ${err.message}`;
+    }
+  }
+}

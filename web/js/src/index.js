@@ -1,0 +1,67 @@
+// The runs index: every run with its status, last loss, flags, start and duration. The
+// server tells the page when runs change (room "index" on /dashboard); the page then
+// reloads the list, at most once per RELOAD_MS.
+import { getJSON } from "./codec.js";
+import { connect, request } from "./live.js";
+import { clock, duration, el, num } from "./format.js";
+
+const RELOAD_MS = 500;
+const ACTIVE = new Set(["running", "stopping"]);
+const selected = new Set();
+let runs = [];
+let reloadTimer = null;
+
+async function reload() {
+  reloadTimer = null;
+  runs = await getJSON("/api/runs");
+  render();
+}
+
+function scheduleReload() {
+  if (reloadTimer === null) reloadTimer = setTimeout(() => reload().catch(console.error), RELOAD_MS);
+}
+
+function render() {
+  const body = document.querySelector("#runs tbody");
+  const now = Date.now() / 1000;
+  body.replaceChildren(...runs.map((r) => {
+    const tr = el("tr");
+    tr.dataset.run = r.run;
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = selected.has(r.run);
+    box.setAttribute("aria-label", `select ${r.run} to compare`);
+    box.addEventListener("change", () => { box.checked ? selected.add(r.run) : selected.delete(r.run); updateCompare(); });
+    const link = el("a", r.run);
+    link.href = `/runs/${encodeURIComponent(r.run)}`;
+    const tick = el("td"); tick.append(box);
+    const name = el("td"); name.append(link);
+    if (r.name && r.name !== r.run) name.append(el("div", r.name, "muted"));
+    const status = el("td"); status.append(el("span", r.status, `badge ${r.status}`));
+    const end = ACTIVE.has(r.status) ? now : r.updated;
+    tr.append(tick, name, status, el("td", r.last_loss === null ? "–" : num(r.last_loss)),
+      el("td", r.last_step.toLocaleString()), el("td", r.flags, r.flags ? "flagged" : ""),
+      el("td", clock(r.started)), el("td", duration(end - r.started)),
+      el("td", r.world > 1 ? `${r.host} (rank ${r.rank}/${r.world})` : r.host));
+    return tr;
+  }));
+  document.getElementById("empty").hidden = runs.length > 0;
+  updateCompare();
+}
+
+function updateCompare() {
+  const button = document.getElementById("compare");
+  button.disabled = selected.size < 2;
+}
+
+document.getElementById("compare").addEventListener("click", () => {
+  const chosen = runs.map((r) => r.run).filter((r) => selected.has(r));
+  window.location.href = `/compare?runs=${chosen.map(encodeURIComponent).join(",")}`;
+});
+
+connect(async (socket) => {
+  await request(socket, "watch_runs", null);
+  await reload();
+}).on("runs_changed", scheduleReload);
+setInterval(() => { if (runs.some((r) => ACTIVE.has(r.status))) render(); }, 1000);
+reload().catch(console.error);

@@ -1,0 +1,156 @@
+// Per-layer panels: distribution bands over time and the latest histogram of a chosen
+// layer (activations, gradients), dead units per activation layer, update/weight ratios.
+import { getJSON } from "./codec.js";
+import { PALETTE, setData, stream } from "./bokeh.js";
+import { num } from "./format.js";
+
+const QUANTILES = ["q0", "q1", "q2", "q3", "q4", "q5", "q6"];
+const BAND_COLUMNS = ["step", "min", "max", "mean", ...QUANTILES];
+
+// Infinite bounds (a layer with Inf in it) would stretch the band over the whole plot:
+// drawn as gaps instead; the counts say what happened.
+const finiteOrNaN = (v) => (Number.isFinite(v) ? v : NaN);
+
+export function bandRow(step, summary) {
+  const q = summary.quantiles && summary.quantiles.length === 7 ? summary.quantiles : new Array(7).fill(NaN);
+  const row = { step, min: finiteOrNaN(summary.min), max: finiteOrNaN(summary.max), mean: finiteOrNaN(summary.mean) };
+  QUANTILES.forEach((name, i) => { row[name] = finiteOrNaN(q[i]); });
+  return row;
+}
+
+function histogram(summary) {
+  const n = summary.hist ? summary.hist.length : 0;
+  const width = n ? (summary.hist_hi - summary.hist_lo) / n : 0;
+  const left = [], right = [], count = [];
+  for (let i = 0; i < n; i++) {
+    left.push(summary.hist_lo + i * width);
+    right.push(summary.hist_lo + (i + 1) * width);
+    count.push(summary.hist[i]);
+  }
+  return { left, right, count };
+}
+
+function describe(summary) {
+  const parts = [summary.module, `mean ${num(summary.mean)}`, `std ${num(summary.std)}`,
+    `zero ${Math.round(100 * summary.zero_frac)}%`];
+  if (summary.units) parts.push(`dead ${summary.dead_units}/${summary.units}`);
+  if (summary.sat_frac !== null && summary.sat_frac !== undefined) parts.push(`saturated ${Math.round(100 * summary.sat_frac)}%`);
+  if (summary.nan || summary.inf) parts.push(`NaN ${summary.nan} · Inf ${summary.inf}`);
+  return parts.join(" · ");
+}
+
+// One signal's panel: a <select> of layers, the bands of the chosen one, its latest histogram.
+export class LayerPanel {
+  constructor({ run, signal, select, info, bands, hist }) {
+    Object.assign(this, { run, signal, select, info, bands, hist });
+    this.layer = null;
+    this.latest = new Map();  // layer -> {step, summary}
+    this.lastStep = -Infinity;
+    select.addEventListener("change", () => this.choose(select.value));
+  }
+
+  addLayers(names) {
+    const known = new Set(Array.from(this.select.options, (o) => o.value));
+    for (const name of names) {
+      if (known.has(name)) continue;
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      this.select.append(option);
+    }
+    if (this.layer === null && this.select.options.length) return this.choose(this.select.options[0].value);
+    return Promise.resolve();
+  }
+
+  async choose(layer) {
+    this.layer = layer;
+    this.select.value = layer;
+    const url = `/api/runs/${encodeURIComponent(this.run)}/layers?signal=${this.signal}` +
+      `&layers=${encodeURIComponent(layer)}&fields=${BAND_COLUMNS.join(",")}`;
+    const body = await getJSON(url);
+    if (this.layer !== layer) return;  // another layer was chosen meanwhile
+    const columns = body.layers[layer] || {};
+    const data = {};
+    for (const c of BAND_COLUMNS) data[c] = (columns[c] || []).map(c === "step" ? (v) => v : finiteOrNaN);
+    setData(this.bands, data);
+    this.lastStep = data.step.length ? data.step[data.step.length - 1] : -Infinity;
+    this.showLatest();
+  }
+
+  // Summaries of one sampled step (live, or the latest stored one).
+  update(step, summaries, live) {
+    const mine = summaries.filter((s) => s.signal === this.signal);
+    for (const s of mine) this.latest.set(s.layer, { step, summary: s });
+    const added = this.addLayers(mine.map((s) => s.layer));
+    const chosen = mine.find((s) => s.layer === this.layer);
+    if (live && chosen && step > this.lastStep) {
+      this.lastStep = step;
+      const row = bandRow(step, chosen);
+      const columns = {};
+      for (const c of BAND_COLUMNS) columns[c] = [row[c]];
+      stream(this.bands, columns);
+    }
+    this.showLatest();
+    return added;
+  }
+
+  showLatest() {
+    const latest = this.latest.get(this.layer);
+    if (!latest) return;
+    setData(this.hist, histogram(latest.summary));
+    this.info.textContent = `step ${latest.step} · ${describe(latest.summary)}`;
+  }
+}
+
+// Dead units of every activation layer at the latest sampled step.
+export function showDeadUnits(source, range, summaries) {
+  const rows = summaries.filter((s) => s.signal === "activation" && s.units);
+  if (!rows.length) return;
+  const layers = rows.map((s) => s.layer).reverse();  // first layer at the top
+  range.factors = layers;
+  setData(source, {
+    layer: layers, dead_frac: rows.map((s) => s.dead_units / s.units).reverse(),
+    zero_frac: rows.map((s) => s.zero_frac).reverse(),
+  });
+}
+
+// ||dw|| / ||w|| per parameter over time: one line each in a multi_line source.
+export class UpdateRatios {
+  constructor(source) {
+    this.source = source;
+    this.lines = new Map();  // parameter -> {xs, ys}
+  }
+
+  load(layers) {
+    this.lines = new Map();
+    for (const [name, columns] of Object.entries(layers)) {
+      this.lines.set(name, { xs: [...columns.step], ys: columns.update_ratio.map(positiveOrNaN) });
+    }
+    this.draw();
+  }
+
+  update(step, summaries) {
+    let changed = false;
+    for (const s of summaries) {
+      if (s.signal !== "param_grad" || s.update_ratio === null || s.update_ratio === undefined) continue;
+      let line = this.lines.get(s.layer);
+      if (!line) { line = { xs: [], ys: [] }; this.lines.set(s.layer, line); }
+      if (line.xs.length && line.xs[line.xs.length - 1] >= step) continue;
+      line.xs.push(step);
+      line.ys.push(positiveOrNaN(s.update_ratio));
+      changed = true;
+    }
+    if (changed) this.draw();
+  }
+
+  draw() {
+    const names = [...this.lines.keys()];
+    setData(this.source, {
+      xs: names.map((n) => this.lines.get(n).xs), ys: names.map((n) => this.lines.get(n).ys),
+      layer: names, color: names.map((_, i) => PALETTE[i % PALETTE.length]),
+    });
+  }
+}
+
+// A log axis cannot show zero (a frozen parameter) or a non-finite ratio: gaps instead.
+const positiveOrNaN = (v) => (Number.isFinite(v) && v > 0 ? v : NaN);

@@ -1,0 +1,31 @@
+// The page's Socket.IO connection to the server's /dashboard namespace, with the header's
+// connection indicator. socket.io-client reconnects by itself; `onConnect` runs on every
+// (re)connection, so a page joins its room again and reloads what it missed.
+import { io } from "socket.io-client";
+import { parse } from "./codec.js";
+
+export function connect(onConnect) {
+  const socket = io("/dashboard", { reconnectionDelayMax: 5000 });
+  const indicator = document.getElementById("connection");
+  const show = (text, state) => {
+    if (!indicator) return;
+    indicator.textContent = text;
+    indicator.className = `connection ${state}`;
+  };
+  socket.on("connect", () => { show("live", "live"); onConnect(socket); });
+  socket.on("disconnect", () => show("reconnecting…", "down"));
+  socket.on("connect_error", () => show("server unreachable, retrying…", "down"));
+  return socket;
+}
+
+// Emit with an acknowledgement, as a promise (rejects after `timeoutMs`).
+export function request(socket, event, payload, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    socket.timeout(timeoutMs).emit(event, payload, (err, reply) => (err ? reject(err) : resolve(reply)));
+  });
+}
+
+// One live event as the server fans it out: its payload is codec JSON text.
+export function decodeEvent(raw) {
+  return { seq: raw.seq, step: raw.step, wall: raw.wall, kind: raw.kind, data: parse(raw.data) };
+}

@@ -1,0 +1,257 @@
+// The run page: load the run's history from the REST routes, then stream its live events
+// (joined on /dashboard) into the same Bokeh sources. One path for a finished run and a
+// live one; events that arrive while the history loads are held and applied after it.
+import { getJSON, HttpError } from "./codec.js";
+import { bokehModels, setData, stream } from "./bokeh.js";
+import { connect, decodeEvent, request } from "./live.js";
+import { ScalarSeries } from "./series.js";
+import { FlagPanel } from "./flags.js";
+import { LayerPanel, UpdateRatios, showDeadUnits } from "./layers.js";
+import { el, num } from "./format.js";
+import { RunHeader } from "./header.js";
+
+const RUN = document.body.dataset.run;
+const API = `/api/runs/${encodeURIComponent(RUN)}`;
+// Scalars that are not metrics to choose from: they have plots or places of their own.
+const NOT_METRICS = new Set(["loss", "lr", "epoch"]);
+const SOURCES = ["loss_train", "loss_val", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
+  "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
+
+class RunPage {
+  constructor(models) {
+    this.m = models;
+    const weight = Number(document.getElementById("smoothing").value);
+    this.loss = new ScalarSeries(models.loss_train, weight);
+    this.val = new ScalarSeries(models.loss_val, weight);
+    this.metricTrain = new ScalarSeries(models.metric_train, weight);
+    this.metricVal = new ScalarSeries(models.metric_val, weight);
+    this.lr = { source: models.lr, lastStep: -Infinity };
+    this.flags = new FlagPanel(models.flag_marks, this.loss);
+    this.header = new RunHeader(RUN);
+    this.act = new LayerPanel({ run: RUN, signal: "activation", select: document.getElementById("act-layer"),
+      info: document.getElementById("act-info"), bands: models.act_bands, hist: models.act_hist });
+    this.grad = new LayerPanel({ run: RUN, signal: "output_grad", select: document.getElementById("grad-layer"),
+      info: document.getElementById("grad-info"), bands: models.grad_bands, hist: models.grad_hist });
+    this.ratios = new UpdateRatios(models.update_ratio);
+    this.metric = null;
+    this.metricNames = new Set();
+    this.loaded = false;
+    this.held = [];
+    this.lastSeq = -1;
+    this.controls();
+  }
+
+  controls() {
+    const slider = document.getElementById("smoothing"), shown = document.getElementById("smoothing-value");
+    slider.addEventListener("input", () => {
+      const w = Number(slider.value);
+      shown.textContent = w.toFixed(2);
+      for (const s of [this.loss, this.val, this.metricTrain, this.metricVal]) s.setWeight(w);
+      this.flags.placeMarks();
+    });
+    document.getElementById("log-scale").addEventListener("change", (e) => {
+      this.m.loss_linear.visible = !e.target.checked;
+      this.m.loss_log.visible = e.target.checked;
+    });
+    document.getElementById("metric").addEventListener("change", (e) => this.chooseMetric(e.target.value));
+  }
+
+  // ---------------------------------------------------------------- history
+
+  async load() {
+    this.loaded = false;
+    let run;
+    try {
+      run = await getJSON(API);
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 404) {  // not started yet: wait for it
+        document.getElementById("waiting").hidden = false;
+        setTimeout(() => this.load(), 1000);
+        return;
+      }
+      throw err;
+    }
+    document.getElementById("waiting").hidden = true;
+    this.lastSeq = run.last_seq;
+    this.header.load(run);
+    showConfig(run.start);
+    const [series, flags, latest, inputs, ratios] = await Promise.all([
+      getJSON(`${API}/series`), getJSON(`${API}/flags`), getOptional(`${API}/latest/layer_stats`),
+      getJSON(`${API}/inputs`), getJSON(`${API}/layers?signal=param_grad&fields=step,update_ratio`),
+    ]);
+    this.loss.load(series.loss);
+    this.val.load(series.val_loss);
+    this.loadLr(series.lr);
+    this.addMetrics(Object.keys(series));
+    if (this.metric) await this.chooseMetric(this.metric, series);
+    this.flags.load(flags);
+    this.ratios.load(ratios.layers);
+    setData(this.m.inputs, { step: inputs.step, mean: inputs.mean, std: inputs.std });
+    this.showInputInfo(inputs);
+    const layers = run.layers || [];
+    await Promise.all([
+      this.act.addLayers(layers.filter((l) => l.signal === "activation").map((l) => l.layer)),
+      this.grad.addLayers(layers.filter((l) => l.signal === "output_grad").map((l) => l.layer)),
+    ]);
+    if (latest) this.layerStats(latest, false);
+    const filters = await getOptional(`${API}/latest/filters`);
+    if (filters) this.showFilters(filters);
+    this.loaded = true;
+    const held = this.held;
+    this.held = [];
+    this.apply(held.filter((e) => e.seq > this.lastSeq));
+  }
+
+  loadLr(history) {
+    setData(this.lr.source, { step: history ? [...history.step] : [], value: history ? [...history.value] : [] });
+    this.lr.lastStep = history && history.step.length ? history.step[history.step.length - 1] : -Infinity;
+  }
+
+  addMetrics(names) {
+    const select = document.getElementById("metric");
+    for (const name of names) {
+      const base = name.startsWith("val_") ? name.slice(4) : name;
+      if (NOT_METRICS.has(base) || this.metricNames.has(base)) continue;
+      this.metricNames.add(base);
+      const option = document.createElement("option");
+      option.value = base;
+      option.textContent = base;
+      select.append(option);
+      if (this.metric === null) { this.metric = base; select.value = base; }
+    }
+  }
+
+  async chooseMetric(base, series = null) {
+    this.metric = base;
+    const data = series || await getJSON(`${API}/series?names=${encodeURIComponent(base)},val_${encodeURIComponent(base)}`);
+    this.metricTrain.load(data[base]);
+    this.metricVal.load(data[`val_${base}`]);
+  }
+
+  // ---------------------------------------------------------------- live
+
+  onEvents(batch) {
+    const events = batch.events.map(decodeEvent);
+    if (!this.loaded) { this.held.push(...events); return; }
+    this.apply(events.filter((e) => e.seq > this.lastSeq));
+  }
+
+  apply(events) {
+    if (!events.length) return;
+    this.lastSeq = Math.max(this.lastSeq, ...events.map((e) => e.seq));
+    const points = {};  // scalar name -> [[step, value], ...] of this batch
+    const flags = [];
+    for (const e of events) {
+      if (e.kind === "scalars") {
+        for (const [name, value] of Object.entries(e.data.values)) (points[name] ||= []).push([e.step, value]);
+        this.header.scalars(e);
+      } else if (e.kind === "layer_stats") this.layerStats(e, true);
+      else if (e.kind === "flag") flags.push({ seq: e.seq, step: e.step, wall: e.wall, ...e.data });
+      else if (e.kind === "filters") this.showFilters(e);
+      else if (e.kind === "input_stats") this.inputStats(e);
+      else if (e.kind === "status" || e.kind === "run_end") this.header.lifecycle(e);
+      else if (e.kind === "run_start") { this.header.runStarted(e); showConfig(e.data); }
+    }
+    let compact = false;
+    if (points.loss) compact ||= this.loss.push(points.loss);
+    if (points.val_loss) compact ||= this.val.push(points.val_loss);
+    if (points.lr) this.pushLr(points.lr);
+    if (this.metric) {
+      if (points[this.metric]) this.metricTrain.push(points[this.metric]);
+      if (points[`val_${this.metric}`]) this.metricVal.push(points[`val_${this.metric}`]);
+    }
+    this.addMetrics(Object.keys(points));
+    if (flags.length) this.flags.add(flags);
+    else if (points.loss || points.val_loss) this.flags.placeMarks();
+    if (compact) this.load();  // a long live session: reload the downsampled history
+  }
+
+  pushLr(points) {
+    const fresh = points.filter(([s]) => s > this.lr.lastStep);
+    if (!fresh.length) return;
+    this.lr.lastStep = fresh[fresh.length - 1][0];
+    stream(this.lr.source, { step: fresh.map((p) => p[0]), value: fresh.map((p) => p[1]) });
+  }
+
+  layerStats(event, live) {
+    const summaries = event.data.summaries;
+    this.act.update(event.step, summaries, live);
+    this.grad.update(event.step, summaries, live);
+    showDeadUnits(this.m.dead, this.m.dead_layers, summaries);
+    if (live) this.ratios.update(event.step, summaries);
+  }
+
+  showFilters(event) {
+    const img = document.getElementById("filters");
+    img.src = `${API}/filters.png?seq=${event.seq}`;
+    img.hidden = false;
+    document.getElementById("no-filters").hidden = true;
+    const d = event.data;
+    document.getElementById("filters-info").textContent = `${d.layer} · ${d.count} filters · step ${event.step}`;
+  }
+
+  inputStats(event) {
+    const d = event.data;
+    stream(this.m.inputs, { step: [event.step], mean: [d.mean], std: [d.std] });
+    this.showInputInfo({ shape: d.shape, mean: [d.mean], std: [d.std], min: [d.min], max: [d.max] });
+  }
+
+  showInputInfo(inputs) {
+    const last = (column) => (column && column.length ? column[column.length - 1] : undefined);
+    if (last(inputs.mean) === undefined) return;
+    const shape = inputs.shape ? ` · shape ${inputs.shape.join("×")}` : "";
+    document.getElementById("input-info").textContent =
+      `latest: mean ${num(last(inputs.mean))} · std ${num(last(inputs.std))} · range ${num(last(inputs.min))}..${num(last(inputs.max))}${shape}`;
+  }
+}
+
+async function getOptional(url) {
+  try {
+    return await getJSON(url);
+  } catch (err) {
+    if (err instanceof HttpError && err.status === 404) return null;
+    throw err;
+  }
+}
+
+function showConfig(start) {
+  if (!start) return;
+  const config = document.querySelector("#config tbody");
+  const rows = Object.entries(start.config || {}).map(([k, v]) => [k, typeof v === "number" ? num(v, 6) : JSON.stringify(v)]);
+  rows.push(["host", `${start.host} (pid ${start.pid}, rank ${start.rank}/${start.world})`]);
+  for (const [k, v] of Object.entries(start.versions || {})) rows.push([k, String(v)]);
+  for (const [k, v] of Object.entries(start.sampling || {})) rows.push([`sampling ${k}`, JSON.stringify(v)]);
+  config.replaceChildren(...rows.map(([k, v]) => { const tr = el("tr"); tr.append(el("th", k), el("td", v)); return tr; }));
+  const model = document.querySelector("#model tbody");
+  let total = 0, trainable = 0;
+  model.replaceChildren(...(start.model || []).map((m) => {
+    total += m.params; trainable += m.trainable;
+    const tr = el("tr");
+    tr.append(el("td", m.name), el("td", m.module), el("td", m.shape), el("td", m.params.toLocaleString(), "num"));
+    return tr;
+  }));
+  document.getElementById("model-info").textContent =
+    `${total.toLocaleString()} parameters${trainable !== total ? `, ${trainable.toLocaleString()} trainable` : ""}`;
+}
+
+async function main() {
+  const models = await bokehModels(SOURCES);
+  const page = new RunPage(models);
+  window.babysitPage = page;  // for the browser tests and for poking at it in the console
+  connect(async (socket) => {
+    page.socket = socket;
+    page.header.socket = socket;
+    await request(socket, "join", RUN);
+    await page.load();  // on every (re)connection: what happened meanwhile is in the store
+  }).on("events", (batch) => { if (batch.run === RUN) page.onEvents(batch); });
+  setInterval(() => page.header.tick(), 1000);
+}
+
+main().catch((err) => {
+  console.error(err);
+  const notice = document.getElementById("waiting");
+  notice.textContent = `The page could not load this run: ${err.message}`;
+  notice.hidden = false;
+});
+
+

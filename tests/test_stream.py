@@ -9,20 +9,7 @@ from torch import nn
 
 from monitor.store import RunStore
 from trainer_hooks import stream, watch
-from web.app import ServerConfig, create_app
-from web.serving import serve_in_thread
-
-
-@contextlib.contextmanager
-def serving(logdir, port: int = 0, token=None):
-    """A real server on a loopback port for the block, stopped and its store closed after."""
-    app = create_app(ServerConfig(logdir=logdir, token=token))
-    running = serve_in_thread(app, port=port)
-    try:
-        yield running
-    finally:
-        running.stop()
-        app.store.close()
+from servers import serving
 
 
 class _Disconnecting:

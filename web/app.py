@@ -59,6 +59,7 @@ class App:
 def create_app(config: ServerConfig | None = None) -> App:
     from web.api import api_blueprint
     from web.live import DashboardNamespace, IngestNamespace
+    from web.pages import pages_blueprint
 
     config = config or ServerConfig()
     flask = Flask(__name__)
@@ -70,4 +71,5 @@ def create_app(config: ServerConfig | None = None) -> App:
     socketio.on_namespace(IngestNamespace("/ingest", app))
     socketio.on_namespace(DashboardNamespace("/dashboard", app))
     flask.register_blueprint(api_blueprint(app))
+    flask.register_blueprint(pages_blueprint(app))
     return app

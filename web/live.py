@@ -33,6 +33,10 @@ def room(run: str) -> str:
     return f"run:{run}"
 
 
+#: Browsers on the runs index, told when any run changes.
+INDEX_ROOM = "index"
+
+
 def trainer_room(run: str) -> str:
     """The training process(es) streaming a run (every DDP rank, when they all stream)."""
     return f"trainer:{run}"
@@ -72,6 +76,8 @@ class IngestNamespace(Namespace):
             batch = [{"seq": e.seq, "step": e.step, "wall": e.wall, "kind": e.kind.value, "data": t}
                      for e, t in zip(events, texts) if e.run == run]
             self.app.socketio.emit("events", {"run": run, "events": batch}, to=room(run), namespace="/dashboard")
+        self.app.socketio.emit("runs_changed", {"runs": list(dict.fromkeys(e.run for e in events))},
+                               to=INDEX_ROOM, namespace="/dashboard")
         return {"ok": True, "stored": stored, "last_seq": max(event.seq for event in events)}
 
 
@@ -85,6 +91,11 @@ class DashboardNamespace(Namespace):
             join_room(room(check_run_id(run)))
         except SchemaError as exc:
             return {"ok": False, "error": str(exc)}
+        return {"ok": True}
+
+    def on_watch_runs(self, _message=None):
+        """The runs index: told (``runs_changed``) whenever a batch of any run is stored."""
+        join_room(INDEX_ROOM)
         return {"ok": True}
 
     def on_stop(self, message):

@@ -1,0 +1,188 @@
+"""Bokeh figures of the run and compare pages, built empty: the page's script fills them.
+
+Each builder knows column names only. Every data source is named, so the page's script
+finds it (``Bokeh.documents[0].get_model_by_name``) and loads the history from the REST
+routes, then ``stream``s live rows into it: one path for a finished run and a live one,
+and the page's cost stays flat however long the run (the server downsamples the history).
+The column names below are the contract with ``web/js/src/run.js``.
+"""
+from __future__ import annotations
+
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Range1d, Span
+from bokeh.plotting import figure
+
+#: Update/weight ratio a healthy layer sits near (CS231n: about 1e-3 per step; far above
+#: means the learning rate is too high, far below too low).
+UPDATE_RATIO_REFERENCE = 1e-3
+#: Dead fraction beyond which a layer is in trouble (SageMaker's dead-ReLU rule: 50 %).
+DEAD_FRACTION_REFERENCE = 0.5
+
+QUANTILES = tuple(f"q{i}" for i in range(7))
+SCALAR_COLUMNS = ("step", "value", "smooth")
+BAND_COLUMNS = ("step", "min", "max", "mean", *QUANTILES)
+
+TRAIN_COLOR, VAL_COLOR, FLAG_COLOR = "#1f6fb4", "#e8710a", "#c5221f"
+BAND_COLOR = "#1f6fb4"
+TOOLS = "pan,box_zoom,wheel_zoom,reset,save"
+
+
+def _source(name: str, columns) -> ColumnDataSource:
+    return ColumnDataSource({column: [] for column in columns}, name=name)
+
+
+def _figure(name: str, title: str | None, height: int = 260, x_label: str = "step", **options):
+    """A figure with the page's look; ``title`` None where the card's heading says it."""
+    fig = figure(name=name, title=title, height=height, sizing_mode="stretch_width", tools=TOOLS,
+                 toolbar_location="above", output_backend="canvas", **options)
+    if title:
+        fig.title.text_font_size = "12px"
+        fig.title.text_font_style = "normal"
+    fig.xaxis.axis_label = x_label
+    fig.min_border_left = 60  # y tick labels of different widths would misalign the stacked plots
+    fig.toolbar.logo = None
+    return fig
+
+
+def loss_figures() -> list:
+    """Training and validation loss on the same axes, raw (faint) and smoothed, with the
+    flags as markers: one linear and one log figure over the same sources and x range;
+    the page shows one of them (a Bokeh axis cannot change type once drawn)."""
+    train = _source("loss_train", SCALAR_COLUMNS)
+    val = _source("loss_val", SCALAR_COLUMNS)
+    flags = _source("flag_marks", ("step", "y", "kind", "severity", "layer", "message", "color"))
+    figures = []
+    x_range = None
+    for axis in ("linear", "log"):
+        fig = _figure(f"loss_{axis}", None, height=320, y_axis_type=axis,
+                      **({"x_range": x_range} if x_range is not None else {}))
+        x_range = fig.x_range
+        fig.line("step", "value", source=train, color=TRAIN_COLOR, alpha=0.25, line_width=1)
+        fig.line("step", "smooth", source=train, color=TRAIN_COLOR, line_width=2, legend_label="train")
+        fig.line("step", "value", source=val, color=VAL_COLOR, alpha=0.25, line_width=1)
+        fig.line("step", "smooth", source=val, color=VAL_COLOR, line_width=2, legend_label="validation")
+        fig.scatter("step", "value", source=val, color=VAL_COLOR, size=4, alpha=0.6)
+        marks = fig.scatter("step", "y", source=flags, marker="triangle", size=13, color="color",
+                            line_color="white", legend_label="flags")
+        fig.add_tools(HoverTool(renderers=[marks], tooltips=[("flag", "@kind (@severity)"), ("step", "@step"),
+                                                             ("layer", "@layer"), ("", "@message")]))
+        fig.legend.location = "top_right"
+        fig.legend.click_policy = "hide"
+        fig.visible = axis == "linear"
+        figures.append(fig)
+    return figures
+
+
+def metric_figure():
+    """The metric chosen in the page's menu (accuracy, ...), training and validation."""
+    fig = _figure("metric_fig", None, height=260)
+    for name, color, label in (("metric_train", TRAIN_COLOR, "train"), ("metric_val", VAL_COLOR, "validation")):
+        source = _source(name, SCALAR_COLUMNS)
+        fig.line("step", "value", source=source, color=color, alpha=0.25)
+        fig.line("step", "smooth", source=source, color=color, line_width=2, legend_label=label)
+    fig.legend.location = "bottom_right"
+    return fig
+
+
+def learning_rate_figure():
+    fig = _figure("lr_fig", None, height=260)
+    fig.step("step", "value", source=_source("lr", ("step", "value")), mode="after", color="#5f6368", line_width=2)
+    return fig
+
+
+def bands_figure(prefix: str, title: str):
+    """A layer's distribution over time, TensorBoard-style: min-max, then the quantile
+    bands at ±1.5, ±1 and ±0.5 sigma of the normal CDF, darker towards the median."""
+    source = _source(f"{prefix}_bands", BAND_COLUMNS)
+    fig = _figure(f"{prefix}_bands_fig", title, height=260)
+    fig.varea("step", "min", "max", source=source, color=BAND_COLOR, alpha=0.08)
+    for low, high, alpha in (("q0", "q6", 0.15), ("q1", "q5", 0.22), ("q2", "q4", 0.3)):
+        fig.varea("step", low, high, source=source, color=BAND_COLOR, alpha=alpha)
+    fig.line("step", "q3", source=source, color=BAND_COLOR, line_width=1.5, legend_label="median")
+    fig.line("step", "mean", source=source, color="#202124", line_dash="dashed", line_width=1, legend_label="mean")
+    fig.legend.location = "top_left"
+    return fig
+
+
+def histogram_figure(prefix: str, title: str):
+    """The latest sampled histogram of the chosen layer."""
+    fig = _figure(f"{prefix}_hist_fig", title, height=260, x_label="value")
+    fig.quad(left="left", right="right", top="count", bottom=0,
+             source=_source(f"{prefix}_hist", ("left", "right", "count")),
+             color=BAND_COLOR, alpha=0.7, line_color="white")
+    return fig
+
+
+def dead_units_figure():
+    """Share of each activation layer's units that were never positive over the window,
+    with the 50 % line of the dead-ReLU rule."""
+    source = _source("dead", ("layer", "dead_frac", "zero_frac"))
+    fig = _figure("dead_fig", None, height=300,
+                  x_label="fraction", y_range=FactorRange(name="dead_layers"), x_range=Range1d(0, 1))
+    fig.hbar(y="layer", right="zero_frac", height=0.8, source=source, color="#9aa0a6", alpha=0.4,
+             legend_label="zero outputs")
+    fig.hbar(y="layer", right="dead_frac", height=0.5, source=source, color=FLAG_COLOR, legend_label="dead units")
+    fig.add_layout(Span(location=DEAD_FRACTION_REFERENCE, dimension="height", line_dash="dashed",
+                        line_color=FLAG_COLOR))
+    fig.legend.location = "bottom_right"
+    return fig
+
+
+def update_ratio_figure():
+    """‖Δw‖/‖w‖ per parameter over time on a log axis, with the 1e-3 reference."""
+    source = _source("update_ratio", ("xs", "ys", "layer", "color"))
+    fig = _figure("update_ratio_fig", None, height=300, y_axis_type="log")
+    lines = fig.multi_line("xs", "ys", source=source, color="color", line_width=1.5, alpha=0.85,
+                           hover_line_width=3, hover_line_alpha=1.0)
+    fig.add_tools(HoverTool(renderers=[lines], tooltips=[("parameter", "@layer")]))
+    fig.add_layout(Span(location=UPDATE_RATIO_REFERENCE, dimension="width", line_dash="dashed",
+                        line_color="#202124", line_width=1.5))
+    return fig
+
+
+def input_figure():
+    """The model input's mean and std: a normalised input sits at 0 and 1 (dashed)."""
+    source = _source("inputs", ("step", "mean", "std"))
+    fig = _figure("inputs_fig", None, height=260)
+    fig.line("step", "mean", source=source, color=TRAIN_COLOR, line_width=2, legend_label="mean")
+    fig.line("step", "std", source=source, color=VAL_COLOR, line_width=2, legend_label="std")
+    for level in (0.0, 1.0):
+        fig.add_layout(Span(location=level, dimension="width", line_dash="dotted", line_color="#5f6368"))
+    fig.legend.location = "top_right"
+    return fig
+
+
+def run_page_figures() -> dict:
+    """Every figure of the run page, by the name the template places it under."""
+    loss_linear, loss_log = loss_figures()
+    return {
+        "loss_linear": loss_linear, "loss_log": loss_log, "metric": metric_figure(),
+        "lr": learning_rate_figure(),
+        "act_bands": bands_figure("act", "over time: min-max, ±1.5σ, ±1σ, ±0.5σ bands, median"),
+        "act_hist": histogram_figure("act", "latest histogram"),
+        "grad_bands": bands_figure("grad", "over time: min-max, ±1.5σ, ±1σ, ±0.5σ bands, median"),
+        "grad_hist": histogram_figure("grad", "latest histogram"),
+        "dead": dead_units_figure(), "update_ratio": update_ratio_figure(), "inputs": input_figure(),
+    }
+
+
+def compare_figures(runs: list[str]) -> dict:
+    """Loss (solid) and validation loss (dashed) of several runs overlaid, one colour each,
+    in a linear and a log figure sharing sources ``cmp_loss_<i>`` and ``cmp_val_<i>``."""
+    from bokeh.palettes import Category10_10
+
+    out = {}
+    x_range = None
+    for axis in ("linear", "log"):
+        fig = _figure(f"compare_{axis}", None, height=420,
+                      y_axis_type=axis, **({"x_range": x_range} if x_range is not None else {}))
+        x_range = fig.x_range
+        for i, run in enumerate(runs):
+            color = Category10_10[i % 10]
+            train = out.setdefault(f"train{i}", _source(f"cmp_loss_{i}", SCALAR_COLUMNS))
+            val = out.setdefault(f"val{i}", _source(f"cmp_val_{i}", SCALAR_COLUMNS))
+            fig.line("step", "smooth", source=train, color=color, line_width=2, legend_label=run)
+            fig.line("step", "smooth", source=val, color=color, line_width=2, line_dash="dashed")
+        fig.legend.click_policy = "hide"
+        fig.visible = axis == "linear"
+        out[axis] = fig
+    return {"loss_linear": out["linear"], "loss_log": out["log"]}

@@ -1,0 +1,81 @@
+"""The dashboard's pages: the runs index, a run, and runs compared.
+
+Pages are templates with empty Bokeh figures (:mod:`web.figures`); the page scripts
+(``web/js``, bundled into ``static/dist``) load the data from the REST routes and then
+stream live events from ``/dashboard``. BokehJS is served from the installed bokeh
+package, and the scripts from this package: no CDN, so the dashboard works offline.
+Every page carries a Content-Security-Policy that allows only our own scripts and the
+one inline script Bokeh's embedding needs (by nonce), a second line of defence behind
+the escaping of every name a training process sends.
+"""
+from __future__ import annotations
+
+import secrets
+
+import bokeh
+from bokeh.embed import components
+from bokeh.util.paths import bokehjs_path
+from flask import Blueprint, abort, g, render_template, request, send_from_directory
+
+from monitor.validation import SchemaError, check_run_id
+from web.figures import compare_figures, run_page_figures
+
+#: Runs the compare page overlays at most (one colour each in a 10-colour palette).
+MAX_COMPARED = 10
+#: BokehJS files the pages load (plain plots; our own HTML controls instead of widgets).
+BOKEH_SCRIPTS = ("js/bokeh.min.js",)
+
+
+def pages_blueprint(app) -> Blueprint:
+    pages = Blueprint("pages", __name__, template_folder="templates")
+
+    @pages.before_app_request
+    def _nonce():
+        g.csp_nonce = secrets.token_urlsafe(16)
+
+    @pages.after_app_request
+    def _security_headers(response):
+        nonce = getattr(g, "csp_nonce", "")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    def render(template: str, **context):
+        return render_template(template, bokeh_scripts=[f"/bokeh/static/{p}?v={bokeh.__version__}"
+                                                         for p in BOKEH_SCRIPTS],
+                               nonce=g.csp_nonce, token_required=app.config.token is not None, **context)
+
+    @pages.get("/")
+    def index():
+        return render("index.html")
+
+    @pages.get("/runs/<run>")
+    def run_page(run: str):
+        """A run, finished or live; a run id not stored yet shows a page that waits for it."""
+        try:
+            check_run_id(run)
+        except SchemaError:
+            abort(404)
+        script, divs = components(run_page_figures(), wrap_script=False)
+        return render("run.html", run=run, bokeh_script=script, plots=divs)
+
+    @pages.get("/compare")
+    def compare():
+        runs = [r for r in request.args.get("runs", "").split(",") if r][:MAX_COMPARED]
+        try:
+            runs = [check_run_id(r) for r in runs]
+        except SchemaError:
+            abort(400)
+        script, divs = components(compare_figures(runs), wrap_script=False)
+        return render("compare.html", runs=runs, bokeh_script=script, plots=divs)
+
+    @pages.get("/bokeh/static/<path:filename>")
+    def bokehjs(filename: str):
+        """BokehJS from the installed bokeh package, the version the figures were built with."""
+        return send_from_directory(bokehjs_path(), filename, max_age=86400)
+
+    return pages

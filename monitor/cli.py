@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +31,10 @@ class _Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------------- demo
 
+#: The served demo's pause per step: its 360 steps then take about 20 s instead of 2,
+#: long enough to open the page and watch the curves grow.
+DEMO_LIVE_STEP_DELAY = 0.05
+
 def _add_demo(commands) -> None:
     # Defaults live in trainer_hooks.demo.DemoOptions (importing it would load torch);
     # options the user does not give are left out and DemoOptions fills them in. The
@@ -39,8 +45,9 @@ def _add_demo(commands) -> None:
                     "for a few epochs with babysit watching, print one line per epoch, and say where the "
                     "run is stored. Provoke a pathology to see what babysit records: --lr 3 (divergence), "
                     "--init-bias -5 (dead ReLUs), --train-size 100 --epochs 60 (overfitting), "
-                    "--no-normalize (raw 0..16 pixels). The live dashboard arrives in a later version; "
-                    "for now the run is stored locally under --logdir.",
+                    "--no-normalize (raw 0..16 pixels). The live dashboard is served on 127.0.0.1 while "
+                    "it trains (the URL is printed) and stays up afterwards until Ctrl-C; the run is "
+                    "stored under --logdir.",
         argument_default=argparse.SUPPRESS)
     p.add_argument("--lr", type=float, help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.9) or adam (default: sgd)")
@@ -60,8 +67,12 @@ def _add_demo(commands) -> None:
                                                  "(default: digits-cnn)")
     p.add_argument("--logdir", metavar="DIR", help="where runs are stored (default: runs)")
     p.add_argument("--no-serve", dest="serve", action="store_false",
-                   help="do not start the live dashboard; it arrives in a later version, so the demo "
-                        "stores the run locally either way (default: serve when available)")
+                   help="train without the live dashboard (headless; the run is stored either way) "
+                        "(default: serve on 127.0.0.1 and keep serving after training until Ctrl-C)")
+    p.add_argument("--port", type=int, metavar="N", help="the dashboard's port (default: a free one)")
+    p.add_argument("--step-delay", type=float, metavar="S",
+                   help=f"pause after each step so the run can be watched live (default: "
+                        f"{DEMO_LIVE_STEP_DELAY} while serving, 0 with --no-serve)")
     p.set_defaults(func=_demo)
 
 
@@ -79,18 +90,50 @@ def _demo(args: argparse.Namespace) -> int:
     from trainer_hooks.demo import DemoOptions, run_demo
 
     options = vars(args).copy()
-    for key in ("func", "command", "serve"):
+    serve = options.pop("serve", True)
+    port = options.pop("port", 0)
+    for key in ("func", "command"):
         options.pop(key, None)
+    if serve:
+        options.setdefault("step_delay", DEMO_LIVE_STEP_DELAY)
     try:
         demo_options = DemoOptions(**options)
     except ValueError as exc:  # DemoOptions names the field ("train_size: ..."); name the option
         field, _, rest = str(exc).partition(":")
         raise CliError(f"--{field.replace('_', '-')}:{rest}" if field in options or rest else str(exc)) from None
-    if getattr(args, "serve", True):
-        print("babysit demo: the live dashboard arrives in a later version; storing the run locally "
-              "(pass --no-serve to skip this note)")
-    run_demo(demo_options)
+    if not serve:
+        run_demo(demo_options)
+        return 0
+    if not 0 <= port <= 65535:
+        raise CliError(f"--port: expected 1..65535 (or 0 for a free one), got {port}")
+    try:
+        server = start_dashboard(demo_options.logdir, port)
+    except OSError as exc:  # the port is taken
+        raise CliError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})") from None
+    print(f"babysit demo: live dashboard at {server.url}/", flush=True)
+    try:
+        run_demo(replace(demo_options, server=server.url))
+        print(f"babysit demo: training done; the dashboard stays up at {server.url}/ "
+              "(press Ctrl-C to stop it)", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("babysit demo: stopped", flush=True)
+    finally:
+        server.stop()
     return 0
+
+
+def start_dashboard(logdir: str | Path = "runs", port: int = 0):
+    """The embedded dashboard (``babysit demo``, ``watch(dashboard=True)``): the server of
+    ``babysit serve`` in a daemon thread of this process, on 127.0.0.1 (this machine only,
+    so no token) and ``port`` (0: a free one). Returns a ``web.serving.RunningServer``
+    (``.url``, ``.stop()``). Werkzeug's threaded server, not gunicorn: it runs inside the
+    training process, which must not fork or be monkey-patched."""
+    from web.app import ServerConfig, create_app
+    from web.serving import serve_in_thread
+
+    return serve_in_thread(create_app(ServerConfig(logdir=Path(logdir))), "127.0.0.1", port)
 
 
 # ----------------------------------------------------------------------------- export

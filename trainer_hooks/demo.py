@@ -64,6 +64,8 @@ class DemoOptions:
     every: int | None = DEMO_EVERY
     run: str = "digits-cnn"
     logdir: str = "runs"
+    server: str | None = None  # stream to this dashboard server (babysit demo starts one)
+    step_delay: float = 0.0  # seconds of pause after each step, so a person can watch live
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -84,6 +86,8 @@ class DemoOptions:
         if not is_run_id(self.run) or len(self.run) > 100:
             raise ValueError("run: expected a name of 1-100 characters from A-Z a-z 0-9 . _ - starting "
                              f"with a letter or digit, got {self.run!r}")
+        if not (self.step_delay >= 0 and math.isfinite(self.step_delay)):
+            raise ValueError(f"step_delay: expected seconds >= 0, got {self.step_delay!r}")
         if self.every is not None and self.every < 1:
             raise ValueError(f"every: expected a sampling interval of at least 1 step, "
                              f"got {self.every!r}")
@@ -177,8 +181,11 @@ def run_demo(options: DemoOptions = DemoOptions(), echo: Callable[[str], None] =
     train_loss = val_loss = val_acc = math.nan
     epochs_run = 0
     config = {**asdict(options), "model": "digits-cnn", "train_images": n, "val_images": len(y_val)}
+    config = {k: v for k, v in config.items() if k not in ("server", "logdir")}
     with watch(model, optimizer, run=options.run, config=config, every=options.every,
-               logdir=options.logdir) as mon:
+               logdir=options.logdir, server=options.server) as mon:
+        if mon.dashboard_url:
+            echo(f"watch it live: {mon.dashboard_url}")
         for epoch in range(1, options.epochs + 1):
             epoch_start, step_start = time.perf_counter(), mon.step
             loss_sum, batches = torch.zeros(()), 0  # summed on the tensor side: no sync per step
@@ -191,6 +198,8 @@ def run_demo(options: DemoOptions = DemoOptions(), echo: Callable[[str], None] =
                 mon.log(loss=loss, lr=optimizer.param_groups[0]["lr"])
                 loss_sum += loss.detach()
                 batches += 1
+                if options.step_delay:
+                    time.sleep(options.step_delay)
                 if mon.should_stop:
                     break
             train_loss = loss_sum.item() / max(batches, 1)  # the one sync of the epoch
@@ -205,7 +214,8 @@ def run_demo(options: DemoOptions = DemoOptions(), echo: Callable[[str], None] =
                 echo(f"stopping early after {mon.step} steps: babysit asked to stop")
                 break
         stopped_early = bool(mon.should_stop)
-    result = DemoResult(run_id=mon.run_id, store_path=Path(mon.store_path), steps=mon.step,
+    store_path = Path(mon.store_path) if mon.store_path else Path(options.logdir) / "babysit.sqlite3"
+    result = DemoResult(run_id=mon.run_id, store_path=store_path, steps=mon.step,
                         epochs=epochs_run, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc,
                         stopped_early=stopped_early, seconds=time.perf_counter() - started)
     echo(where_stored(result, options.logdir))

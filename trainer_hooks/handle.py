@@ -22,15 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor.events import Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
-from monitor.store import RunStore
+from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
+from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import is_run_id, is_scalar_name
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import SAMPLE_SIZE
 from trainer_hooks.schedule import OVERHEAD_BUDGET, make_schedule
 from trainer_hooks.stream import SocketSink
-from trainer_hooks.writer import CAPTURE_BACKLOG_LIMIT, CaptureRecord, EventRecord, ScalarRecord, Writer
+from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, CaptureRecord,
+                                  EventRecord, ScalarRecord, Writer)
 
 #: Sampled steps between two pictures of the first-layer filters (they change slowly).
 FILTERS_EVERY = 5
@@ -66,7 +67,8 @@ class Monitor:
                  config: Mapping[str, Any] | None = None, every: int | None = None,
                  logdir: str | os.PathLike = "runs", overhead: float = OVERHEAD_BUDGET,
                  sample_size: int = SAMPLE_SIZE, dead_window: int = DEAD_WINDOW,
-                 filters_every: int = FILTERS_EVERY, server: str | None = None, token: str | None = None):
+                 filters_every: int = FILTERS_EVERY, server: str | None = None, token: str | None = None,
+                 dashboard: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch: expected a torch.nn.Module as model, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -92,6 +94,15 @@ class Monitor:
         self._stop: Status | None = None
         self._warned: set[str] = set()
         self._closed = False
+        self.dashboard = None  # the in-process server of dashboard=True (web.serving.RunningServer)
+        if dashboard:
+            if server:
+                raise ValueError("watch: give either server=URL (stream to `babysit serve`) or dashboard=True "
+                                 "(serve a dashboard from this process), not both")
+            from monitor.cli import start_dashboard  # the composition root joins web to us
+
+            self.dashboard = start_dashboard(logdir)
+            server = self.dashboard.url
         server = server or os.environ.get("BABYSIT_SERVER") or None
         if server is None:  # the local store, in this process
             self.store = RunStore(logdir)
@@ -102,9 +113,12 @@ class Monitor:
             self._sink = SocketSink(server, self.run_id, Path(logdir) / "spool",
                                     token=token or os.environ.get("BABYSIT_TOKEN") or None,
                                     on_stop=lambda reason, by: self.stop(reason, by))
+        if self.dashboard is not None:  # the server in this process stores into our logdir
+            self.store_path = Path(logdir) / DB_FILENAME
         self.server = server
         self._writer = Writer(self.run_id, self._sink,
-                              first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0)
+                              first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0,
+                              flush_seconds=FLUSH_SECONDS if server is None else LIVE_FLUSH_SECONDS)
         self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, config, self.schedule, sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
         self.probe = Probe(self.model, optimizer, sample_size=sample_size, dead_window=dead_window)
@@ -112,6 +126,13 @@ class Monitor:
         self.probe.on_optimizer_step = self._end_step
         _watched[self.model] = self.run_id
         atexit.register(self._close_at_exit)
+        if self.dashboard is not None:
+            print(f"babysit: live dashboard of run {self.run_id}: {self.dashboard_url}", flush=True)
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The run's page on the server it streams to (None with the local store only)."""
+        return f"{self.server.rstrip('/')}/runs/{self.run_id}" if self.server else None
 
     # ------------------------------------------------------------------ user API
 
@@ -129,6 +150,15 @@ class Monitor:
         if self._stop is None:
             self._stop = Status(RunState.STOPPING, reason, by)
             self._emit(Kind.STATUS, self._stop)
+
+    def add_flag(self, flag: Flag) -> None:
+        """Record a diagnosis at the current step: kept in :attr:`flags`, stored and shown
+        live on the dashboard like every event (the detectors report through here)."""
+        if not isinstance(flag, Flag):
+            raise TypeError(f"add_flag: expected a monitor.events.Flag, got {type(flag).__name__}")
+        self.flags.append(flag)
+        if not self._closed:
+            self._emit(Kind.FLAG, flag)
 
     def log(self, **scalars: Any) -> None:
         """Record loss and metrics for the current step; tensors are read later, off this thread.
@@ -258,11 +288,13 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
     default 0.5 % as measured, about 1 % in fact), ``logdir`` (where the SQLite store
     lives, default ``runs``; with a server, where the spool lives), ``server`` (URL of
     ``babysit serve``, default ``$BABYSIT_SERVER``; None: the local store only), ``token``
-    (the server's, default ``$BABYSIT_TOKEN``), ``sample_size``, ``dead_window``,
-    ``filters_every``. Unknown options are errors.
+    (the server's, default ``$BABYSIT_TOKEN``), ``dashboard`` (True: serve the live
+    dashboard from this process on a free port of 127.0.0.1 and print the run's URL; it
+    stores into ``logdir`` and lives as long as the process), ``sample_size``,
+    ``dead_window``, ``filters_every``. Unknown options are errors.
     """
     known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every",
-             "server", "token"}
+             "server", "token", "dashboard"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"watch: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")

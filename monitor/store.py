@@ -7,10 +7,14 @@ concurrent writer makes us wait ``busy_timeout`` instead of failing on a stale s
 ``(run, seq)`` is the primary key, so a batch replayed from a spool is stored once.
 
 Tables: ``events`` is the exact record (payload as :func:`monitor.codec.dumps` text);
-``scalars`` and ``runs`` are derived from it on append, for fast charts and run lists.
-SQLite stores NaN as NULL, so a NULL ``scalars.value`` means NaN; ±Inf are stored natively.
+``scalars`` and ``runs`` are derived from it on append, for fast charts and run lists, and
+so are the run page's tables: ``scalar_blocks`` (:mod:`monitor.store_blocks`) and
+``layer_points``, ``layers``, ``input_points`` (:mod:`monitor.store_layers`). Derived rows
+come from newly stored events only, so a replay changes nothing. SQLite stores NaN as NULL,
+so a NULL ``scalars.value`` means NaN; ±Inf are stored natively. ``events_by_kind`` makes
+"the latest event of a kind" and "every flag" index look-ups on runs of millions of events.
 
-The SQL lives in this module only and the interface speaks plain dataclasses and tuples,
+The SQL lives in these modules only and the interface speaks plain dataclasses and tuples,
 so a PostgreSQL backend is a second class with the same public methods, not a rewrite.
 """
 from __future__ import annotations
@@ -22,18 +26,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from monitor import codec
+from monitor import codec, store_blocks, store_layers
 from monitor.events import Event, Kind
-from monitor.validation import SchemaError, as_enum, check_run_id
+from monitor.store_reads import RunPageReads, decode, decode_or_none
+from monitor.validation import as_enum, check_run_id
 
 DB_FILENAME = "babysit.sqlite3"
-STORE_VERSION = 1  # PRAGMA user_version: bump with a migration when the tables change
+STORE_VERSION = 2  # PRAGMA user_version: bump with a migration when the tables change
+#: Versions this babysit opens and upgrades in place (v1 -> v2: the run page's tables).
+MIGRATES_FROM = (1,)
 BUSY_TIMEOUT_MS = 30_000  # other processes may hold the write lock for a large batch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL, wall REAL NOT NULL,
     kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run, seq));
+CREATE INDEX IF NOT EXISTS events_by_kind ON events (run, kind, seq);
 CREATE TABLE IF NOT EXISTS scalars (
     run TEXT NOT NULL, name TEXT NOT NULL, step INTEGER NOT NULL, seq INTEGER NOT NULL,
     wall REAL NOT NULL, value REAL);
@@ -43,7 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     updated REAL NOT NULL, last_step INTEGER NOT NULL, last_loss REAL, loss_step INTEGER,
     flags INTEGER NOT NULL DEFAULT 0, host TEXT NOT NULL DEFAULT '', rank INTEGER NOT NULL DEFAULT 0,
     world INTEGER NOT NULL DEFAULT 1, config TEXT NOT NULL DEFAULT '{}');
-"""
+""" + store_blocks.SCHEMA + store_layers.SCHEMA
 _RUN_COLUMNS = ("run, name, status, started, updated, last_step, last_loss, loss_step, flags, "
                 "host, rank, world, config")
 
@@ -71,11 +79,12 @@ class RunInfo:
     config: dict[str, Any]
 
 
-class RunStore:
+class RunStore(RunPageReads):
     """All runs under one logdir; safe to share between a writer and a reader thread.
 
     One connection per instance, guarded by a lock (``check_same_thread=False``);
-    separate processes each open their own instance on the same file.
+    separate processes each open their own instance on the same file. The run page's
+    reads (``latest``, ``layer_points``, ``scalar_blocks``, ...) come from :class:`RunPageReads`.
     """
 
     def __init__(self, logdir: str | Path = "runs"):
@@ -97,14 +106,22 @@ class RunStore:
             raise
 
     def _create_tables(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, STORE_VERSION):
-            raise RuntimeError(f"{self.path}: store version {version}, this babysit reads version "
-                               f"{STORE_VERSION}; upgrade babysit or use another logdir")
+        """Create the tables, or upgrade an older file in place, in one transaction.
+
+        The version is read under the write lock, so of two processes opening an old file
+        at once one migrates and the other then finds it current.
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, STORE_VERSION, *MIGRATES_FROM):
+                raise RuntimeError(f"{self.path}: store version {version}, this babysit reads version "
+                                   f"{STORE_VERSION}; upgrade babysit or use another logdir")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            if version in MIGRATES_FROM:  # v1 -> v2: derive the run page's tables from the record
+                store_blocks.backfill(self._db)
+                store_layers.backfill(self._db, decode_or_none)
             self._db.execute(f"PRAGMA user_version = {STORE_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
@@ -132,8 +149,8 @@ class RunStore:
     def append(self, events: Sequence[Event], texts: Sequence[str] | None = None) -> int:
         """Store a batch in one transaction, each ``(run, seq)`` once; return how many were new.
 
-        Derived rows (scalars, run counters) are written only for newly stored events, so a
-        replayed batch changes nothing. On any failure (a non-Event item included) the whole
+        Derived rows (scalars and their blocks, layer and input points, run counters) are
+        written only for newly stored events, so a replayed batch changes nothing. On any failure (a non-Event item included) the whole
         batch is rolled back and the exception propagates: the sender keeps it and retries.
         The batch is written with one statement per table (``executemany``), not one per
         event: a training process commits its losses every fraction of a second, and the
@@ -161,10 +178,13 @@ class RunStore:
                     "INSERT INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
                     [row for row, event in zip(rows, events) if id(event) in fresh])
                 new = [event for event in events if id(event) in fresh]
+                scalar_rows = [(e.run, name, e.step, e.seq, e.wall, value) for e in new if e.kind is Kind.SCALARS
+                               for name, value in e.data.values.items()]
                 self._db.executemany(
                     "INSERT INTO scalars (run, name, step, seq, wall, value) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.run, name, e.step, e.seq, e.wall, value) for e in new if e.kind is Kind.SCALARS
-                     for name, value in e.data.values.items()])
+                    scalar_rows)
+                store_blocks.insert(self._db, scalar_rows)
+                store_layers.insert(self._db, new)
                 for run in dict.fromkeys(e.run for e in new):
                     self._update_run(run, [e for e in new if e.run == run])
                 self._db.execute("COMMIT")
@@ -245,7 +265,7 @@ class RunStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [_decode(run, *row) for row in self._query(sql, params)]
+        return [decode(run, *row) for row in self._query(sql, params)]
 
     def scalars(self, run: str, names: Iterable[str] | None = None) -> list[tuple[int, float, str, float]]:
         """``(step, wall, name, value)`` rows ordered by name then step; NULL comes back as NaN."""
@@ -276,12 +296,3 @@ def _run_info(row: tuple) -> RunInfo:
     if info.loss_step is not None and info.last_loss is None:  # SQLite stored the NaN loss as NULL
         info = replace(info, last_loss=math.nan)
     return info
-
-
-def _decode(run: str, seq: int, step: int, wall: float, kind: str, data: str) -> Event:
-    try:
-        return Event.from_dict({"run": run, "seq": seq, "step": step, "wall": wall, "kind": kind,
-                                "data": codec.loads(data)})
-    except (SchemaError, TypeError, KeyError, ValueError) as exc:
-        # TypeError: a payload missing a field fails in the dataclass constructor.
-        raise SchemaError(f"run {run!r} seq {seq}: stored {kind} event does not decode: {exc}") from exc

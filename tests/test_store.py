@@ -5,11 +5,15 @@ import math
 import sqlite3
 import threading
 
+import numpy as np
 import pytest
+from conftest import summary
 
 from monitor.codec import encode_event
-from monitor.events import Event, Flag, Kind, Scalars, Status
-from monitor.store import DB_FILENAME, RunStore
+from monitor.events import Event, Flag, InputStats, Kind, LayerStats, Scalars, Status
+from monitor.store import DB_FILENAME, STORE_VERSION, RunStore
+from monitor.store_blocks import BLOCK_STEPS
+from monitor.store_layers import LAYER_FIELDS
 from monitor.validation import SchemaError
 
 
@@ -196,3 +200,195 @@ def test_a_corrupt_row_raises_a_schema_error_naming_run_and_seq(tmp_path, make_e
         with pytest.raises(SchemaError, match=r"run 'digits-cnn' seq 1: stored input_stats event does not decode"):
             store.events("digits-cnn")
         assert len(store.events("digits-cnn", kinds=["scalars"])) == 1  # the rest stays readable
+
+
+# ---------------------------------------------------------------------------- the run page's tables
+
+def layer_event(run, seq, step, *summaries):
+    return Event(run=run, seq=seq, step=step, wall=1000.0 + seq, kind=Kind.LAYER_STATS, data=LayerStats(summaries))
+
+
+def input_event(run, seq, step, **overrides):
+    fields = dict(shape=(8, 3), mean=0.0, std=1.0, min=-2.0, max=2.0, nan=0, inf=0)
+    return Event(run=run, seq=seq, step=step, wall=1000.0 + seq, kind=Kind.INPUT_STATS,
+                 data=InputStats(**{**fields, **overrides}))
+
+
+def derived_tables(path):
+    """Every row of the derived tables, NaN-free (SQLite's NULLs), for comparing two files."""
+    db = sqlite3.connect(path)
+    try:
+        return {table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+                for table in ("layer_points", "layers", "input_points", "scalar_blocks")}
+    finally:
+        db.close()
+
+
+def test_each_stored_summary_becomes_one_row_of_layer_columns(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([layer_event("r", 0, 0, summary("conv1", mean=0.5, units=8, dead_units=2)),
+                      layer_event("r", 1, 200, summary("conv1", mean=0.25, units=8, dead_units=4))])
+        (conv1,) = store.layer_points("r", "activation")
+    assert (conv1.layer, conv1.module) == ("conv1", "Conv2d")
+    assert conv1.columns["step"].tolist() == [0, 200] and conv1.columns["step"].dtype == np.int64
+    assert conv1.columns["mean"].tolist() == [0.5, 0.25]
+    assert conv1.columns["dead_frac"].tolist() == [0.25, 0.5]  # dead_units / units
+    assert conv1.columns["q3"].tolist() == [0.0, 0.0] and conv1.columns["nan"].tolist() == [1, 1]
+    assert list(conv1.columns) == list(LAYER_FIELDS)
+
+
+def test_layer_columns_tell_nan_from_absent_and_keep_infinities(tmp_path):
+    nan_grad = summary("fc", signal="param_grad", module="Linear", quantiles=(), units=None, dead_units=None,
+                       window=None, mean=math.nan, update_ratio=math.nan, max=math.inf, min=-math.inf)
+    with RunStore(tmp_path) as store:
+        store.append([layer_event("r", 0, 0, nan_grad)])
+        (fc,) = store.layer_points("r", "param_grad", fields=["mean", "max", "min", "q0", "update_ratio", "sat_frac"])
+    assert math.isnan(fc.columns["mean"][0]) and math.isnan(fc.columns["update_ratio"][0])
+    assert (fc.columns["max"][0], fc.columns["min"][0]) == (math.inf, -math.inf)
+    assert set(fc.absent) == {"q0", "sat_frac"}  # no quantiles, no saturation: absent; the NaN ratio is not
+    assert fc.absent["q0"].tolist() == [True]
+
+
+def test_layer_points_select_layers_and_fields_and_refuse_unknown_ones(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([layer_event("r", 0, 0, summary("a"), summary("b"), summary("c"))])
+        chosen = store.layer_points("r", "activation", layers=["c", "a", "missing"], fields=["norm"])
+        assert [(c.layer, list(c.columns)) for c in chosen] == [("c", ["step", "norm"]), ("a", ["step", "norm"])]
+        with pytest.raises(SchemaError, match="fields: unknown 'nrom'"):
+            store.layer_points("r", "activation", fields=["nrom"])
+        with pytest.raises(SchemaError, match="signal: expected one of activation, output_grad, param_grad"):
+            store.layer_points("r", "weights")
+
+
+def test_replaying_layer_stats_adds_no_layer_rows(tmp_path):
+    events = [layer_event("r", 0, 0, summary("a"), summary("b", signal="output_grad")), input_event("r", 1, 0)]
+    with RunStore(tmp_path) as store:
+        store.append(events)
+        before = derived_tables(store.path)
+        assert store.append(events) == 0
+        assert derived_tables(store.path) == before
+        assert len(store.layer_points("r", "activation")[0].columns["step"]) == 1
+
+
+def test_the_layer_index_lists_layers_in_first_seen_order_even_after_a_late_replay(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([layer_event("r", 5, 50, summary("b"), summary("a"), summary("b", signal="output_grad"))])
+        store.append([layer_event("r", 1, 10, summary("z", module="Linear"))])  # replayed late, seen first
+        assert store.layer_index("r") == [("z", "activation", "Linear"), ("b", "activation", "Conv2d"),
+                                          ("a", "activation", "Conv2d"), ("b", "output_grad", "Conv2d")]
+        assert store.layer_index("other") == []
+
+
+def test_input_stats_come_back_as_columns_in_step_order(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([input_event("r", 2, 20, mean=math.nan, nan=3), input_event("r", 1, 10, max=math.inf, inf=1)])
+        columns = store.input_points("r")
+    assert columns["step"].tolist() == [10, 20] and columns["max"][0] == math.inf
+    assert math.isnan(columns["mean"][1]) and columns["nan"].tolist() == [0, 3] and columns["inf"].tolist() == [1, 0]
+
+
+def test_latest_is_the_highest_seq_of_a_kind_found_through_the_kind_index(tmp_path, make_events):
+    with RunStore(tmp_path) as store:
+        store.append(make_events())
+        assert store.latest("digits-cnn", Kind.SCALARS).seq == 6
+        assert store.latest("digits-cnn", "run_end").data.state.value == "diverged"
+        assert store.latest("other", Kind.SCALARS) is None
+        assert store.event("digits-cnn", 4).kind is Kind.FILTERS and store.event("digits-cnn", 99) is None
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT seq FROM events WHERE run = 'r' AND kind = 'flag' "
+                      "ORDER BY seq DESC LIMIT 1").fetchall()
+    db.close()
+    assert "events_by_kind" in str(plan) and "TEMP B-TREE" not in str(plan)
+
+
+def test_scalar_columns_give_a_series_or_its_last_rows_as_arrays(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([scalars("r", s, s, wall=100.0 + s, loss=1.0 / (s + 1)) for s in range(10)])
+        store.append([scalars("r", 10, 10, loss=math.nan, epoch=1.0)])
+        tail = store.scalar_columns("r", "loss", last=3)
+        assert tail["step"].tolist() == [8, 9, 10] and math.isnan(tail["value"][-1])
+        assert len(store.scalar_columns("r", "loss")["step"]) == 11
+        assert store.last_scalar("r", "epoch") == 1.0 and store.last_scalar("r", "nope") is None
+        assert store.scalar_totals("r") == {"epoch": (1, 1), "loss": (11, 1)}
+
+
+def test_scalar_blocks_hold_each_blocks_count_ends_extremes_and_first_nan_whatever_the_arrival_order(tmp_path):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=1000)
+    values[[5, 300, 301]] = math.nan
+    values[[7, 700]] = (math.inf, -math.inf)
+    values[400] = values[420] = 9.0  # a tie: the earlier point is the block's maximum
+    order = rng.permutation(1000)
+    with RunStore(tmp_path) as store:
+        for chunk in np.array_split(order, 7):  # batches out of step order, as late replays arrive
+            store.append([scalars("r", int(s), int(s), wall=float(s), x=float(values[s])) for s in chunk])
+        blocks = store.scalar_blocks("r", "x")
+    assert blocks["count"].tolist() == [256, 256, 256, 232]
+    for b in range(4):
+        chunk = values[b * BLOCK_STEPS:(b + 1) * BLOCK_STEPS]
+        number = np.where(np.isnan(chunk), np.inf, chunk)
+        assert blocks["first_step"][b] == b * BLOCK_STEPS and blocks["last_step"][b] == min(999, (b + 1) * 256 - 1)
+        assert blocks["min_step"][b] == b * BLOCK_STEPS + np.argmin(number)
+        assert blocks["max_step"][b] == b * BLOCK_STEPS + np.argmax(np.where(np.isnan(chunk), -np.inf, chunk))
+        nan_at = np.flatnonzero(np.isnan(chunk))
+        assert (blocks["nan_step"][b] == b * BLOCK_STEPS + nan_at[0]) if len(nan_at) else np.isnan(blocks["nan_seq"][b])
+    assert blocks["max_value"][0] == math.inf and blocks["min_value"][2] == -math.inf
+    assert (blocks["max_step"][1], blocks["max_value"][1]) == (400, 9.0)
+
+
+def test_opening_a_version_1_file_derives_the_new_tables_from_its_events(tmp_path, make_events):
+    events = make_events() + [layer_event("digits-cnn", 10 + i, 3 + i, summary("conv1", mean=float(i)),
+                                          summary("fc", signal="param_grad", update_ratio=math.nan))
+                              for i in range(3)] + [input_event("digits-cnn", 20, 9)]
+    with RunStore(tmp_path / "fresh") as store:
+        store.append(events)
+    with RunStore(tmp_path / "old") as store:
+        store.append(events)
+    db = sqlite3.connect(tmp_path / "old" / DB_FILENAME)  # back to version 1: its tables, its number
+    for table in ("layer_points", "layers", "input_points", "scalar_blocks"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("DROP INDEX events_by_kind")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with RunStore(tmp_path / "old") as store:
+        assert [c.columns["mean"].tolist() for c in store.layer_points("digits-cnn", "activation")] == [
+            [0.5, 0.0, 1.0, 2.0]]
+    db = sqlite3.connect(tmp_path / "old" / DB_FILENAME)
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    db.close()
+    assert version == STORE_VERSION == 2 and "events_by_kind" in indexes
+    assert derived_tables(tmp_path / "old" / DB_FILENAME) == derived_tables(tmp_path / "fresh" / DB_FILENAME)
+
+
+def test_the_migration_skips_a_layer_stats_row_that_no_longer_decodes(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([layer_event("r", 0, 0, summary("a")), layer_event("r", 1, 1, summary("a"))])
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    db.execute("UPDATE events SET data = '{\"summaries\": 3}' WHERE seq = 0")
+    db.execute("DELETE FROM layer_points")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with RunStore(tmp_path) as store:
+        assert store.layer_points("r", "activation")[0].columns["step"].tolist() == [1]
+
+
+@pytest.mark.parametrize("run", ["../etc/passwd", "x'; DROP TABLE events;--", "", "r\x00"])
+def test_the_run_page_reads_reject_a_hostile_run_id(tmp_path, run):
+    with RunStore(tmp_path) as store:
+        for call in (lambda: store.latest(run, "flag"), lambda: store.event(run, 0), lambda: store.layer_index(run),
+                     lambda: store.layer_points(run, "activation"), lambda: store.input_points(run),
+                     lambda: store.scalar_totals(run), lambda: store.scalar_blocks(run, "loss"),
+                     lambda: store.scalar_columns(run, "loss"), lambda: store.last_scalar(run, "loss")):
+            with pytest.raises(SchemaError, match="run: expected 1-128 characters"):
+                call()
+
+
+def test_a_file_from_a_newer_babysit_is_refused_with_the_fix(tmp_path):
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+    with pytest.raises(RuntimeError, match="store version 3, this babysit reads version 2; upgrade babysit"):
+        RunStore(tmp_path)

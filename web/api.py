@@ -1,4 +1,8 @@
-"""REST routes: JSON written by ``monitor.codec`` (NaN and ±Inf tagged, never bare)."""
+"""REST routes: JSON written by ``monitor.codec`` (NaN and ±Inf tagged, never bare).
+
+The run page's routes (a run's overview, layers, inputs, latest events, filter image) and
+the series downsampling live in :mod:`web.history`.
+"""
 from __future__ import annotations
 
 import io
@@ -7,14 +11,12 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from flask import Blueprint, Response, request
 
 from monitor import codec
 from monitor.events import Kind
 from monitor.export import FORMATS, export_run
 from monitor.validation import SchemaError, check_run_id, check_scalar_name
-from web.downsample import MAX_POINTS, downsample
 
 
 def json_response(value, status: int = 200) -> Response:
@@ -22,6 +24,8 @@ def json_response(value, status: int = 200) -> Response:
 
 
 def api_blueprint(app) -> Blueprint:
+    from web.history import add_history_routes, max_points_arg, scalar_series  # it imports this module
+
     api = Blueprint("api", __name__, url_prefix="/api")
 
     @api.get("/runs")
@@ -32,33 +36,20 @@ def api_blueprint(app) -> Blueprint:
     def series(run: str):
         """``?names=loss,val_loss&max_points=2000``: each named scalar (all when no names)
         as ``{"step": [...], "wall": [...], "value": [...]}``, downsampled keeping extremes."""
-        problem = _known_run(app, run)
+        problem = known_run(app, run)
         if problem is not None:
             return problem
         try:
             names = [check_scalar_name(n) for n in request.args.get("names", "").split(",") if n] or None
-            max_points = int(request.args.get("max_points", MAX_POINTS))
-            if not 10 <= max_points <= 100_000:
-                raise ValueError("max_points: expected 10 to 100000")
+            max_points = max_points_arg()
         except (SchemaError, ValueError) as exc:
             return json_response({"error": str(exc)}, 400)
-        columns: dict[str, tuple[list, list, list]] = {}
-        for step, wall, name, value in app.store.scalars(run, names):
-            column = columns.setdefault(name, ([], [], []))
-            column[0].append(step)
-            column[1].append(wall)
-            column[2].append(value)
-        out = {}
-        for name, (steps, walls, values) in columns.items():
-            keep = downsample(np.asarray(steps), np.asarray(values, dtype=np.float64), max_points)
-            out[name] = {"step": np.asarray(steps)[keep].tolist(), "wall": np.asarray(walls)[keep].tolist(),
-                         "value": np.asarray(values, dtype=np.float64)[keep].tolist(), "total": len(steps)}
-        return json_response(out)
+        return json_response(scalar_series(app.store, run, names, max_points))
 
     @api.get("/runs/<run>/flags")
     def flags(run: str):
         """Every flag of the run, in order: ``[{"seq", "step", "wall", ...flag fields}]``."""
-        problem = _known_run(app, run)
+        problem = known_run(app, run)
         if problem is not None:
             return problem
         return json_response([{"seq": e.seq, "step": e.step, "wall": e.wall, **e.data.to_dict()}
@@ -67,7 +58,7 @@ def api_blueprint(app) -> Blueprint:
     @api.get("/runs/<run>/export")
     def export(run: str):
         """``?format=csv|parquet``: the run's tables (and filter images) as one zip download."""
-        problem = _known_run(app, run)
+        problem = known_run(app, run)
         if problem is not None:
             return problem
         fmt = request.args.get("format", "csv")
@@ -82,10 +73,11 @@ def api_blueprint(app) -> Blueprint:
         return Response(buffer.getvalue(), mimetype="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{run}-{fmt}.zip"'})
 
+    add_history_routes(api, app)
     return api
 
 
-def _known_run(app, run: str) -> Response | None:
+def known_run(app, run: str) -> Response | None:
     """None when ``run`` names a stored run, else the error response (400 or 404)."""
     try:
         check_run_id(run)

@@ -84,7 +84,8 @@ def metric_figure():
 
 
 def learning_rate_figure():
-    fig = _figure("lr_fig", None, height=260)
+    """On a log axis: schedules span orders of magnitude (warm-up, decay steps)."""
+    fig = _figure("lr_fig", None, height=260, y_axis_type="log")
     fig.step("step", "value", source=_source("lr", ("step", "value")), mode="after", color="#5f6368", line_width=2)
     return fig
 
@@ -109,6 +110,7 @@ def histogram_figure(prefix: str, title: str):
     fig.quad(left="left", right="right", top="count", bottom=0,
              source=_source(f"{prefix}_hist", ("left", "right", "count")),
              color=BAND_COLOR, alpha=0.7, line_color="white")
+    fig.xaxis.ticker.desired_num_ticks = 4  # tiny gradients have long tick labels
     return fig
 
 
@@ -123,7 +125,8 @@ def dead_units_figure():
     fig.hbar(y="layer", right="dead_frac", height=0.5, source=source, color=FLAG_COLOR, legend_label="dead units")
     fig.add_layout(Span(location=DEAD_FRACTION_REFERENCE, dimension="height", line_dash="dashed",
                         line_color=FLAG_COLOR))
-    fig.legend.location = "bottom_right"
+    fig.legend.orientation = "horizontal"
+    fig.add_layout(fig.legend[0], "above")  # the bars reach the right edge: keep the legend off them
     return fig
 
 
@@ -173,7 +176,7 @@ def compare_figures(runs: list[str]) -> dict:
     out = {}
     x_range = None
     for axis in ("linear", "log"):
-        fig = _figure(f"compare_{axis}", None, height=420,
+        fig = _figure(f"loss_{axis}", None, height=420,
                       y_axis_type=axis, **({"x_range": x_range} if x_range is not None else {}))
         x_range = fig.x_range
         for i, run in enumerate(runs):

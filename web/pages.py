@@ -73,6 +73,10 @@ def pages_blueprint(app) -> Blueprint:
         script, divs = components(compare_figures(runs), wrap_script=False)
         return render("compare.html", runs=runs, bokeh_script=script, plots=divs)
 
+    @pages.get("/favicon.ico")
+    def favicon():
+        return "", 204  # no icon; but no 404 in every page's console either
+
     @pages.get("/bokeh/static/<path:filename>")
     def bokehjs(filename: str):
         """BokehJS from the installed bokeh package, the version the figures were built with."""

@@ -59,22 +59,24 @@ export class RunHeader {
 
   lifecycle(event) {
     if (event.kind === "run_end") this.ended = event.wall;
-    this.setState(event.data.state, { ...event.data, wall: event.wall, step: event.step });
+    this.setState(event.data.state, event.kind === "status" ? { ...event.data, wall: event.wall } : null);
     this.render();
   }
 
+  // `status` (a status event's data, with its wall) says who and why; run_end says neither,
+  // so it leaves the line of the status before it.
   setState(state, status) {
     this.state = state;
     this.badge.textContent = state;
     this.badge.className = `badge ${state}`;
     this.button.disabled = state !== "running";
-    if (status && (status.by || status.reason) && state !== "running") {
+    if (state === "running") {
+      this.stoppedBy.textContent = "";
+    } else if (status && (status.by || status.reason)) {
       const who = status.by ? `by ${status.by}` : "";
       const when = status.wall ? `at ${clock(status.wall)}` : "";
       const why = status.reason ? `: ${status.reason}` : "";
       this.stoppedBy.textContent = `${state} ${who} ${when}${why}`.replace(/\s+/g, " ").trim();
-    } else {
-      this.stoppedBy.textContent = "";
     }
   }
 

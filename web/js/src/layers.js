@@ -49,13 +49,15 @@ export class LayerPanel {
     select.addEventListener("change", () => this.choose(select.value));
   }
 
-  addLayers(names) {
+  // Layers as {layer, module}; the menu shows both ("3 · Conv2d": Sequential names are numbers).
+  addLayers(layers) {
     const known = new Set(Array.from(this.select.options, (o) => o.value));
-    for (const name of names) {
-      if (known.has(name)) continue;
+    for (const { layer, module } of layers) {
+      if (known.has(layer)) continue;
+      known.add(layer);
       const option = document.createElement("option");
-      option.value = name;
-      option.textContent = name;
+      option.value = layer;
+      option.textContent = module ? `${layer} · ${module}` : layer;
       this.select.append(option);
     }
     if (this.layer === null && this.select.options.length) return this.choose(this.select.options[0].value);
@@ -81,7 +83,7 @@ export class LayerPanel {
   update(step, summaries, live) {
     const mine = summaries.filter((s) => s.signal === this.signal);
     for (const s of mine) this.latest.set(s.layer, { step, summary: s });
-    const added = this.addLayers(mine.map((s) => s.layer));
+    const added = this.addLayers(mine);
     const chosen = mine.find((s) => s.layer === this.layer);
     if (live && chosen && step > this.lastStep) {
       this.lastStep = step;
@@ -106,7 +108,7 @@ export class LayerPanel {
 export function showDeadUnits(source, range, summaries) {
   const rows = summaries.filter((s) => s.signal === "activation" && s.units);
   if (!rows.length) return;
-  const layers = rows.map((s) => s.layer).reverse();  // first layer at the top
+  const layers = rows.map((s) => `${s.layer} · ${s.module}`).reverse();  // first layer at the top
   range.factors = layers;
   setData(source, {
     layer: layers, dead_frac: rows.map((s) => s.dead_units / s.units).reverse(),

@@ -90,8 +90,8 @@ class RunPage {
     this.showInputInfo(inputs);
     const layers = run.layers || [];
     await Promise.all([
-      this.act.addLayers(layers.filter((l) => l.signal === "activation").map((l) => l.layer)),
-      this.grad.addLayers(layers.filter((l) => l.signal === "output_grad").map((l) => l.layer)),
+      this.act.addLayers(layers.filter((l) => l.signal === "activation")),
+      this.grad.addLayers(layers.filter((l) => l.signal === "output_grad")),
     ]);
     if (latest) this.layerStats(latest, false);
     const filters = await getOptional(`${API}/latest/filters`);
@@ -217,7 +217,8 @@ async function getOptional(url) {
 function showConfig(start) {
   if (!start) return;
   const config = document.querySelector("#config tbody");
-  const rows = Object.entries(start.config || {}).map(([k, v]) => [k, typeof v === "number" ? num(v, 6) : JSON.stringify(v)]);
+  const show = (v) => (typeof v === "number" ? num(v, 6) : typeof v === "string" ? v : JSON.stringify(v));
+  const rows = Object.entries(start.config || {}).map(([k, v]) => [k, show(v)]);
   rows.push(["host", `${start.host} (pid ${start.pid}, rank ${start.rank}/${start.world})`]);
   for (const [k, v] of Object.entries(start.versions || {})) rows.push([k, String(v)]);
   for (const [k, v] of Object.entries(start.sampling || {})) rows.push([`sampling ${k}`, JSON.stringify(v)]);
@@ -225,8 +226,9 @@ function showConfig(start) {
   const model = document.querySelector("#model tbody");
   let total = 0, trainable = 0;
   model.replaceChildren(...(start.model || []).map((m) => {
-    total += m.params; trainable += m.trainable;
-    const tr = el("tr");
+    const isTotal = m.name === "(total)";  // the summary's last row: the whole model
+    if (isTotal) { total = m.params; trainable = m.trainable; }
+    const tr = el("tr", null, isTotal ? "total" : "");
     tr.append(el("td", m.name), el("td", m.module), el("td", m.shape), el("td", m.params.toLocaleString(), "num"));
     return tr;
   }));

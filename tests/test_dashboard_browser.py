@@ -1,0 +1,184 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real
+server on a loopback port, while a tiny real training streams to it.
+
+Screenshots of the run page are saved under each test's tmp dir (``run-page-*.png``).
+"""
+from __future__ import annotations
+
+import pytest
+
+from browser import CHROMIUM_ARGS, Training, require_chromium, source_length, wait_until
+from monitor.events import Flag
+from servers import serving
+
+FLAG = Flag(kind="dead_relu", severity="critical", message="3 of 4 units of layer 1 never fire <b>now</b>",
+            advice="lower the learning rate; try leaky ReLU", layer="1", evidence={"dead_fraction": 0.75})
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab; any script error or failed request on it fails the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    problems = []
+    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    tab.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
+    yield tab
+    context.close()
+    assert not problems, problems
+
+
+@pytest.fixture
+def server(tmp_path):
+    with serving(tmp_path / "server") as running:
+        yield running
+
+
+def open_run(page, server, run_id):
+    page.goto(f"{server.url}/runs/{run_id}")
+    page.wait_for_function("() => window.babysitPage && window.babysitPage.loaded", timeout=20_000)
+
+
+def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_path):
+    training = Training(server.url, tmp_path / "trainer", steps=400, delay=0.02)
+    training.start()
+    open_run(page, server, training.started())
+    first = wait_until(lambda: source_length(page, "loss_train") >= 5 and source_length(page, "loss_train"),
+                       what="the first loss points")
+    wait_until(lambda: source_length(page, "loss_train") >= first + 10, what="live loss points")
+    assert page.locator("#status").inner_text() == "running"
+    assert "steps/s" in page.locator("#progress").inner_text()
+    page.screenshot(path=tmp_path / "run-page-live.png", full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#stop")
+    training.finish()
+
+
+def test_the_filter_image_appears_and_shows_the_first_layer(page, server, tmp_path):
+    training = Training(server.url, tmp_path / "trainer", steps=30, delay=0.01)
+    training.start()
+    open_run(page, server, training.started())
+    page.wait_for_selector("#filters:not([hidden])", timeout=20_000)
+    wait_until(lambda: page.evaluate("() => document.getElementById('filters').naturalWidth") > 0,
+               what="the filter image to load")
+    assert "4 filters" in page.locator("#filters-info").inner_text()
+    training.finish()
+
+
+def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(page, server, tmp_path):
+    training = Training(server.url, tmp_path / "trainer", steps=400, delay=0.02, flag=FLAG, flag_at=40)
+    training.start()
+    open_run(page, server, training.started())
+    item = page.wait_for_selector("#flags li", timeout=20_000)
+    assert FLAG.message in item.inner_text()  # the markup arrives as text
+    assert page.locator("#flags li b").count() == 0
+    assert FLAG.advice in item.inner_text()
+    assert page.locator("#flag-count").inner_text() == "1"
+    assert source_length(page, "flag_marks") == 1
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#stop")
+    training.finish()
+
+
+def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(page, server, tmp_path):
+    training = Training(server.url, tmp_path / "trainer", steps=5000, delay=0.02)
+    training.start()
+    open_run(page, server, training.started())
+    dialogs = []
+
+    def answer(dialog):
+        dialogs.append(dialog.type)
+        dialog.dismiss() if len(dialogs) == 1 else dialog.accept()  # first "no", then "yes"
+
+    page.on("dialog", answer)
+    page.click("#stop")
+    assert dialogs == ["confirm"] and training.is_alive()
+    page.click("#stop")
+    training.finish(timeout=30)
+    assert training.stopped_by_request and training.steps_done < 5000
+    page.wait_for_function("() => document.getElementById('status').textContent === 'stopped'", timeout=20_000)
+    assert "by dashboard" in page.locator("#stopped-by").inner_text()
+    assert page.locator("#stop").is_disabled()
+
+
+def test_a_finished_run_reopens_from_the_store_with_everything(page, tmp_path):
+    with serving(tmp_path / "server") as first:
+        training = Training(first.url, tmp_path / "trainer", steps=30, delay=0.0, flag=FLAG, flag_at=3)
+        training.start()
+        run_id = training.started()
+        training.finish()
+    with serving(tmp_path / "server") as again:  # a new server process would read the same file
+        open_run(page, again, run_id)
+        assert source_length(page, "loss_train") == 30
+        assert source_length(page, "loss_val") == 3
+        assert page.locator("#status").inner_text() == "finished"
+        assert page.locator("#flags li").count() == 1
+        page.wait_for_selector("#filters:not([hidden])")
+        assert source_length(page, "act_bands") == 15  # every 2nd of 30 steps
+        assert source_length(page, "inputs") == 15
+        assert page.locator("#act-layer option").count() >= 3
+        assert page.locator("#model tbody tr").count() >= 3
+        page.screenshot(path=tmp_path / "run-page-finished.png", full_page=True)
+
+
+def test_the_index_lists_runs_and_compares_the_chosen_ones(page, server, tmp_path):
+    for name in ("first", "second"):
+        training = Training(server.url, tmp_path / name, run=name, steps=20, delay=0.0)
+        training.start()
+        training.finish()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#runs tbody tr >> nth=1")
+    rows = page.locator("#runs tbody tr")
+    assert rows.count() == 2 and "finished" in rows.nth(0).inner_text()
+    rows.nth(0).locator("input[type=checkbox]").check()
+    rows.nth(1).locator("input[type=checkbox]").check()
+    page.click("#compare")
+    page.wait_for_url("**/compare?runs=*")
+    wait_until(lambda: source_length(page, "cmp_loss_0") == 20 and source_length(page, "cmp_loss_1") == 20,
+               what="both runs' losses on the compare page")
+
+
+def test_the_index_shows_a_new_run_without_a_reload(page, server, tmp_path):
+    page.goto(server.url + "/")
+    page.wait_for_selector("#empty:not([hidden])")
+    training = Training(server.url, tmp_path / "trainer", run="newcomer", steps=20, delay=0.0)
+    training.start()
+    page.wait_for_selector("#runs tbody tr >> text=newcomer", timeout=20_000)
+    training.finish()
+
+
+def test_with_a_token_the_stop_button_asks_for_it_and_refuses_a_wrong_one(page, tmp_path):
+    with serving(tmp_path / "server", token="s3cret") as server:
+        training = Training(server.url, tmp_path / "trainer", steps=5000, delay=0.02, token="s3cret")
+        training.start()
+        open_run(page, server, training.started())
+        answers = iter(["wrong", "s3cret"])
+        page.on("dialog", lambda d: d.accept(next(answers)) if d.type == "prompt" else d.accept())
+        page.click("#stop")
+        page.wait_for_function("() => document.getElementById('stopped-by').textContent.includes('token')")
+        assert training.is_alive()
+        page.click("#stop")
+        training.finish(timeout=30)
+        assert training.stopped_by_request
+
+
+def test_hostile_config_values_show_as_text(page, server, tmp_path):
+    hostile = "<img src=x onerror=\"window.pwned=1\">"
+    training = Training(server.url, tmp_path / "trainer", steps=10, delay=0.0, config={"note": hostile})
+    training.start()
+    run_id = training.started()
+    training.finish()
+    open_run(page, server, run_id)
+    assert hostile in page.locator("#config").inner_text()
+    assert page.evaluate("() => window.pwned") is None

@@ -262,3 +262,31 @@ def test_sampling_backs_off_while_the_writer_is_behind_so_memory_stays_bounded(t
     from monitor.store import RunStore
     with RunStore(tmp_path) as store:
         assert store.events(mon.run_id, kinds=["run_end"])[0].data.skipped == 4
+
+
+def test_the_learning_rate_is_recorded_whenever_it_changes_without_being_logged(tmp_path):
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    with watch(model, optimizer, run="lr", logdir=tmp_path, every=100) as mon:
+        for _ in range(7):
+            model(torch.randn(4, 3)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            schedule.step()
+            mon.log(loss=1.0)
+    lr = monitor.load_run(mon.run_id, tmp_path).series("lr")
+    assert list(lr.index) == [0, 3, 6] and list(lr) == [0.1, 0.05, 0.025]
+
+
+def test_a_learning_rate_the_user_logs_replaces_the_recorded_one(tmp_path):
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, optimizer, run="lr-user", logdir=tmp_path, every=100) as mon:
+        for _ in range(3):
+            model(torch.randn(4, 3)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            mon.log(loss=1.0, lr=0.2)
+    lr = monitor.load_run(mon.run_id, tmp_path).series("lr")
+    assert list(lr.index) == [0, 1, 2] and list(lr) == [0.2, 0.2, 0.2]

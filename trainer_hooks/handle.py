@@ -93,6 +93,9 @@ class Monitor:
         self._started = time.time()
         self._stop: Status | None = None
         self._warned: set[str] = set()
+        self._lr_logged: Any = None  # the learning rate last recorded for the user (see _record_lr)
+        self._lr_held: ScalarRecord | None = None
+        self._user_logs_lr = False
         self._closed = False
         self.dashboard = None  # the in-process server of dashboard=True (web.serving.RunningServer)
         if dashboard:
@@ -175,6 +178,8 @@ class Monitor:
             values[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
         if not values or self._closed:
             return
+        if "lr" in values:
+            self._user_logs_lr = True
         advances = self.optimizer is None and any(
             not n.startswith("val_") and n not in POSITION_SCALARS for n in values)
         step = self._step if advances or self._forward_step is None else self._forward_step
@@ -191,6 +196,7 @@ class Monitor:
         self.probe.remove()
         _watched.pop(self.model, None)
         self._finish_capture()
+        self._record_lr()  # hand over the one held back
         if state is None:
             state = RunState.STOPPED if self._stop is not None else RunState.FINISHED
         state = RunState(state)
@@ -246,10 +252,31 @@ class Monitor:
 
     def _end_step(self) -> None:
         now = time.perf_counter()
+        self._record_lr()
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
         self._step += 1
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
+
+    def _record_lr(self) -> None:
+        """The learning rate (first parameter group) as scalar ``lr``, whenever it changes:
+        a schedule shows on the dashboard without the user logging it. The record is held
+        back one step, so a user who logs ``lr`` after ``optimizer.step()`` (as most do)
+        replaces it from the first step on. A tensor learning rate (capturable optimizers)
+        is handed over as it is, on sampled steps only: the writer reads it, this thread
+        never syncs."""
+        held, self._lr_held = self._lr_held, None
+        if held is not None and not self._user_logs_lr:
+            self._put(held)
+        if self._user_logs_lr or self.optimizer is None:
+            return
+        lr = self.optimizer.param_groups[0].get("lr")
+        if isinstance(lr, torch.Tensor):
+            if self._capture is not None:
+                self._lr_held = ScalarRecord(self._step, time.time(), {"lr": lr.detach().clone()})
+        elif isinstance(lr, (int, float)) and lr != self._lr_logged:
+            self._lr_logged = lr
+            self._lr_held = ScalarRecord(self._step, time.time(), {"lr": float(lr)})
 
     def _finish_capture(self) -> bool:
         capture, self._capture, self.probe.capture = self._capture, None, None

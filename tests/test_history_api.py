@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import sqlite3
 
 import numpy as np
 import pytest
@@ -100,7 +101,8 @@ def test_layers_and_fields_parameters_choose_what_comes_back(server, get):
     ("", 400, "signal: expected one of"),
     ("signal=activation&fields=step,nrom", 400, "fields: unknown 'nrom'; expected some of step, mean"),
     ("signal=activation&layers=conv9", 404, "no activation summaries of layer(s) 'conv9' in run 'r'"),
-    ("signal=activation&max_points=3", 400, "max_points: expected 10 to 100000, got 3"),
+    ("signal=activation&max_points=3", 400, "max_points: expected 10 to 100000, got '3'"),
+    ("signal=activation&max_points=many", 400, "max_points: expected 10 to 100000, got 'many'"),
 ])
 def test_a_bad_layers_request_is_refused_naming_the_problem(server, get, query, status, problem):
     _, app = server
@@ -154,6 +156,17 @@ def test_a_latest_request_for_a_bad_or_missing_kind_says_so(server, get, kind, s
     assert code == status and problem in reply["error"]
 
 
+def test_a_stored_event_that_no_longer_decodes_is_a_server_error_naming_it(server, get, tmp_path):
+    _, app = server
+    app.store.append([layers_event("r", 0, 0, summary("conv1"))])
+    db = sqlite3.connect(tmp_path / "babysit.sqlite3")
+    db.execute("UPDATE events SET data = '{\"summaries\": 3}'")
+    db.commit()
+    db.close()
+    code, reply = get("/api/runs/r/latest/layer_stats")
+    assert code == 500 and "run 'r' seq 0: stored layer_stats event does not decode" in reply["error"]
+
+
 def filters_event(run, seq, channels, height=3, width=4):
     pixels = np.random.default_rng(seq).integers(0, 256, height * width * channels, dtype=np.uint8).tobytes()
     return Event(run, seq, seq, 1.0 + seq, Kind.FILTERS,
@@ -175,7 +188,8 @@ def test_the_filter_image_is_a_png_of_the_stored_pixels_the_latest_or_the_seq_as
 @pytest.mark.parametrize("query, status, problem", [("", 404, "no filters event in run 'r'"),
                                                     ("?seq=0", 404, "seq 0 of run 'r' is a scalars event, not filters"),
                                                     ("?seq=7", 404, "seq 7 of run 'r' is no event, not filters"),
-                                                    ("?seq=-1", 400, "seq: expected a non-negative integer")])
+                                                    ("?seq=-1", 400, "seq: expected a non-negative integer"),
+                                                    ("?seq=%C2%B2", 400, "seq: expected a non-negative integer")])
 def test_a_filter_image_that_is_not_there_is_a_clear_error(server, get, query, status, problem):
     _, app = server
     app.store.append([Event("r", 0, 0, 1.0, Kind.SCALARS, Scalars({"loss": 1.0}))])

@@ -118,7 +118,7 @@ def add_history_routes(api: Blueprint, app) -> None:
             if event is None:
                 return json_response({"error": f"no filters event in run {run!r}"}, 404)
         else:
-            if not seq.isdigit() or len(seq) > 18:
+            if not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
                 return json_response({"error": f"seq: expected a non-negative integer, got {seq[:40]!r}"}, 400)
             event = app.store.event(run, int(seq))
             if event is None or event.kind is not Kind.FILTERS:
@@ -181,10 +181,12 @@ def scalar_series(store, run: str, names: list[str] | None, max_points: int) -> 
 
 
 def max_points_arg() -> int:
+    """``max_points`` of the request (default :data:`MAX_POINTS`); ValueError naming it when bad."""
     low, high = MAX_POINTS_RANGE
-    max_points = int(request.args.get("max_points", MAX_POINTS))
+    text = request.args.get("max_points", str(MAX_POINTS))
+    max_points = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else -1
     if not low <= max_points <= high:
-        raise ValueError(f"max_points: expected {low} to {high}, got {max_points}")
+        raise ValueError(f"max_points: expected {low} to {high}, got {text[:40]!r}")
     return max_points
 
 

@@ -62,12 +62,13 @@ def add_history_routes(api: Blueprint, app) -> None:
             max_points = max_points_arg()
         except (SchemaError, ValueError) as exc:
             return json_response({"error": str(exc)}, 400)
-        keys = ["max", "min"] if {"max", "min"} & set(fields) else [f for f in fields if f not in ("step", "nan", "inf")]
-        read = list(dict.fromkeys([*fields, *keys, "nan", "inf"]))
+        keys = _key_fields(fields)
+        read = list(dict.fromkeys([*fields, *keys, "nan", "inf"]))  # keys and counts decide, asked or not
         found = app.store.layer_points(run, signal, wanted, read)
         missing = sorted(set(wanted or ()) - {c.layer for c in found})
         if missing:
-            return json_response({"error": f"no {signal} summaries of layer(s) {', '.join(map(repr, missing))} "
+            shown = ", ".join(repr(name[:64]) for name in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            return json_response({"error": f"no {signal} summaries of layer(s) {shown} "
                                            f"in run {run!r}"}, 404)
         out = {}
         for c in found:
@@ -205,6 +206,13 @@ def _layer_names() -> list[str] | None:
     """``layers=a,b`` and/or ``layer=<name>`` (repeatable: for names with a comma); None: all."""
     names = [n for n in request.args.get("layers", "").split(",") if n] + request.args.getlist("layer")
     return list(dict.fromkeys(names)) or None
+
+
+def _key_fields(fields: list[str]) -> list[str]:
+    """The columns whose extremes decide which samples of a layer are sent (see the module doc)."""
+    if {"max", "min"} & set(fields):
+        return ["max", "min"]
+    return [f for f in fields if f not in ("step", "nan", "inf")]
 
 
 def _rows(columns: dict[str, np.ndarray], keys: list[str], max_points: int) -> np.ndarray:

@@ -27,7 +27,9 @@ class RunningServer:
 
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Serve ``app`` (a :class:`web.app.App`) on ``host:port`` (0: a free port) in a daemon thread."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # ERROR too: a Socket.IO client closing its WebSocket leaves a frame that Werkzeug's HTTP
+    # parser then reports as a "bad request" (harmless; see babysit serve for a clean close).
+    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
     server = make_server(host, port, app.flask, threaded=True)
     port = server.socket.getsockname()[1]
     thread = threading.Thread(target=server.serve_forever, name=f"babysit-server-{port}", daemon=True)

@@ -68,7 +68,7 @@ export class LayerPanel {
     this.layer = layer;
     this.select.value = layer;
     const url = `/api/runs/${encodeURIComponent(this.run)}/layers?signal=${this.signal}` +
-      `&layers=${encodeURIComponent(layer)}&fields=${BAND_COLUMNS.join(",")}`;
+      `&layer=${encodeURIComponent(layer)}&fields=${BAND_COLUMNS.join(",")}`;
     const body = await getJSON(url);
     if (this.layer !== layer) return;  // another layer was chosen meanwhile
     const columns = body.layers[layer] || {};

@@ -14,6 +14,8 @@ const RUN = document.body.dataset.run;
 const API = `/api/runs/${encodeURIComponent(RUN)}`;
 // Scalars that are not metrics to choose from: they have plots or places of their own.
 const NOT_METRICS = new Set(["loss", "lr", "epoch"]);
+// Points per parameter in the update-ratio plot's history: 50 parameters share one plot.
+const RATIO_POINTS = 500;
 const SOURCES = ["loss_train", "loss_val", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
   "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
@@ -77,7 +79,7 @@ class RunPage {
     showConfig(run.start);
     const [series, flags, latest, inputs, ratios] = await Promise.all([
       getJSON(`${API}/series`), getJSON(`${API}/flags`), getOptional(`${API}/latest/layer_stats`),
-      getJSON(`${API}/inputs`), getJSON(`${API}/layers?signal=param_grad&fields=step,update_ratio`),
+      getJSON(`${API}/inputs`), getJSON(`${API}/layers?signal=param_grad&fields=step,update_ratio&max_points=${RATIO_POINTS}`),
     ]);
     this.loss.load(series.loss);
     this.val.load(series.val_loss);

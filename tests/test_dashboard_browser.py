@@ -33,7 +33,9 @@ def page(browser):
     tab = context.new_page()
     problems = []
     tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    tab.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
+    tab.expected_errors = ()  # a test that takes the server down expects failed requests
+    tab.on("console", lambda m: problems.append(f"console error: {m.text}")
+           if m.type == "error" and not any(e in m.text for e in tab.expected_errors) else None)
     yield tab
     context.close()
     assert not problems, problems
@@ -182,3 +184,28 @@ def test_hostile_config_values_show_as_text(page, server, tmp_path):
     open_run(page, server, run_id)
     assert hostile in page.locator("#config").inner_text()
     assert page.evaluate("() => window.pwned") is None
+
+
+def test_the_page_says_when_the_server_is_down_and_catches_up_when_it_is_back(page, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page.expected_errors = ("net::ERR_CONNECTION_REFUSED", "net::ERR_CONNECTION_RESET")
+    with serving(tmp_path / "server", port) as server:
+        training = Training(server.url, tmp_path / "trainer", steps=400, delay=0.02)
+        training.start()
+        open_run(page, server, training.started())
+        wait_until(lambda: source_length(page, "loss_train") >= 10, what="the first points")
+    page.wait_for_function("() => document.getElementById('connection').className.includes('down')")
+    during_outage = training.steps_done
+    with serving(tmp_path / "server", port):  # the trainer's spool replays what the server missed
+        page.wait_for_function("() => document.getElementById('connection').className.includes('live')",
+                               timeout=30_000)
+        wait_until(lambda: source_length(page, "loss_train") > during_outage + 5, what="points after the outage")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#stop")
+        training.finish()
+    steps = page.evaluate("() => window.babysitPage.loss.source.data.step")
+    assert steps == sorted(set(steps))  # in order, none twice

@@ -28,6 +28,8 @@ log = logging.getLogger("babysit")
 RETRY_SECONDS = 2.0
 #: Seconds to wait for a connection, and for one batch's acknowledgement.
 CONNECT_TIMEOUT, ACK_TIMEOUT = 3.0, 30.0
+#: How often a wait for an acknowledgement checks that the connection is still up.
+ACK_POLL_SECONDS = 0.05
 
 
 def batch_text(events: Sequence[Event], texts: Sequence[str]) -> str:
@@ -113,7 +115,7 @@ class SocketSink:
 
     def _send(self, text: str) -> bool:
         try:
-            ack = self._client.call("batch", text, namespace="/ingest", timeout=ACK_TIMEOUT)
+            ack = self._call(text)
         except Exception as exc:  # disconnected, timed out: keep the batch, try again later
             log.warning("babysit: the server at %s did not acknowledge a batch (%s); keeping it in %s",
                         self.url, type(exc).__name__, self.spool)
@@ -128,6 +130,27 @@ class SocketSink:
         self.refused += 1
         log.error("babysit: the server refused a batch: %s (skipped; this is a bug)", error)
         return True
+
+    def _call(self, text: str):
+        """Emit a batch and wait for its acknowledgement, giving up as soon as the connection
+        drops (python-socketio's ``call`` would wait out its whole timeout: a server that
+        went away mid-batch would hold the spool back for ``ACK_TIMEOUT``)."""
+        answered = threading.Event()
+        reply: list = []
+
+        def acknowledged(*args):
+            reply.append(args[0] if args else None)
+            answered.set()
+
+        client = self._client
+        client.emit("batch", text, namespace="/ingest", callback=acknowledged)
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while not answered.wait(ACK_POLL_SECONDS):
+            if not client.connected:
+                raise ConnectionError("the connection dropped before the acknowledgement")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no acknowledgement within {ACK_TIMEOUT:g} s")
+        return reply[0]
 
     def _connected(self) -> bool:
         if self._client is not None and self._client.connected:

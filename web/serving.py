@@ -19,9 +19,14 @@ class RunningServer:
     url: str
     _server: object
     _thread: threading.Thread
+    _app: object = None
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening and close every Socket.IO connection: Werkzeug's shutdown alone
+        leaves open WebSockets served by their threads, which would outlive the server."""
         self._server.shutdown()
+        if self._app is not None:
+            self._app.socketio.server.eio.disconnect()  # every client: they reconnect elsewhere
         self._thread.join(timeout)
 
 
@@ -34,4 +39,4 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> RunningServe
     port = server.socket.getsockname()[1]
     thread = threading.Thread(target=server.serve_forever, name=f"babysit-server-{port}", daemon=True)
     thread.start()
-    return RunningServer(f"http://{host}:{port}", server, thread)
+    return RunningServer(f"http://{host}:{port}", server, thread, app)

@@ -1,7 +1,8 @@
 // Per-layer panels: distribution bands over time and the latest histogram of a chosen
 // layer (activations, gradients), dead units per activation layer, update/weight ratios.
 import { getJSON } from "./codec.js";
-import { PALETTE, setData, stream } from "./bokeh.js";
+import { PALETTE, length, setData, stream } from "./bokeh.js";
+import { COMPACT_AT } from "./series.js";
 import { num } from "./format.js";
 
 const QUANTILES = ["q0", "q1", "q2", "q3", "q4", "q5", "q6"];
@@ -96,6 +97,11 @@ export class LayerPanel {
     return added;
   }
 
+  // True once live rows have grown the bands past what the page reloads downsampled.
+  tooLong() {
+    return length(this.bands) > COMPACT_AT;
+  }
+
   showLatest() {
     const latest = this.latest.get(this.layer);
     if (!latest) return;
@@ -143,6 +149,12 @@ export class UpdateRatios {
       changed = true;
     }
     if (changed) this.draw();
+  }
+
+  tooLong() {
+    let points = 0;
+    for (const line of this.lines.values()) points += line.xs.length;
+    return points > COMPACT_AT * 5;  // 50 parameters x 500 points of history leave room for live ones
   }
 
   draw() {

@@ -91,6 +91,10 @@ class RunPage {
     setData(this.m.inputs, { step: inputs.step, mean: inputs.mean, std: inputs.std });
     this.showInputInfo(inputs);
     const layers = run.layers || [];
+    // A reload (reconnection, a long live session) refreshes the layers already chosen;
+    // on the first load, adding the layers chooses the first of each.
+    const panels = [this.act, this.grad].filter((panel) => panel.layer !== null);
+    await Promise.all(panels.map((panel) => panel.choose(panel.layer)));
     await Promise.all([
       this.act.addLayers(layers.filter((l) => l.signal === "activation")),
       this.grad.addLayers(layers.filter((l) => l.signal === "output_grad")),
@@ -165,6 +169,7 @@ class RunPage {
     this.addMetrics(Object.keys(points));
     if (flags.length) this.flags.add(flags);
     else if (points.loss || points.val_loss) this.flags.placeMarks();
+    compact ||= this.act.tooLong() || this.grad.tooLong() || this.ratios.tooLong();
     if (compact) this.load();  // a long live session: reload the downsampled history
   }
 
@@ -242,11 +247,19 @@ async function main() {
   const models = await bokehModels(SOURCES);
   const page = new RunPage(models);
   window.babysitPage = page;  // for the browser tests and for poking at it in the console
-  connect(async (socket) => {
+  const joinAndLoad = async (socket) => {
+    try {
+      await request(socket, "join", RUN);
+      await page.load();  // on every (re)connection: what happened meanwhile is in the store
+    } catch (err) {  // the server went away mid-load: try again unless a reconnection will
+      console.warn(`babysit: loading the run failed (${err.message}); retrying`);
+      setTimeout(() => { if (socket.connected) joinAndLoad(socket); }, 2000);
+    }
+  };
+  connect((socket) => {
     page.socket = socket;
     page.header.socket = socket;
-    await request(socket, "join", RUN);
-    await page.load();  // on every (re)connection: what happened meanwhile is in the store
+    joinAndLoad(socket);
   }).on("events", (batch) => { if (batch.run === RUN) page.onEvents(batch); });
   setInterval(() => page.header.tick(), 1000);
 }

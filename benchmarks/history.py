@@ -47,12 +47,13 @@ FLAG_STEPS = (0.1, 0.5, 0.9)  # fractions of the run where a flag is raised
 def page_calls(run: str, first_layer: str) -> list[tuple[str, str]]:
     """(label, path) of every call the run page makes when it opens ``run``."""
     base = f"/api/runs/{run}"
+    bands = "step,min,max,mean,q0,q1,q2,q3,q4,q5,q6"  # what web/js/src/layers.js asks for
     return [("run", base), ("series", f"{base}/series"), ("flags", f"{base}/flags"),
-            ("layers activation", f"{base}/layers?signal=activation&layers={first_layer}"),
-            ("layers output_grad", f"{base}/layers?signal=output_grad&layers={first_layer}"),
-            ("layers param_grad", f"{base}/layers?signal=param_grad&fields=step,update_ratio"),
-            ("latest layer_stats", f"{base}/latest/layer_stats"), ("inputs", f"{base}/inputs"),
-            ("filters.png", f"{base}/filters.png")]
+            ("layers activation", f"{base}/layers?signal=activation&layer={first_layer}&fields={bands}"),
+            ("layers output_grad", f"{base}/layers?signal=output_grad&layer={first_layer}&fields={bands}"),
+            ("layers param_grad", f"{base}/layers?signal=param_grad&fields=step,update_ratio&max_points=500"),
+            ("latest layer_stats", f"{base}/latest/layer_stats"), ("latest filters", f"{base}/latest/filters"),
+            ("inputs", f"{base}/inputs"), ("filters.png", f"{base}/filters.png")]
 
 
 def summaries(rng: np.random.Generator, step: int, steps: int) -> tuple[TensorSummary, ...]:

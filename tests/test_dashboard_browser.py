@@ -61,6 +61,12 @@ def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_
     wait_until(lambda: source_length(page, "loss_train") >= first + 10, what="live loss points")
     assert page.locator("#status").inner_text() == "running"
     assert "steps/s" in page.locator("#progress").inner_text()
+    # The plot's own x range follows what it drew: it grows only if the new points were drawn.
+    ratio_end = "() => Bokeh.documents[0].get_model_by_name('update_ratio_fig').x_range.end"
+    before = page.evaluate(ratio_end)
+    wait_until(lambda: page.evaluate(ratio_end) >= before + 6, what="live update ratios drawn")
+    band_steps = source_length(page, "act_bands")
+    wait_until(lambda: source_length(page, "act_bands") >= band_steps + 3, what="live activation bands")
     page.screenshot(path=tmp_path / "run-page-live.png", full_page=True)
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#stop")

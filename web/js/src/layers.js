@@ -159,8 +159,10 @@ export class UpdateRatios {
 
   draw() {
     const names = [...this.lines.keys()];
+    // Fresh arrays: BokehJS compares a new data object's columns with what it drew, and
+    // the same (grown) array objects would look unchanged.
     setData(this.source, {
-      xs: names.map((n) => this.lines.get(n).xs), ys: names.map((n) => this.lines.get(n).ys),
+      xs: names.map((n) => [...this.lines.get(n).xs]), ys: names.map((n) => [...this.lines.get(n).ys]),
       layer: names, color: names.map((_, i) => PALETTE[i % PALETTE.length]),
     });
   }

@@ -10,6 +10,7 @@ the escaping of every name a training process sends.
 """
 from __future__ import annotations
 
+import functools
 import secrets
 
 import bokeh
@@ -24,6 +25,19 @@ from web.figures import compare_figures, run_page_figures
 MAX_COMPARED = 10
 #: BokehJS files the pages load (plain plots; our own HTML controls instead of widgets).
 BOKEH_SCRIPTS = ("js/bokeh.min.js",)
+
+
+@functools.lru_cache(maxsize=1)
+def run_page_components() -> tuple[str, dict]:
+    """The run page's figures as Bokeh's script and divs. They are empty and the same for
+    every run, so they are built once: building and serialising them takes about half a
+    second, which would otherwise be most of the time a page takes to open."""
+    return components(run_page_figures(), wrap_script=False)
+
+
+@functools.lru_cache(maxsize=32)
+def compare_components(runs: tuple[str, ...]) -> tuple[str, dict]:
+    return components(compare_figures(list(runs)), wrap_script=False)
 
 
 def pages_blueprint(app) -> Blueprint:
@@ -60,7 +74,7 @@ def pages_blueprint(app) -> Blueprint:
             check_run_id(run)
         except SchemaError:
             abort(404)
-        script, divs = components(run_page_figures(), wrap_script=False)
+        script, divs = run_page_components()
         return render("run.html", run=run, bokeh_script=script, plots=divs)
 
     @pages.get("/compare")
@@ -70,7 +84,7 @@ def pages_blueprint(app) -> Blueprint:
             runs = [check_run_id(r) for r in runs]
         except SchemaError:
             abort(400)
-        script, divs = components(compare_figures(runs), wrap_script=False)
+        script, divs = compare_components(tuple(runs))
         return render("compare.html", runs=runs, bokeh_script=script, plots=divs)
 
     @pages.get("/favicon.ico")

@@ -98,6 +98,13 @@ class Training(threading.Thread):
             raise self.error
 
 
+def stop_from_page(page, training: Training) -> None:
+    """Press the page's Stop run, confirm, and wait for the training to end."""
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#stop")
+    training.finish()
+
+
 def source_length(page, name: str) -> int:
     """Rows in the page's Bokeh data source ``name``."""
     return page.evaluate("""name => {

@@ -6,12 +6,20 @@ from web.serving import serve_in_thread
 
 
 @contextlib.contextmanager
-def serving(logdir, port: int = 0, token=None):
-    """A real server on a loopback port for the block, stopped and its store closed after."""
+def serving_app(logdir, port: int = 0, token=None):
+    """A real server on a loopback port for the block, as ``(RunningServer, App)``; stopped
+    and its store closed after."""
     app = create_app(ServerConfig(logdir=logdir, token=token))
     running = serve_in_thread(app, port=port)
     try:
-        yield running
+        yield running, app
     finally:
         running.stop()
         app.store.close()
+
+
+@contextlib.contextmanager
+def serving(logdir, port: int = 0, token=None):
+    """:func:`serving_app`'s server alone."""
+    with serving_app(logdir, port, token) as (running, _):
+        yield running

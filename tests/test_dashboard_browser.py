@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser import CHROMIUM_ARGS, Training, require_chromium, source_length, wait_until
+from browser import CHROMIUM_ARGS, Training, require_chromium, source_length, stop_from_page, wait_until
 from monitor.events import Flag
 from servers import serving
 
@@ -52,10 +52,16 @@ def open_run(page, server, run_id):
     page.wait_for_function("() => window.babysitPage && window.babysitPage.loaded", timeout=20_000)
 
 
-def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_path):
-    training = Training(server.url, tmp_path / "trainer", steps=400, delay=0.02)
+def train_and_open(page, server, tmp_path, **options) -> Training:
+    """A tiny training streaming to ``server``, its run page open once it has started."""
+    training = Training(server.url, tmp_path / "trainer", **options)
     training.start()
     open_run(page, server, training.started())
+    return training
+
+
+def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_path):
+    training = train_and_open(page, server, tmp_path, steps=400, delay=0.02)
     first = wait_until(lambda: source_length(page, "loss_train") >= 5 and source_length(page, "loss_train"),
                        what="the first loss points")
     wait_until(lambda: source_length(page, "loss_train") >= first + 10, what="live loss points")
@@ -68,15 +74,11 @@ def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_
     band_steps = source_length(page, "act_bands")
     wait_until(lambda: source_length(page, "act_bands") >= band_steps + 3, what="live activation bands")
     page.screenshot(path=tmp_path / "run-page-live.png", full_page=True)
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#stop")
-    training.finish()
+    stop_from_page(page, training)
 
 
 def test_the_filter_image_appears_and_shows_the_first_layer(page, server, tmp_path):
-    training = Training(server.url, tmp_path / "trainer", steps=30, delay=0.01)
-    training.start()
-    open_run(page, server, training.started())
+    training = train_and_open(page, server, tmp_path, steps=30, delay=0.01)
     page.wait_for_selector("#filters:not([hidden])", timeout=20_000)
     wait_until(lambda: page.evaluate("() => document.getElementById('filters').naturalWidth") > 0,
                what="the filter image to load")
@@ -85,24 +87,18 @@ def test_the_filter_image_appears_and_shows_the_first_layer(page, server, tmp_pa
 
 
 def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(page, server, tmp_path):
-    training = Training(server.url, tmp_path / "trainer", steps=400, delay=0.02, flag=FLAG, flag_at=40)
-    training.start()
-    open_run(page, server, training.started())
+    training = train_and_open(page, server, tmp_path, steps=400, delay=0.02, flag=FLAG, flag_at=40)
     item = page.wait_for_selector("#flags li", timeout=20_000)
     assert FLAG.message in item.inner_text()  # the markup arrives as text
     assert page.locator("#flags li b").count() == 0
     assert FLAG.advice in item.inner_text()
     assert page.locator("#flag-count").inner_text() == "1"
     assert source_length(page, "flag_marks") == 1
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#stop")
-    training.finish()
+    stop_from_page(page, training)
 
 
 def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(page, server, tmp_path):
-    training = Training(server.url, tmp_path / "trainer", steps=5000, delay=0.02)
-    training.start()
-    open_run(page, server, training.started())
+    training = train_and_open(page, server, tmp_path, steps=5000, delay=0.02)
     dialogs = []
 
     def answer(dialog):
@@ -210,8 +206,6 @@ def test_the_page_says_when_the_server_is_down_and_catches_up_when_it_is_back(pa
         page.wait_for_function("() => document.getElementById('connection').className.includes('live')",
                                timeout=30_000)
         wait_until(lambda: source_length(page, "loss_train") > during_outage + 5, what="points after the outage")
-        page.once("dialog", lambda dialog: dialog.accept())
-        page.click("#stop")
-        training.finish()
+        stop_from_page(page, training)
     steps = page.evaluate("() => window.babysitPage.loss.source.data.step")
     assert steps == sorted(set(steps))  # in order, none twice

@@ -11,17 +11,13 @@ from PIL import Image
 
 from monitor import codec
 from monitor.events import Event, Filters, InputStats, Kind, LayerStats, Scalars
-from web.app import ServerConfig, create_app
-from web.serving import serve_in_thread
+from servers import serving, serving_app
 
 
 @pytest.fixture
 def server(tmp_path):
-    app = create_app(ServerConfig(logdir=tmp_path))
-    running = serve_in_thread(app)
-    yield running, app
-    running.stop()
-    app.store.close()
+    with serving_app(tmp_path) as served:
+        yield served
 
 
 @pytest.fixture
@@ -213,11 +209,8 @@ def test_a_long_series_is_read_as_blocks_and_keeps_its_ends_spike_and_nan(server
 
 @pytest.fixture(scope="module")
 def empty_server(tmp_path_factory):
-    app = create_app(ServerConfig(logdir=tmp_path_factory.mktemp("empty")))
-    running = serve_in_thread(app)
-    yield running
-    running.stop()
-    app.store.close()
+    with serving(tmp_path_factory.mktemp("empty")) as running:
+        yield running
 
 
 @pytest.mark.parametrize("path", ["", "/layers?signal=activation", "/inputs", "/latest/scalars", "/filters.png"])

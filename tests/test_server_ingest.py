@@ -10,17 +10,14 @@ import socketio
 from monitor import codec
 from monitor.events import Event, Kind, Scalars
 from monitor.store import RunStore
-from web.app import ServerConfig, create_app
-from web.serving import serve_in_thread
+from web.app import ServerConfig
+from servers import serving, serving_app
 
 
 @pytest.fixture
 def server(tmp_path):
-    app = create_app(ServerConfig(logdir=tmp_path))
-    running = serve_in_thread(app)
-    yield running, app
-    running.stop()
-    app.store.close()
+    with serving_app(tmp_path) as served:
+        yield served
 
 
 def client(url, namespace="/ingest", auth=None):
@@ -111,9 +108,7 @@ def test_browsers_in_a_runs_room_receive_its_events_after_the_commit(server):
 
 
 def test_with_a_token_ingest_refuses_connections_without_it(tmp_path):
-    app = create_app(ServerConfig(logdir=tmp_path, token="s3cret"))
-    running = serve_in_thread(app)
-    try:
+    with serving(tmp_path, token="s3cret") as running:
         with pytest.raises(socketio.exceptions.ConnectionError):
             client(running.url)
         with pytest.raises(socketio.exceptions.ConnectionError):
@@ -121,9 +116,6 @@ def test_with_a_token_ingest_refuses_connections_without_it(tmp_path):
         c = client(running.url, auth={"token": "s3cret"})
         assert c.call("batch", batch(), namespace="/ingest", timeout=5)["ok"]
         c.disconnect()
-    finally:
-        running.stop()
-        app.store.close()
 
 
 def test_serving_beyond_loopback_without_a_token_is_refused_with_the_fix(tmp_path):

@@ -148,6 +148,30 @@ def time_calls(url: str, run: str, repeats: int) -> list[tuple[str, float, float
     return out
 
 
+def time_in_browser(url: str, runs: list[str], repeats: int) -> dict[str, float]:
+    """Median seconds from opening a run page in headless chromium to the page having loaded
+    the run (every figure filled, ``babysitPage.loaded``), per run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    out = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for run in runs:
+            times = []
+            for _ in range(repeats + 1):  # the first fills the browser's caches (BokehJS): left out
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                started = time.perf_counter()
+                page.goto(f"{url}/runs/{run}")
+                page.wait_for_function("() => window.babysitPage && window.babysitPage.loaded", timeout=60_000)
+                times.append(time.perf_counter() - started)
+                page.close()
+            out[run] = statistics.median(times[1:])
+        browser.close()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000_000, help="steps of the big run (default: 1000000)")
@@ -162,6 +186,7 @@ def main(argv=None) -> int:
         server = serve_in_thread(app)
         try:
             results = {run: time_calls(server.url, run, args.repeats) for run in ("small", "big")}
+            in_browser = time_in_browser(server.url, ["small", "big"], 3)
         finally:
             server.stop()
             app.store.close()
@@ -177,8 +202,12 @@ def main(argv=None) -> int:
     big_total = sum(r[2] for r in results["big"])
     print(f"{'total':<20} {small_total * 1e3:>9.1f} {big_first * 1e3:>13.1f} {big_total * 1e3:>8.1f} "
           f"{big_total / small_total:>9.1f}")
-    verdict = "met" if big_total <= TARGET_SECONDS else "NOT met"
-    print(f"target: the page opens the big run in about {TARGET_SECONDS:.0f} s or less: {big_total:.2f} s, {verdict}")
+    print(f"in a real browser (headless chromium), opening the page until every figure is filled, "
+          f"median of 3: small {in_browser['small']:.2f} s, big {in_browser['big']:.2f} s "
+          f"({in_browser['big'] / in_browser['small']:.2f}x)")
+    verdict = "met" if in_browser["big"] <= TARGET_SECONDS else "NOT met"
+    print(f"target: the page opens the big run in about {TARGET_SECONDS:.0f} s or less: "
+          f"{in_browser['big']:.2f} s in the browser ({big_total:.2f} s of it on the server), {verdict}")
     return 0
 
 

@@ -94,6 +94,9 @@ def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(page, server, tm
     assert FLAG.advice in item.inner_text()
     assert page.locator("#flag-count").inner_text() == "1"
     assert source_length(page, "flag_marks") == 1
+    # The same flag again (history and stream overlap by a few events): listed once.
+    assert page.evaluate("() => { const f = babysitPage.flags; f.add([{...f.flags[0]}]); return f.flags.length; }") == 1
+    assert page.locator("#flags li").count() == 1
     stop_from_page(page, training)
 
 

@@ -12,17 +12,22 @@ export class FlagPanel {
     this.markSource = markSource;
     this.loss = lossSeries;
     this.flags = [];
+    this.seqs = new Set();
   }
 
   load(flags) {
     this.flags = [];
+    this.seqs = new Set();
     this.list.replaceChildren();
     this.add(flags);
   }
 
-  // Flags as the REST route gives them ({seq, step, wall, kind, severity, message, ...}).
+  // Flags as the REST route gives them ({seq, step, wall, kind, severity, message, ...});
+  // one the page has already (the history and the stream overlap) is not listed twice.
   add(flags) {
     for (const flag of flags) {
+      if (this.seqs.has(flag.seq)) continue;
+      this.seqs.add(flag.seq);
       this.flags.push(flag);
       this.list.prepend(this.item(flag));  // newest first
     }

@@ -40,6 +40,12 @@ function describe(summary) {
   return parts.join(" · ");
 }
 
+// The route that gives one layer's bands (what `LayerPanel.show` draws).
+export function bandsUrl(run, signal, layer) {
+  return `/api/runs/${encodeURIComponent(run)}/layers?signal=${signal}` +
+    `&layer=${encodeURIComponent(layer)}&fields=${BAND_COLUMNS.join(",")}`;
+}
+
 // One signal's panel: a <select> of layers, the bands of the chosen one, its latest histogram.
 export class LayerPanel {
   constructor({ run, signal, select, info, bands, hist }) {
@@ -61,17 +67,19 @@ export class LayerPanel {
       option.textContent = module ? `${layer} · ${module}` : layer;
       this.select.append(option);
     }
-    if (this.layer === null && this.select.options.length) return this.choose(this.select.options[0].value);
-    return Promise.resolve();
   }
 
   async choose(layer) {
     this.layer = layer;
     this.select.value = layer;
-    const url = `/api/runs/${encodeURIComponent(this.run)}/layers?signal=${this.signal}` +
-      `&layer=${encodeURIComponent(layer)}&fields=${BAND_COLUMNS.join(",")}`;
-    const body = await getJSON(url);
-    if (this.layer !== layer) return;  // another layer was chosen meanwhile
+    const body = await getJSON(bandsUrl(this.run, this.signal, layer));
+    if (this.layer === layer) this.show(layer, body);  // unless another was chosen meanwhile
+  }
+
+  // The bands of `layer` from the /layers route's answer.
+  show(layer, body) {
+    this.layer = layer;
+    this.select.value = layer;
     const columns = body.layers[layer] || {};
     const data = {};
     for (const c of BAND_COLUMNS) data[c] = (columns[c] || []).map(c === "step" ? (v) => v : finiteOrNaN);
@@ -84,7 +92,8 @@ export class LayerPanel {
   update(step, summaries, live) {
     const mine = summaries.filter((s) => s.signal === this.signal);
     for (const s of mine) this.latest.set(s.layer, { step, summary: s });
-    const added = this.addLayers(mine);
+    this.addLayers(mine);
+    const added = this.layer === null && mine.length ? this.choose(mine[0].layer) : Promise.resolve();
     const chosen = mine.find((s) => s.layer === this.layer);
     if (live && chosen && step > this.lastStep) {
       this.lastStep = step;

@@ -6,7 +6,7 @@ import { bokehModels, setData, stream } from "./bokeh.js";
 import { connect, decodeEvent, request } from "./live.js";
 import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";
-import { LayerPanel, UpdateRatios, showDeadUnits } from "./layers.js";
+import { LayerPanel, UpdateRatios, bandsUrl, showDeadUnits } from "./layers.js";
 import { el, num } from "./format.js";
 import { RunHeader } from "./header.js";
 
@@ -60,48 +60,40 @@ class RunPage {
 
   // ---------------------------------------------------------------- history
 
+  // Load the history again (a reconnection, a long live session): the chosen layers stay.
   async load() {
-    this.loaded = false;
-    let run;
-    try {
-      run = await getJSON(API);
-    } catch (err) {
-      if (err instanceof HttpError && err.status === 404) {  // not started yet: wait for it
-        document.getElementById("waiting").hidden = false;
-        setTimeout(() => this.load(), 1000);
-        return;
-      }
-      throw err;
+    const history = await fetchHistory({ activation: this.act.layer, output_grad: this.grad.layer });
+    if (history === null) {  // not started yet: wait for it
+      document.getElementById("waiting").hidden = false;
+      setTimeout(() => this.load(), 1000);
+      return;
     }
+    this.applyHistory(history);
+  }
+
+  applyHistory(h) {
     document.getElementById("waiting").hidden = true;
+    const { run, series } = h;
     this.lastSeq = run.last_seq;
     this.header.load(run);
     showConfig(run.start);
-    const [series, flags, latest, inputs, ratios] = await Promise.all([
-      getJSON(`${API}/series`), getJSON(`${API}/flags`), getOptional(`${API}/latest/layer_stats`),
-      getJSON(`${API}/inputs`), getJSON(`${API}/layers?signal=param_grad&fields=step,update_ratio&max_points=${RATIO_POINTS}`),
-    ]);
     this.loss.load(series.loss);
     this.val.load(series.val_loss);
     this.loadLr(series.lr);
     this.addMetrics(Object.keys(series));
-    if (this.metric) await this.chooseMetric(this.metric, series);
-    this.flags.load(flags);
-    this.ratios.load(ratios.layers);
-    setData(this.m.inputs, { step: inputs.step, mean: inputs.mean, std: inputs.std });
-    this.showInputInfo(inputs);
+    if (this.metric) this.showMetric(this.metric, series);
+    this.flags.load(h.flags);
+    this.ratios.load(h.ratios.layers);
+    setData(this.m.inputs, { step: h.inputs.step, mean: h.inputs.mean, std: h.inputs.std });
+    this.showInputInfo(h.inputs);
     const layers = run.layers || [];
-    // A reload (reconnection, a long live session) refreshes the layers already chosen;
-    // on the first load, adding the layers chooses the first of each.
-    const panels = [this.act, this.grad].filter((panel) => panel.layer !== null);
-    await Promise.all(panels.map((panel) => panel.choose(panel.layer)));
-    await Promise.all([
-      this.act.addLayers(layers.filter((l) => l.signal === "activation")),
-      this.grad.addLayers(layers.filter((l) => l.signal === "output_grad")),
-    ]);
-    if (latest) this.layerStats(latest, false);
-    const filters = await getOptional(`${API}/latest/filters`);
-    if (filters) this.showFilters(filters);
+    for (const [panel, signal] of [[this.act, "activation"], [this.grad, "output_grad"]]) {
+      panel.addLayers(layers.filter((l) => l.signal === signal));
+      const [layer, bands] = h.bands[signal];
+      if (bands) panel.show(layer, bands);
+    }
+    if (h.latest) this.layerStats(h.latest, false);
+    if (h.filters) this.showFilters(h.filters);
     this.loaded = true;
     const held = this.held;
     this.held = [];
@@ -127,11 +119,15 @@ class RunPage {
     }
   }
 
-  async chooseMetric(base, series = null) {
+  async chooseMetric(base) {
     this.metric = base;
-    const data = series || await getJSON(`${API}/series?names=${encodeURIComponent(base)},val_${encodeURIComponent(base)}`);
-    this.metricTrain.load(data[base]);
-    this.metricVal.load(data[`val_${base}`]);
+    this.showMetric(base, await getJSON(`${API}/series?names=${encodeURIComponent(base)},val_${encodeURIComponent(base)}`));
+  }
+
+  showMetric(base, series) {
+    this.metric = base;
+    this.metricTrain.load(series[base]);
+    this.metricVal.load(series[`val_${base}`]);
   }
 
   // ---------------------------------------------------------------- live
@@ -198,7 +194,8 @@ class RunPage {
   }
 
   inputStats(event) {
-    const d = event.data;
+    const d = event.data, steps = this.m.inputs.data.step;
+    if (steps.length && steps[steps.length - 1] >= event.step) return;  // in the history already
     stream(this.m.inputs, { step: [event.step], mean: [d.mean], std: [d.std] });
     this.showInputInfo({ shape: d.shape, mean: [d.mean], std: [d.std], min: [d.min], max: [d.max] });
   }
@@ -210,6 +207,32 @@ class RunPage {
     document.getElementById("input-info").textContent =
       `latest: mean ${num(last(inputs.mean))} · std ${num(last(inputs.std))} · range ${num(last(inputs.min))}..${num(last(inputs.max))}${shape}`;
   }
+}
+
+// Everything the page draws of a run's history, fetched in parallel; null while the run
+// is not in the store yet. The overview comes first: its last_seq is the point from which
+// live events are applied, so every other answer is at least as recent (what they share
+// with the stream is drawn once; see ScalarSeries.push, FlagPanel.add). `chosen` names the
+// layers whose bands to fetch (the first of each signal when null).
+async function fetchHistory(chosen) {
+  let run;
+  try {
+    run = await getJSON(API);
+  } catch (err) {
+    if (err instanceof HttpError && err.status === 404) return null;
+    throw err;
+  }
+  const layerOf = (signal) => chosen[signal] ?? (run.layers || []).find((l) => l.signal === signal)?.layer ?? null;
+  const bands = async (signal) => {
+    const layer = layerOf(signal);
+    return [layer, layer === null ? null : await getJSON(bandsUrl(RUN, signal, layer))];
+  };
+  const [series, flags, latest, inputs, ratios, activation, outputGrad, filters] = await Promise.all([
+    getJSON(`${API}/series`), getJSON(`${API}/flags`), getOptional(`${API}/latest/layer_stats`),
+    getJSON(`${API}/inputs`), getJSON(`${API}/layers?signal=param_grad&fields=step,update_ratio&max_points=${RATIO_POINTS}`),
+    bands("activation"), bands("output_grad"), getOptional(`${API}/latest/filters`),
+  ]);
+  return { run, series, flags, latest, inputs, ratios, bands: { activation, output_grad: outputGrad }, filters };
 }
 
 async function getOptional(url) {
@@ -243,25 +266,38 @@ function showConfig(start) {
     `${total.toLocaleString()} parameters${trainable !== total ? `, ${trainable.toLocaleString()} trainable` : ""}`;
 }
 
+// The socket connects and the history loads while Bokeh is still building the figures
+// (about half a second): the page is ready when the later of the two is.
 async function main() {
-  const models = await bokehModels(SOURCES);
-  const page = new RunPage(models);
-  window.babysitPage = page;  // for the browser tests and for poking at it in the console
+  let page = null;
+  const early = [];  // live batches that arrive before the page exists
+  const ready = bokehModels(SOURCES).then((models) => {
+    page = new RunPage(models);
+    window.babysitPage = page;  // for the browser tests and for poking at it in the console
+    for (const batch of early.splice(0)) page.onEvents(batch);
+    setInterval(() => page.header.tick(), 1000);
+    return page;
+  });
   const joinAndLoad = async (socket) => {
     try {
       await request(socket, "join", RUN);
-      await page.load();  // on every (re)connection: what happened meanwhile is in the store
+      // The first load fetches while Bokeh builds; every reconnection loads again (what
+      // happened meanwhile is in the store).
+      const history = page === null ? await fetchHistory({}) : null;
+      await ready;
+      page.socket = socket;
+      page.header.socket = socket;
+      if (history) page.applyHistory(history); else await page.load();
     } catch (err) {  // the server went away mid-load: try again unless a reconnection will
       console.warn(`babysit: loading the run failed (${err.message}); retrying`);
       setTimeout(() => { if (socket.connected) joinAndLoad(socket); }, 2000);
     }
   };
-  connect((socket) => {
-    page.socket = socket;
-    page.header.socket = socket;
-    joinAndLoad(socket);
-  }).on("events", (batch) => { if (batch.run === RUN) page.onEvents(batch); });
-  setInterval(() => page.header.tick(), 1000);
+  connect(joinAndLoad).on("events", (batch) => {
+    if (batch.run !== RUN) return;
+    if (page === null) early.push(batch); else page.onEvents(batch);
+  });
+  await ready;
 }
 
 main().catch((err) => {

@@ -205,9 +205,9 @@ def main(argv=None) -> int:
     print(f"in a real browser (headless chromium), opening the page until every figure is filled, "
           f"median of 3: small {in_browser['small']:.2f} s, big {in_browser['big']:.2f} s "
           f"({in_browser['big'] / in_browser['small']:.2f}x)")
-    verdict = "met" if in_browser["big"] <= TARGET_SECONDS else "NOT met"
-    print(f"target: the page opens the big run in about {TARGET_SECONDS:.0f} s or less: "
-          f"{in_browser['big']:.2f} s in the browser ({big_total:.2f} s of it on the server), {verdict}")
+    print(f"issue 3 target: the page opens the big run in about {TARGET_SECONDS:.0f} s: "
+          f"{in_browser['big']:.2f} s in the browser ({in_browser['big'] / TARGET_SECONDS:.2f}x; "
+          f"{big_total:.2f} s of it answering on the server)")
     return 0
 
 

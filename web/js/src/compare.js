@@ -1,6 +1,6 @@
 // The compare page: the loss and validation loss of several runs overlaid.
 import { getJSON } from "./codec.js";
-import { bokehModels } from "./bokeh.js";
+import { bokehModels } from "./models.js";
 import { ScalarSeries } from "./series.js";
 
 const RUNS = (document.body.dataset.runs || "").split(",").filter(Boolean);

@@ -1,6 +1,6 @@
 // The flags: a list with explanation and advice, and markers on the loss plot.
 import { el, num } from "./format.js";
-import { setData } from "./bokeh.js";
+import { setData } from "./models.js";
 
 const SEVERITY_COLOR = { critical: "#c5221f", warning: "#e8a30a" };
 

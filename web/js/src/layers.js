@@ -1,7 +1,7 @@
 // Per-layer panels: distribution bands over time and the latest histogram of a chosen
 // layer (activations, gradients), dead units per activation layer, update/weight ratios.
 import { getJSON } from "./codec.js";
-import { PALETTE, length, setData, stream } from "./bokeh.js";
+import { PALETTE, length, setData, stream } from "./models.js";
 import { COMPACT_AT } from "./series.js";
 import { num } from "./format.js";
 

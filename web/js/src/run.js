@@ -2,7 +2,7 @@
 // (joined on /dashboard) into the same Bokeh sources. One path for a finished run and a
 // live one; events that arrive while the history loads are held and applied after it.
 import { getJSON, HttpError } from "./codec.js";
-import { bokehModels, setData, stream } from "./bokeh.js";
+import { bokehModels, setData, stream } from "./models.js";
 import { connect, decodeEvent, request } from "./live.js";
 import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";

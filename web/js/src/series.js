@@ -1,7 +1,7 @@
 // A scalar series in a Bokeh source with columns step, value, smooth: history from the
 // server (downsampled), live points streamed after it, smoothing recomputed on demand.
 import { Smoother, smooth } from "./smoothing.js";
-import { length, setData, stream } from "./bokeh.js";
+import { length, setData, stream } from "./models.js";
 
 // Points a live series may gain before it is reloaded, downsampled, from the server:
 // the page's cost stays flat however long the run, and no point of the history is lost.

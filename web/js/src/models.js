@@ -1,5 +1,6 @@
-// Finding the page's Bokeh models by name, and feeding their data sources.
-// Bokeh embeds its documents asynchronously after the page loads; wait for them.
+// Finding the page's Bokeh models by name, and feeding their data sources. (Our code; BokehJS
+// itself is served from the installed bokeh package.) Bokeh embeds its documents
+// asynchronously after the page loads; wait for them.
 
 export async function bokehModels(names, timeoutMs = 15000) {
   const deadline = Date.now() + timeoutMs;

@@ -1,6 +1,6 @@
 // A scalar series in a Bokeh source with columns step, value, smooth: history from the
 // server (downsampled), live points streamed after it, smoothing recomputed on demand.
-import { Smoother, smooth } from "./smoothing.js";
+import { Smoother } from "./smoothing.js";
 import { length, setData, stream } from "./models.js";
 
 // Points a live series may gain before it is reloaded, downsampled, from the server:
@@ -11,13 +11,7 @@ export class ScalarSeries {
   constructor(source, weight) {
     this.source = source;
     this.weight = weight;
-    this.clear();
-  }
-
-  clear() {
-    this.smoother = new Smoother(this.weight);
-    this.lastStep = -Infinity;
-    setData(this.source, { step: [], value: [], smooth: [] });
+    this.load(null);
   }
 
   // History: {step: [...], value: [...]} as /api/runs/<run>/series returns it.
@@ -65,5 +59,3 @@ export class ScalarSeries {
     return NaN;
   }
 }
-
-export { smooth };

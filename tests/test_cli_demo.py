@@ -234,3 +234,17 @@ def test_the_demo_normalises_with_training_statistics_unless_told_not_to():
     assert abs(x_val.mean().item()) < 0.1  # scaled with the training numbers, so only close to 0
     raw, _, _, _ = load_digits_split(DemoOptions(normalize=False, train_size=100))
     assert len(raw) == 100 and raw.min().item() == 0 and raw.max().item() == 16
+
+
+def test_the_healthy_demo_raises_no_flags(demo):
+    _, logdir, run = demo
+    assert RunStore(logdir).run_info(run).flags == 0
+
+
+def test_the_demo_with_a_huge_learning_rate_is_flagged_as_diverging(tmp_path):
+    outcome = babysit("demo", "--no-serve", "--lr", "1e12", "--epochs", "1", "--train-size", "256",
+                      "--logdir", tmp_path)
+    assert outcome.code == 0, outcome.err
+    [info] = RunStore(tmp_path).runs()
+    flags = load_run(info.run, tmp_path).flags
+    assert "divergence" in set(flags["kind"]) and "babysit: critical divergence" in outcome.err

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from monitor.detectors import default_detectors, diagnose
 from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
 from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import is_run_id, is_scalar_name
@@ -68,7 +69,7 @@ class Monitor:
                  logdir: str | os.PathLike = "runs", overhead: float = OVERHEAD_BUDGET,
                  sample_size: int = SAMPLE_SIZE, dead_window: int = DEAD_WINDOW,
                  filters_every: int = FILTERS_EVERY, server: str | None = None, token: str | None = None,
-                 dashboard: bool = False):
+                 dashboard: bool = False, detectors=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch: expected a torch.nn.Module as model, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -119,7 +120,8 @@ class Monitor:
         if self.dashboard is not None:  # the server in this process stores into our logdir
             self.store_path = Path(logdir) / DB_FILENAME
         self.server = server
-        self._writer = Writer(self.run_id, self._sink,
+        self.detectors = default_detectors() if detectors is None else list(detectors)
+        self._writer = Writer(self.run_id, self._sink, on_events=self._diagnose if self.detectors else None,
                               first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0,
                               flush_seconds=FLUSH_SECONDS if server is None else LIVE_FLUSH_SECONDS)
         self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, config, self.schedule, sample_size))
@@ -154,14 +156,18 @@ class Monitor:
             self._stop = Status(RunState.STOPPING, reason, by)
             self._emit(Kind.STATUS, self._stop)
 
-    def add_flag(self, flag: Flag) -> None:
-        """Record a diagnosis at the current step: kept in :attr:`flags`, stored and shown
-        live on the dashboard like every event (the detectors report through here)."""
+    def add_flag(self, flag: Flag, step: int | None = None) -> None:
+        """Record a diagnosis (at ``step``, default the current one): kept in :attr:`flags`,
+        printed as one line on stderr, stored and shown live on the dashboard like every
+        event. The detectors report through here, from the writer thread."""
         if not isinstance(flag, Flag):
             raise TypeError(f"add_flag: expected a monitor.events.Flag, got {type(flag).__name__}")
+        step = self._step if step is None else step
         self.flags.append(flag)
-        if not self._closed:
-            self._emit(Kind.FLAG, flag)
+        where = f" [{flag.layer}]" if flag.layer else ""
+        print(f"babysit: {flag.severity.value} {flag.kind}{where} at step {step}: {flag.message}",
+              file=sys.stderr, flush=True)
+        self._put(EventRecord(step, time.time(), Kind.FLAG, flag))  # never waits: this may be the writer
 
     def log(self, **scalars: Any) -> None:
         """Record loss and metrics for the current step; tensors are read later, off this thread.
@@ -258,6 +264,11 @@ class Monitor:
         self._step += 1
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
 
+    def _diagnose(self, events) -> None:
+        """The writer thread's listener: run the detectors over what it just stored."""
+        for event, flag in diagnose(self.detectors, events):
+            self.add_flag(flag, event.step)
+
     def _record_lr(self) -> None:
         """The learning rate (first parameter group) as scalar ``lr``, whenever it changes:
         a schedule shows on the dashboard without the user logging it. The record is held
@@ -317,11 +328,13 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
     ``babysit serve``, default ``$BABYSIT_SERVER``; None: the local store only), ``token``
     (the server's, default ``$BABYSIT_TOKEN``), ``dashboard`` (True: serve the live
     dashboard from this process on a free port of 127.0.0.1 and print the run's URL; it
-    stores into ``logdir`` and lives as long as the process), ``sample_size``,
+    stores into ``logdir`` and lives as long as the process), ``detectors`` (what diagnoses
+    the run as it goes: None, the default set of ``monitor.detectors``; ``[]``, none),
+    ``sample_size``,
     ``dead_window``, ``filters_every``. Unknown options are errors.
     """
     known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every",
-             "server", "token", "dashboard"}
+             "server", "token", "dashboard", "detectors"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"watch: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")

@@ -43,6 +43,8 @@ def page(browser):
 
 @pytest.fixture
 def server(tmp_path):
+    """A real server for the test; tests name it before ``page``, so the page is closed
+    before the server stops (else its reconnection attempts log errors)."""
     with serving(tmp_path / "server") as running:
         yield running
 
@@ -60,7 +62,7 @@ def train_and_open(page, server, tmp_path, **options) -> Training:
     return training
 
 
-def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_path):
+def test_the_loss_plot_gains_points_live_while_the_run_trains(server, page, tmp_path):
     training = train_and_open(page, server, tmp_path, steps=400, delay=0.02)
     first = wait_until(lambda: source_length(page, "loss_train") >= 5 and source_length(page, "loss_train"),
                        what="the first loss points")
@@ -77,7 +79,7 @@ def test_the_loss_plot_gains_points_live_while_the_run_trains(page, server, tmp_
     stop_from_page(page, training)
 
 
-def test_the_filter_image_appears_and_shows_the_first_layer(page, server, tmp_path):
+def test_the_filter_image_appears_and_shows_the_first_layer(server, page, tmp_path):
     training = train_and_open(page, server, tmp_path, steps=30, delay=0.01)
     page.wait_for_selector("#filters:not([hidden])", timeout=20_000)
     wait_until(lambda: page.evaluate("() => document.getElementById('filters').naturalWidth") > 0,
@@ -86,7 +88,7 @@ def test_the_filter_image_appears_and_shows_the_first_layer(page, server, tmp_pa
     training.finish()
 
 
-def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(page, server, tmp_path):
+def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(server, page, tmp_path):
     training = train_and_open(page, server, tmp_path, steps=400, delay=0.02, flag=FLAG, flag_at=40)
     item = page.wait_for_selector("#flags li", timeout=20_000)
     assert FLAG.message in item.inner_text()  # the markup arrives as text
@@ -100,7 +102,7 @@ def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(page, server, tm
     stop_from_page(page, training)
 
 
-def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(page, server, tmp_path):
+def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(server, page, tmp_path):
     training = train_and_open(page, server, tmp_path, steps=5000, delay=0.02)
     dialogs = []
 
@@ -137,9 +139,10 @@ def test_a_finished_run_reopens_from_the_store_with_everything(page, tmp_path):
         assert page.locator("#act-layer option").count() >= 3
         assert page.locator("#model tbody tr").count() >= 3
         page.screenshot(path=tmp_path / "run-page-finished.png", full_page=True)
+        page.goto("about:blank")  # leave before this server stops: no reconnection errors
 
 
-def test_the_index_lists_runs_and_compares_the_chosen_ones(page, server, tmp_path):
+def test_the_index_lists_runs_and_compares_the_chosen_ones(server, page, tmp_path):
     for name in ("first", "second"):
         training = Training(server.url, tmp_path / name, run=name, steps=20, delay=0.0)
         training.start()
@@ -156,7 +159,7 @@ def test_the_index_lists_runs_and_compares_the_chosen_ones(page, server, tmp_pat
                what="both runs' losses on the compare page")
 
 
-def test_the_index_shows_a_new_run_without_a_reload(page, server, tmp_path):
+def test_the_index_shows_a_new_run_without_a_reload(server, page, tmp_path):
     page.goto(server.url + "/")
     page.wait_for_selector("#empty:not([hidden])")
     training = Training(server.url, tmp_path / "trainer", run="newcomer", steps=20, delay=0.0)
@@ -178,9 +181,10 @@ def test_with_a_token_the_stop_button_asks_for_it_and_refuses_a_wrong_one(page, 
         page.click("#stop")
         training.finish(timeout=30)
         assert training.stopped_by_request
+        page.goto("about:blank")  # leave before this server stops: no reconnection errors
 
 
-def test_hostile_config_values_show_as_text(page, server, tmp_path):
+def test_hostile_config_values_show_as_text(server, page, tmp_path):
     hostile = "<img src=x onerror=\"window.pwned=1\">"
     training = Training(server.url, tmp_path / "trainer", steps=10, delay=0.0, config={"note": hostile})
     training.start()

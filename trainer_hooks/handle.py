@@ -112,13 +112,12 @@ class Monitor:
             self.store = RunStore(logdir)
             self.store_path: Path | None = Path(self.store.path)
             self._sink = self.store
-        else:  # the server's store, through a spool under logdir
-            self.store, self.store_path = None, None
+        else:  # the server's store, through a spool under logdir (our own when it runs in this process)
+            self.store = None
+            self.store_path = Path(logdir) / DB_FILENAME if self.dashboard is not None else None
             self._sink = SocketSink(server, self.run_id, Path(logdir) / "spool",
                                     token=token or os.environ.get("BABYSIT_TOKEN") or None,
                                     on_stop=lambda reason, by: self.stop(reason, by))
-        if self.dashboard is not None:  # the server in this process stores into our logdir
-            self.store_path = Path(logdir) / DB_FILENAME
         self.server = server
         self.detectors = default_detectors() if detectors is None else list(detectors)
         self._writer = Writer(self.run_id, self._sink, on_events=self._diagnose if self.detectors else None,

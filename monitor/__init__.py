@@ -4,9 +4,10 @@ The rule of this package: it computes on plain data (numbers, dataclasses, DataF
 and never imports torch or a web framework, so detectors and stores can be tested and
 reused without a GPU or a server.
 """
+from monitor.early_stopping import EarlyStopping, StopCause, StopReason
 from monitor.events import SCHEMA_VERSION, Event, Kind, SchemaError
 
-__all__ = ["SCHEMA_VERSION", "Event", "Kind", "SchemaError", "load_run"]
+__all__ = ["SCHEMA_VERSION", "EarlyStopping", "Event", "Kind", "SchemaError", "StopCause", "StopReason", "load_run"]
 
 
 def load_run(run: str, logdir: str = "runs"):

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -23,9 +24,11 @@ import torch
 from torch import nn
 
 from monitor.detectors import default_detectors, diagnose
+from monitor.early_stopping import EarlyStopping, StopCause, StopReason
 from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
 from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import is_run_id, is_scalar_name
+from trainer_hooks.agreement import AGREE_EVERY, StopAgreement, distributed_world
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import SAMPLE_SIZE
@@ -40,6 +43,9 @@ FILTERS_EVERY = 5
 DEAD_WINDOW = 8
 #: Seconds close() gives a server to take what is still spooled.
 CLOSE_SEND_SECONDS = 15.0
+#: Most seconds a sampled step waits for the detectors to have seen every earlier record,
+#: when an early-stopping policy stops on flags (a stuck disk must not stall training).
+STOP_CHECK_SECONDS = 1.0
 #: Scalar names that describe where training is, not how it goes: logging them alone
 #: does not advance the step of a run without an optimizer.
 POSITION_SCALARS = frozenset({"epoch"})
@@ -69,7 +75,8 @@ class Monitor:
                  logdir: str | os.PathLike = "runs", overhead: float = OVERHEAD_BUDGET,
                  sample_size: int = SAMPLE_SIZE, dead_window: int = DEAD_WINDOW,
                  filters_every: int = FILTERS_EVERY, server: str | None = None, token: str | None = None,
-                 dashboard: bool = False, detectors=None):
+                 dashboard: bool = False, detectors=None, early_stopping: EarlyStopping | None = None,
+                 agree_every: int = AGREE_EVERY):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch: expected a torch.nn.Module as model, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -79,7 +86,11 @@ class Monitor:
             raise RuntimeError(
                 f"watch: this model is already watched (run {_watched[self.model]!r}). Close the first handle "
                 "(mon.close(), or use `with watch(...) as mon:`) before watching it again.")
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            raise TypeError("watch: early_stopping expects a monitor.EarlyStopping policy (or None), "
+                            f"got {type(early_stopping).__name__}")
         self.optimizer = optimizer
+        self.early_stopping = early_stopping
         self.run_id = _run_id(run or type(self.model).__name__.lower())
         self.schedule = make_schedule(every, overhead, background=lambda: self._writer.capture_cost())
         self.filters_every = filters_every
@@ -93,6 +104,12 @@ class Monitor:
         self._step_started = time.perf_counter()
         self._started = time.time()
         self._stop: Status | None = None
+        self.stop_reason: StopReason | None = None  # why the run stops (None while it runs on)
+        self._stop_lock = threading.Lock()  # stops come from the training, writer and socket threads
+        self._best_weights: dict | None = None  # restore_best_weights: a CPU copy of the best state
+        self._restored = False
+        self._agreement = StopAgreement(agree_every) if distributed_world() > 1 else None
+        self._agreed = False
         self._warned: set[str] = set()
         self._lr_logged: Any = None  # the learning rate last recorded for the user (see _record_lr)
         self._lr_held: ScalarRecord | None = None
@@ -147,13 +164,32 @@ class Monitor:
 
     @property
     def should_stop(self) -> bool:
-        """True once a stop was asked for (:meth:`stop`); the loop should break."""
-        return self._stop is not None
+        """True once a stop was asked for (:meth:`stop`, the dashboard, the early-stopping
+        policy or a flag it stops on; :attr:`stop_reason` says which): the loop should
+        break. In a distributed run, true on every rank at the same step (see
+        :mod:`trainer_hooks.agreement`). With ``restore_best_weights`` the best weights are
+        back in the model when this first reads true."""
+        stopping = self._agreed if self._agreement is not None else self._stop is not None
+        if stopping:
+            self._restore_best_weights()
+        return stopping
 
     def stop(self, reason: str = "stopped by the user", by: str = "user") -> None:
-        if self._stop is None:
-            self._stop = Status(RunState.STOPPING, reason, by)
-            self._emit(Kind.STATUS, self._stop)
+        """Ask the run to stop; ``by`` names who asks (``"dashboard"`` for the button)."""
+        cause = StopCause.DASHBOARD if by == "dashboard" else StopCause.USER
+        self._request_stop(StopReason(cause, reason, self._step), by)
+
+    def _request_stop(self, reason: StopReason, by: str | None = None) -> None:
+        """The one path of every stop: the first reason wins and is recorded as a
+        ``stopping`` status (``by``: the cause, or the caller's own label for a user stop)."""
+        with self._stop_lock:
+            if self._stop is not None:
+                return
+            self.stop_reason = reason
+            self._stop = Status(RunState.STOPPING, reason.message, by or reason.cause.value)
+        print(f"babysit: stopping run {self.run_id} at step {reason.step} ({reason.cause.value}): {reason.message}",
+              file=sys.stderr, flush=True)
+        self._put(EventRecord(reason.step, time.time(), Kind.STATUS, self._stop))
 
     def add_flag(self, flag: Flag, step: int | None = None) -> None:
         """Record a diagnosis (at ``step``, default the current one): kept in :attr:`flags`,
@@ -167,6 +203,10 @@ class Monitor:
         print(f"babysit: {flag.severity.value} {flag.kind}{where} at step {step}: {flag.message}",
               file=sys.stderr, flush=True)
         self._put(EventRecord(step, time.time(), Kind.FLAG, flag))  # never waits: this may be the writer
+        if self.early_stopping is not None:
+            reason = self.early_stopping.update_flag(flag, step)
+            if reason is not None:
+                self._request_stop(reason)
 
     def log(self, **scalars: Any) -> None:
         """Record loss and metrics for the current step; tensors are read later, off this thread.
@@ -189,8 +229,29 @@ class Monitor:
             not n.startswith("val_") and n not in POSITION_SCALARS for n in values)
         step = self._step if advances or self._forward_step is None else self._forward_step
         self._put(ScalarRecord(step, time.time(), values))
+        if self.early_stopping is not None and self.early_stopping.monitor in values:
+            self._evaluate(step, values[self.early_stopping.monitor])
         if advances:
             self._end_step()
+
+    def _evaluate(self, step: int, value) -> None:
+        """One evaluation of the early-stopping metric, decided at once on this thread (a
+        tensor is read here: once per evaluation, not per step). A new best is copied to
+        the CPU when weights are to be restored: once per improvement, off the step path."""
+        reason = self.early_stopping.update_metric(step, float(value))
+        if reason is not None:
+            self._request_stop(reason)
+        elif self.early_stopping.restore_best_weights and self.early_stopping.improved_last:
+            self._best_weights = {name: t.detach().to("cpu", copy=True)
+                                  for name, t in self.model.state_dict().items()}
+
+    def _restore_best_weights(self) -> None:
+        if self._best_weights is None or self._restored:
+            return
+        self._restored = True
+        self.model.load_state_dict(self._best_weights)
+        print(f"babysit: restored the weights of step {self.early_stopping.best_step} "
+              f"({self.early_stopping.monitor} {self.early_stopping.best:.4g})", file=sys.stderr, flush=True)
 
     def close(self, state: RunState | str | None = None, reason: str = "") -> None:
         """Remove every hook, record how the run ended, and write out everything pending."""
@@ -202,8 +263,12 @@ class Monitor:
         _watched.pop(self.model, None)
         self._finish_capture()
         self._record_lr()  # hand over the one held back
+        if self._agreement is not None:
+            self._agreement.finish()  # every rank launched the round in flight: complete it
+        if self._stop is not None:
+            self._restore_best_weights()
         if state is None:
-            state = RunState.STOPPED if self._stop is not None else RunState.FINISHED
+            state = self.stop_reason.end_state if self.stop_reason is not None else RunState.FINISHED
         state = RunState(state)
         reason = reason or (self._stop.reason if self._stop is not None else "")
         by = self._stop.by if self._stop is not None else ""
@@ -258,10 +323,23 @@ class Monitor:
     def _end_step(self) -> None:
         now = time.perf_counter()
         self._record_lr()
+        if self._capture is not None and self.early_stopping is not None and self.early_stopping.stop_on:
+            # A sampled step: let the detectors see every earlier record (the losses logged
+            # since the last sample), so a flag to stop on stops within one sampled step.
+            self._writer.flush(STOP_CHECK_SECONDS)
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
         self._step += 1
+        if self._agreement is not None and self._agreement.due(self._step):
+            self._agree()
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
+
+    def _agree(self) -> None:
+        """A round of the ranks' stop agreement; a stop another rank asked for becomes ours."""
+        if self._agreement.exchange(self._stop is not None) and not self._agreed:
+            self._request_stop(StopReason(StopCause.PEER, "another rank of this distributed run asked to stop",
+                                          self._step))
+            self._agreed = True
 
     def _diagnose(self, events) -> None:
         """The writer thread's listener: run the detectors over what it just stored."""
@@ -329,11 +407,13 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
     dashboard from this process on a free port of 127.0.0.1 and print the run's URL; it
     stores into ``logdir`` and lives as long as the process), ``detectors`` (what diagnoses
     the run as it goes: None, the default set of ``monitor.detectors``; ``[]``, none),
-    ``sample_size``,
-    ``dead_window``, ``filters_every``. Unknown options are errors.
+    ``early_stopping`` (a :class:`monitor.EarlyStopping` policy: ``mon.should_stop`` turns
+    true when it says so), ``agree_every`` (steps between two rounds of the ranks' stop
+    agreement in a distributed run), ``sample_size``, ``dead_window``, ``filters_every``.
+    Unknown options are errors.
     """
     known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every",
-             "server", "token", "dashboard", "detectors"}
+             "server", "token", "dashboard", "detectors", "early_stopping", "agree_every"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"watch: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")

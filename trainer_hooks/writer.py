@@ -93,6 +93,8 @@ class Writer:
         self._captures_done = 0
         self._stopping = False
         self._wake = threading.Event()
+        self._progress = threading.Condition()  # notified whenever records are done
+        self._finished = False
         self._capture_seconds: deque[float] = deque(maxlen=CAPTURE_COSTS_KEPT)
         self._thread = threading.Thread(target=self._loop, name=f"babysit-writer-{run}", daemon=True)
         self._thread.start()
@@ -113,12 +115,13 @@ class Writer:
         return True
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything put so far is committed (or ``timeout`` passes)."""
+        """Wait until everything put so far is committed and its listener (the detectors)
+        has run, or ``timeout`` passes."""
         target = self._accepted
-        deadline = time.monotonic() + timeout
-        while self._done < target and time.monotonic() < deadline and self._thread.is_alive():
-            self._wake.set()
-            time.sleep(0.005)
+        self._wake.set()
+        with self._progress:
+            self._progress.wait_for(lambda: self._done >= target or self._finished or not self._thread.is_alive(),
+                                    timeout)
         return self._done >= target
 
     def close(self, timeout: float = 60.0) -> None:
@@ -147,8 +150,13 @@ class Writer:
                 self._commit(batch)
                 self.cpu_seconds += time.thread_time() - started
                 self._captures_done += sum(isinstance(r, CaptureRecord) for r in records)  # stored or failed
-                self._done += len(records)
+                with self._progress:
+                    self._done += len(records)
+                    self._progress.notify_all()
             if stopping:
+                with self._progress:
+                    self._finished = True  # a flush waiting on a writer that ends returns now
+                    self._progress.notify_all()
                 return
 
     def _to_events(self, records: list) -> tuple[list[Event], list[str]]:

@@ -1,0 +1,128 @@
+"""Update ratio: the weights change far too little, or far too much, at each step.
+
+Heuristic (CS231n, "ratio of weights:updates"): the norm of an optimizer step over the
+norm of the weights it changes should be somewhere around 1e-3. Much lower, the learning
+rate is probably too low; much higher, too high. The hooks measure it per parameter at
+each sampled step (``update_ratio`` = ||w_after - w_before|| / ||w_before||); this rule
+judges the median over the weight tensors, leaving out biases and normalisation layers
+(their small norms give large ratios that say nothing of the learning rate), so one
+layer cannot decide for the network, and flags it when it stays out of band for
+``window`` samples in a row (early training is expected to move fast).
+
+The band is two orders of magnitude either side of 1e-3. Healthy runs measured: the demo
+CNN with SGD+momentum runs at 4e-2 in its first epoch and falls to 1e-4 as it converges;
+with Adam 1e-3 to 2e-2. A converged network takes tiny steps because its gradients are
+tiny, not because its learning rate is low, so the "too low" side only counts while the
+smoothed training loss is still above ``stuck_level`` of its first value (when no loss is
+logged, the ratio alone decides).
+
+Rules, each direction flagged once per run (warning):
+
+* too low: the median ratio stays below ``low`` (1e-5) for ``window`` samples while the
+  loss has not come down (the demo at ``lr=1e-6``: 2e-6);
+* too high: the median ratio stays above ``high`` (1e-1) for ``window`` samples.
+
+Sample flag: ``update_ratio (warning) at step 20: weights change 2.4e-06 of their norm per
+step (median over 4 weight tensors, 5 samples in a row), far below ~1e-3: the learning
+rate is probably too low``.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from monitor.detectors.plateau import SmoothedLoss, is_count, require
+from monitor.events import Event, Flag, Kind, Severity, Signal, TensorSummary
+
+KIND = "update_ratio"
+#: The ratio CS231n calls healthy, for the messages.
+TARGET = 1e-3
+#: Median update/weight ratio below which steps are too small (two orders of magnitude under 1e-3).
+LOW = 1e-5
+#: Median update/weight ratio above which steps are too large (two orders of magnitude over 1e-3).
+HIGH = 1e-1
+#: Sampled steps in a row the median must stay out of band.
+WINDOW = 5
+#: "Too low" counts only while the smoothed loss is above this fraction of its first value.
+STUCK_LEVEL = 0.5
+
+ADVICE_LOW = ("The learning rate is probably too low: raise it (about 10x at a time; search it on a log scale "
+              "with short runs). If a higher rate does not move the weights either, the gradients are not "
+              "reaching them: look for dead ReLUs, vanishing gradients or frozen layers.")
+ADVICE_HIGH = ("The learning rate is probably too high: lower it (about 10x; search it on a log scale with short "
+               "runs), add a warm-up, or clip gradients (torch.nn.utils.clip_grad_norm_). With AdamW, a strong "
+               "weight decay also keeps this ratio high.")
+
+_NORMS = ("Norm",)  # BatchNorm*, LayerNorm, GroupNorm, InstanceNorm*, RMSNorm...
+
+
+def is_weight(summary: TensorSummary) -> bool:
+    """A parameter-gradient summary of a weight tensor (not a bias, not a normalisation layer)."""
+    return (summary.signal is Signal.PARAM_GRAD and summary.layer.rpartition(".")[2] == "weight"
+            and not any(word in summary.module for word in _NORMS))
+
+
+@dataclass
+class UpdateRatio:
+    """``update(event) -> list[Flag]`` over parameter statistics and the loss; see the module."""
+
+    low: float = LOW
+    high: float = HIGH
+    window: int = WINDOW
+    stuck_level: float = STUCK_LEVEL
+    scalar: str = "loss"
+    _loss: SmoothedLoss = field(default_factory=SmoothedLoss)
+    _streak: dict[str, deque] = field(init=False)  # the medians of the current run out of band, per side
+    _count: dict[str, int] = field(default_factory=lambda: {"low": 0, "high": 0})
+    _fired: set[str] = field(default_factory=set)
+
+    def __post_init__(self):
+        require("low", self.low, lambda v: 0 < v < TARGET, f"a ratio in (0, {TARGET:g})")
+        require("high", self.high, lambda v: TARGET < v < math.inf, f"a finite ratio above {TARGET:g}")
+        require("window", self.window, is_count, "an integer >= 1 (samples)")
+        require("stuck_level", self.stuck_level, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+        self._streak = {"low": deque(maxlen=self.window), "high": deque(maxlen=self.window)}
+
+    def update(self, event: Event) -> list[Flag]:
+        if event.kind is Kind.SCALARS:
+            self._loss.add(event.data.values.get(self.scalar))
+            return []
+        if event.kind is not Kind.LAYER_STATS:
+            return []
+        ratios = {s.layer: s.update_ratio for s in event.data.summaries
+                  if is_weight(s) and s.update_ratio is not None and math.isfinite(s.update_ratio)}
+        if not ratios:
+            return []
+        median = statistics.median(ratios.values())
+        level = self._loss.level()
+        stuck = level is None or level >= self.stuck_level
+        flags = []
+        for direction, out in (("low", median < self.low and stuck), ("high", median > self.high)):
+            streak = self._streak[direction]
+            if not out:
+                streak.clear()
+                self._count[direction] = 0
+                continue
+            streak.append(median)
+            self._count[direction] += 1
+            if self._count[direction] >= self.window and direction not in self._fired:
+                self._fired.add(direction)
+                flags.append(self._flag(event, direction, median, ratios, level))
+        return flags
+
+    def _flag(self, event: Event, direction: str, median: float, ratios: dict[str, float],
+              level: float | None) -> Flag:
+        low = direction == "low"
+        bound = self.low if low else self.high
+        worst = (min if low else max)(ratios, key=ratios.get)
+        message = (f"weights change {median:.2g} of their norm per step (median over {len(ratios)} weight "
+                   f"tensors, {self._count[direction]} samples in a row), far "
+                   f"{'below' if low else 'above'} ~{TARGET:g}: the learning rate is probably too "
+                   f"{'low' if low else 'high'} (layer {worst} is at {ratios[worst]:.2g})")
+        return Flag(KIND, Severity.WARNING, message, ADVICE_LOW if low else ADVICE_HIGH,
+                    evidence={"direction": direction, "step": event.step, "median": median, "bound": bound,
+                              "target": TARGET, "window": self.window, "samples": self._count[direction],
+                              "recent_medians": list(self._streak[direction]), "extreme_layer": worst,
+                              "ratios": dict(ratios), "loss_level": level, "stuck_level": self.stuck_level})

@@ -1,0 +1,174 @@
+"""Vanishing gradient: the gradient dies out on its way back to the first layers.
+
+Heuristic (Glorot & Bengio 2010; CS231n, "activation/gradient distributions per layer"):
+in a deep stack of saturating units (sigmoid, tanh) or with too small an init, each layer
+multiplies the back-propagated gradient by less than one, so the early layers receive
+orders of magnitude less of it than the output layer and stop learning. The rule compares
+each layer's gradient to the output layer's at every sampled step, as the per-element
+RMS (``norm / sqrt(elements)``, the standard deviation Glorot & Bengio follow layer by
+layer, which does not grow with a layer's width). The default signal is ``output_grad``
+(d loss / d layer output, where the flow is read); ``param_grad`` reads the weights'
+gradients instead (biases and normalisation layers left out). A layer that feeds a
+normalisation layer is judged at that layer's output: BatchNorm makes it scale-free, so
+its own gradient shrinks as its weights grow, whatever the depth (the demo CNN under Adam
+at lr=0.1 takes its second convolution's to 1e-4 of the output's while it learns).
+
+Healthy runs measured: the demo CNN's layers sit between 1.5e-2 (a BatchNorm at init) and
+1 of the output layer's RMS, also after it has converged (all gradients shrink together);
+a 10-layer sigmoid MLP puts its first layer at 8e-9. A network that has learned has small
+gradients everywhere, so the absolute ``floor`` applies only while the smoothed loss is
+still above ``stuck_level`` of its first value (with no loss logged, it applies alone), and
+ratios are read only while the output layer's own RMS is above ``floor``.
+
+Rule, flagged once per run (warning): a layer's RMS gradient stays below ``min_ratio``
+times the output layer's (or below ``floor``) for ``window`` samples in a row. The flag
+names the earliest such layer (nearest the input, where the gradient is weakest) and
+lists them all in the evidence.
+
+Sample flag: ``vanishing_gradient (warning) at step 8: gradients vanish towards the input:
+layer 0 (Linear) gets 8.2e-09 of the output layer 18's gradient (RMS 1.1e-10 vs 1.3e-02),
+5 samples in a row; 7 layers below 1e-3: 0, 2, 4, 6, 8, 10, 12``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from monitor.detectors.plateau import SmoothedLoss, is_count, require
+from monitor.detectors.update_ratio import is_weight
+from monitor.events import Event, Flag, Kind, Severity, Signal
+
+KIND = "vanishing_gradient"
+#: A layer below this fraction of the output layer's RMS gradient is starved (three orders of magnitude).
+MIN_RATIO = 1e-3
+#: Per-element RMS gradient under which a layer gets essentially nothing, whatever the output gets.
+FLOOR = 1e-8
+#: Sampled steps in a row a layer must stay below before it is flagged.
+WINDOW = 5
+#: The absolute floor counts only while the smoothed loss is above this fraction of its first value.
+STUCK_LEVEL = 0.5
+SIGNALS = (Signal.OUTPUT_GRAD.value, Signal.PARAM_GRAD.value)
+_NORM = "Norm"  # in the class names of normalisation layers: BatchNorm2d, LayerNorm, GroupNorm...
+
+ADVICE = ("Use ReLU-family activations (ReLU, leaky ReLU, GELU) instead of sigmoid or tanh in deep stacks; "
+          "initialise with Kaiming init for ReLU or Xavier init for tanh; add BatchNorm (Linear/Conv - "
+          "BatchNorm - ReLU); add residual (skip) connections so the gradient has a short path to the first "
+          "layers. Gradients that are exactly 0 under ReLUs mean dead units: lower the learning rate.")
+
+
+@dataclass(frozen=True)
+class LayerGradient:
+    layer: str
+    module: str
+    rms: float  # per-element root mean square of the gradient (finite elements)
+
+
+def layer_gradients(event: Event, signal: str) -> list[LayerGradient]:
+    """The layers' gradients in forward order (the output layer last), from one ``layer_stats`` event.
+
+    Forward order comes from the activation summaries (recorded as the forward pass ran);
+    without them, output gradients are taken in reverse arrival order (backward runs from
+    the output) and parameter gradients in arrival order. Non-finite norms are skipped, and
+    so are layers that feed a normalisation layer: BatchNorm makes them scale-free, so the
+    gradient reaching them shrinks as their weights grow (1 / ||w||), whatever the depth; the
+    flow is read at the normalisation layer's output instead.
+    """
+    summaries = event.data.summaries
+    forward = [s for s in summaries if s.signal is Signal.ACTIVATION]
+    position = {s.layer: i for i, s in enumerate(forward)}
+    normalised = {a.layer for a, b in zip(forward, forward[1:]) if _NORM in b.module}
+    wanted = Signal(signal)
+    found = []
+    for i, s in enumerate(summaries):
+        if s.signal is not wanted or (wanted is Signal.PARAM_GRAD and not is_weight(s)):
+            continue
+        module = s.layer.rpartition(".")[0] if wanted is Signal.PARAM_GRAD else s.layer
+        if module in normalised:
+            continue
+        count = s.numel - s.nan - s.inf
+        if count <= 0 or not math.isfinite(s.norm):
+            continue
+        fallback = -i if wanted is Signal.OUTPUT_GRAD else i
+        key = (0, position[module]) if module in position else (1, fallback)
+        found.append((key, LayerGradient(s.layer, s.module, s.norm / math.sqrt(count))))
+    return [g for _, g in sorted(found, key=lambda pair: pair[0])]
+
+
+@dataclass
+class Streaks:
+    """Per layer, how many samples in a row a condition has held (a layer absent from a sample keeps its count)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def update(self, verdicts: dict[str, bool]) -> None:
+        for layer, out in verdicts.items():
+            self.counts[layer] = self.counts.get(layer, 0) + 1 if out else 0
+
+    def at_least(self, window: int) -> set[str]:
+        return {layer for layer, n in self.counts.items() if n >= window}
+
+
+def _fmt_layers(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@dataclass
+class VanishingGradient:
+    """``update(event) -> list[Flag]`` over layer gradients and the loss; see the module."""
+
+    min_ratio: float = MIN_RATIO
+    floor: float = FLOOR
+    window: int = WINDOW
+    stuck_level: float = STUCK_LEVEL
+    signal: str = Signal.OUTPUT_GRAD.value
+    scalar: str = "loss"
+    _loss: SmoothedLoss = field(default_factory=SmoothedLoss)
+    _streaks: Streaks = field(default_factory=Streaks)
+    _fired: bool = False
+
+    def __post_init__(self):
+        require("min_ratio", self.min_ratio, lambda v: 0 < v < 1, "a ratio in (0, 1)")
+        require("floor", self.floor, lambda v: 0 <= v < math.inf, "a finite RMS gradient >= 0")
+        require("window", self.window, is_count, "an integer >= 1 (samples)")
+        require("stuck_level", self.stuck_level, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+        require("signal", self.signal, lambda v: v in SIGNALS, f"one of {', '.join(SIGNALS)}")
+        self.signal = Signal(self.signal).value
+
+    def update(self, event: Event) -> list[Flag]:
+        if event.kind is Kind.SCALARS:
+            self._loss.add(event.data.values.get(self.scalar))
+            return []
+        if self._fired or event.kind is not Kind.LAYER_STATS:
+            return []
+        grads = layer_gradients(event, self.signal)
+        if not grads:
+            return []
+        output = grads[-1]
+        level = self._loss.level()
+        use_floor = level is None or level >= self.stuck_level
+        # the ratio of two negligible numbers says nothing: read it only when the output gets a gradient
+        ratio = {g.layer: g.rms / output.rms if output.rms > max(self.floor, 0.0) else None for g in grads}
+        self._streaks.update({g.layer: (g is not output and ratio[g.layer] is not None
+                                        and ratio[g.layer] < self.min_ratio)
+                              or (use_floor and g.rms < self.floor) for g in grads})
+        starved = self._streaks.at_least(self.window)
+        hits = [g for g in grads if g.layer in starved]
+        if not hits:
+            return []
+        self._fired = True
+        first = hits[0]
+        if ratio[first.layer] is not None:
+            where = (f"gets {ratio[first.layer]:.2g} of the output layer {output.layer}'s gradient "
+                     f"(RMS {first.rms:.2g} vs {output.rms:.2g})")
+        else:
+            where = f"has an RMS gradient of {first.rms:.2g}, below {self.floor:g}"
+        message = (f"gradients vanish towards the input: layer {first.layer} ({first.module}) {where}, "
+                   f"{self._streaks.counts[first.layer]} samples in a row; {len(hits)} layer"
+                   f"{'s' if len(hits) > 1 else ''} below {self.min_ratio:g} of the output layer's or "
+                   f"{self.floor:g}: {_fmt_layers([g.layer for g in hits])}")
+        return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=first.layer, evidence={
+            "step": event.step, "signal": self.signal, "output_layer": output.layer, "output_rms": output.rms,
+            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer]}
+                       for g in hits],
+            "min_ratio": self.min_ratio, "floor": self.floor, "floor_applied": use_floor,
+            "loss_level": level, "window": self.window})]

@@ -5,7 +5,9 @@ Two CPU workloads on 2 threads, SGD with momentum 0.9 and cross-entropy, batches
 and ``mlp`` (784 -> 512 five times with ReLU, -> 10). Each is timed in five configs:
 ``bare`` (no babysit); ``bare again`` (a second unwatched model: the noise floor);
 ``unsampled`` (watched, but only step 0 sampled: what every step pays for the hooks, the
-loss logging and the writer); ``auto`` (``watch(every=None)``, the default interval); and
+loss logging and the writer); ``auto`` (``watch(every=None)``, the default interval); ``auto+stopping`` (the same
+with an ``EarlyStopping()`` policy, whose stop on divergence makes each sampled step wait
+for the detectors to have seen the losses logged before it); and
 ``every=1`` (every statistic on every step). A step is zero_grad, forward, loss, backward,
 optimizer step and, when watched, ``mon.log(loss=loss)`` with the loss as a tensor.
 
@@ -50,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_hooks import watch
+from trainer_hooks import EarlyStopping, watch
 
 THREADS = 2  # the reference machine's core count; fixed so results compare across machines
 BATCH = 64
@@ -58,13 +60,13 @@ DEVICE = "cpu"  # --device: the reference figures are CPU; on a GPU the same wor
 WARMUP_STEPS = 60  # timed apart; covers lazy initialisation and the automatic schedule's calibration
 MEMORY_STEPS = 200  # steps each memory subprocess trains: several sampled steps at the default interval
 MEMORY_REPEATS = 3  # fresh processes per config; the median, as one process's peak varies by a few MiB
-CONFIGS = ("bare", "bare again", "unsampled", "auto", "every=1")
+CONFIGS = ("bare", "bare again", "unsampled", "auto", "auto+stopping", "every=1")
 INSTANCES = 3  # models per config, used in turn (see time_workload)
 #: ``bare again`` is a second unwatched model timed like the others: its ratio to bare,
 #: which should be 1, shows how far the machine's noise moves the figures.
 #: ``unsampled`` samples step 0 only: the cost of the hooks, the loss logging and the writer
 #: on the steps that are not sampled, which every interval pays on every step.
-EVERY = {"unsampled": 10**9, "auto": None, "every=1": 1}  # the watched configs
+EVERY = {"unsampled": 10**9, "auto": None, "auto+stopping": None, "every=1": 1}  # the watched configs
 
 
 def cnn() -> nn.Module:
@@ -144,8 +146,9 @@ def make_trainer(workload: str, config: str, logdir: str, seed: int = 0, instanc
     batches = [(torch.randn(BATCH, *shape).to(DEVICE), torch.randint(0, 10, (BATCH,)).to(DEVICE)) for _ in range(4)]
     mon = None
     if config in EVERY:
-        mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '')}-{instance}",
-                    config={"workload": workload}, every=EVERY[config], logdir=logdir)
+        mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '').replace('+', '-')}-{instance}",
+                    config={"workload": workload}, every=EVERY[config], logdir=logdir,
+                    early_stopping=EarlyStopping() if config.endswith("+stopping") else None)
     return Trainer(config, model, optimizer, batches, mon)
 
 

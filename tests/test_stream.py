@@ -125,6 +125,7 @@ def test_a_stop_from_the_dashboard_reaches_the_training_process(tmp_path):
                 steps += 1
                 time.sleep(0.05)
             assert mon.should_stop
+    assert mon.stop_reason.cause.value == "dashboard" and mon.stop_reason.message == "loss looks wrong"
     events = stored(tmp_path / "server", mon.run_id)
     statuses = [(e.data.state.value, e.data.by, e.data.reason) for e in events if e.kind.value == "status"]
     assert ("stopping", "dashboard", "loss looks wrong") in statuses

@@ -7,17 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer_hooks import watch
-from trainer_hooks.demo import DemoOptions, build_model, evaluate, load_digits_split, make_optimizer
+from trainer_hooks.demo import DemoOptions, evaluate, load_digits_split, make_optimizer, model_for
 
 
 def train_demo_cnn(logdir, detectors=None, *, epochs: int = 3, every: int = 2, **demo_options):
     """The demo's ConvNet on the digits (``DemoOptions`` fields change it: ``lr``,
-    ``init_bias``, ``normalize``, ``train_size``, ``optimizer``...), validation logged each
+    ``init_bias``, ``normalize``, ``train_size``, ``optimizer``, ``activation``, ``batchnorm``,
+    ``depth``, ``init_scale``, ``output_scale``...), validation logged each
     epoch. Returns the closed handle (``mon.flags``, ``mon.run_id``)."""
     options = DemoOptions(epochs=epochs, logdir=str(logdir), every=every, **demo_options)
     torch.manual_seed(options.seed)
     x_train, y_train, x_val, y_val = load_digits_split(options)
-    model = build_model(options.init_bias)
+    model = model_for(options)
     optimizer = make_optimizer(options, model)
     shuffle = torch.Generator().manual_seed(options.seed)
     with watch(model, optimizer, run="cnn", logdir=logdir, every=every, detectors=detectors) as mon:

@@ -9,7 +9,11 @@ training only. The options exist to provoke what babysitting is for:
 * ``init_bias=-5``: dead ReLUs (every unit before a ReLU starts far below zero);
 * ``train_size=100, epochs=60``: overfitting (the train loss falls to 1e-4 while the
   validation loss stops improving near 0.5 after a dozen epochs);
-* ``normalize=False``: raw 0..16 pixel values reach the first layer.
+* ``normalize=False``: raw 0..16 pixel values reach the first layer;
+* ``pathology=NAME`` picks the options that provoke one detector's flag (see
+  :data:`PATHOLOGIES`): the same as the options above, and model variants (``activation``
+  tanh or sigmoid, ``batchnorm=False``, a deeper classifier ``depth``, weights scaled by
+  ``init_scale``, the output layer's by ``output_scale``).
 
 The run is deterministic given ``seed``: the model is initialised from the seed before
 ``watch`` attaches, and batches are shuffled by a private generator, so whatever random
@@ -33,6 +37,15 @@ from monitor.validation import is_run_id
 from trainer_hooks import watch
 
 OPTIMIZERS = ("sgd", "adam")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+#: ``--pathology`` presets: the options that make the demo show each detector's flag.
+#: Every one is checked by tests/test_cli_demo.py against the flags the run raises.
+PATHOLOGIES: dict[str, dict] = {
+    "divergence": {"lr": 3.0},
+    "dead_relu": {"init_bias": -5.0},
+    "overfitting": {"train_size": 100, "epochs": 60},
+    "input_not_normalized": {"normalize": False},
+}
 VAL_SIZE = 360  # held-out images (a fifth of the 1797); fixed, so train_size only shrinks training
 TRAIN_MAX = 1797 - VAL_SIZE
 #: The demo's steps take about 1.5 ms on 2 CPU cores, so the automatic interval (0.5 % of
@@ -60,6 +73,11 @@ class DemoOptions:
     train_size: int | None = None
     init_bias: float | None = None
     normalize: bool = True
+    activation: str = "relu"
+    batchnorm: bool = True
+    depth: int = 1
+    init_scale: float = 1.0
+    output_scale: float = 1.0
     seed: int = 0
     every: int | None = DEMO_EVERY
     run: str = "digits-cnn"
@@ -68,6 +86,13 @@ class DemoOptions:
     step_delay: float = 0.0  # seconds of pause after each step, so a person can watch live
 
     def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.depth < 1:
+            raise ValueError(f"depth: expected at least 1 hidden layer, got {self.depth!r}")
+        for name in ("init_scale", "output_scale"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name}: expected a positive finite factor, got {getattr(self, name)!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr is None:
@@ -130,22 +155,43 @@ def load_digits_split(options: DemoOptions) -> tuple[torch.Tensor, torch.Tensor,
     return x_train, y_train, x_val, y_val
 
 
-def build_model(init_bias: float | None = None) -> nn.Sequential:
-    """Conv-BN-ReLU twice, max-pool, then a small two-layer classifier for 10 classes."""
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
-        nn.Linear(64, 10),
-    )
-    if init_bias is not None:
-        with torch.no_grad():
+def build_model(init_bias: float | None = None, *, activation: str = "relu", batchnorm: bool = True,
+                depth: int = 1, init_scale: float = 1.0, output_scale: float = 1.0) -> nn.Sequential:
+    """Conv-BN-ReLU twice, max-pool, then a small classifier for 10 classes (``depth``
+    hidden layers of 64). The keywords make the sick variants of ``PATHOLOGIES``."""
+    act = ACTIVATIONS[activation]
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if batchnorm else []), act()]
+
+    head: list[nn.Module] = []
+    for i in range(depth):
+        head += [nn.Linear(32 * 4 * 4 if i == 0 else 64, 64), act()]
+    model = nn.Sequential(*block(1, 16), *block(16, 32), nn.MaxPool2d(2), nn.Flatten(), *head, nn.Linear(64, 10))
+    with torch.no_grad():
+        if init_scale != 1.0:
+            for layer in model:
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    layer.weight.mul_(init_scale)
+        if output_scale != 1.0:
+            model[-1].weight.mul_(output_scale)
+        if init_bias is not None:
             for before, layer in zip(model, model[1:]):
-                if isinstance(layer, nn.ReLU) and getattr(before, "bias", None) is not None:
+                if isinstance(layer, act) and getattr(before, "bias", None) is not None:
                     before.bias.fill_(init_bias)
     return model
+
+
+def model_for(options: DemoOptions) -> nn.Sequential:
+    return build_model(options.init_bias, activation=options.activation, batchnorm=options.batchnorm,
+                       depth=options.depth, init_scale=options.init_scale, output_scale=options.output_scale)
+
+
+def with_pathology(name: str, **options) -> DemoOptions:
+    """The demo's options with a ``PATHOLOGIES`` preset applied (explicit ``options`` win)."""
+    if name not in PATHOLOGIES:
+        raise ValueError(f"pathology: expected one of {', '.join(PATHOLOGIES)}, got {name!r}")
+    return DemoOptions(**{**PATHOLOGIES[name], **options})
 
 
 def make_optimizer(options: DemoOptions, model: nn.Module) -> torch.optim.Optimizer:
@@ -170,7 +216,7 @@ def run_demo(options: DemoOptions = DemoOptions(), echo: Callable[[str], None] =
     """Train the demo ConvNet under ``watch``, print one line per epoch, and say where the run is."""
     torch.manual_seed(options.seed)
     x_train, y_train, x_val, y_val = load_digits_split(options)
-    model = build_model(options.init_bias)
+    model = model_for(options)
     optimizer = make_optimizer(options, model)
     shuffle = torch.Generator().manual_seed(options.seed)  # private: hooks may draw from the global one
     n = len(y_train)

@@ -129,11 +129,17 @@ def start_dashboard(logdir: str | Path = "runs", port: int = 0):
     ``babysit serve`` in a daemon thread of this process, on 127.0.0.1 (this machine only,
     so no token) and ``port`` (0: a free one). Returns a ``web.serving.RunningServer``
     (``.url``, ``.stop()``). Werkzeug's threaded server, not gunicorn: it runs inside the
-    training process, which must not fork or be monkey-patched."""
+    training process, which must not fork or be monkey-patched. Alert emails are configured
+    by the ``BABYSIT_*`` variables of ``babysit serve`` (docs/alerts.md); a bad one raises a
+    ValueError that names it."""
+    import os
+
+    from monitor.alert_config import alert_config
     from web.app import ServerConfig, create_app
     from web.serving import serve_in_thread
 
-    return serve_in_thread(create_app(ServerConfig(logdir=Path(logdir))), "127.0.0.1", port)
+    config = ServerConfig(logdir=Path(logdir), alerts=alert_config(None, os.environ))
+    return serve_in_thread(create_app(config), "127.0.0.1", port)
 
 
 # ----------------------------------------------------------------------------- export
@@ -234,7 +240,62 @@ def _add_serve(commands) -> None:
     p.add_argument("--token", default=None, help="shared secret for ingest and stop (default: $BABYSIT_TOKEN)")
     p.add_argument("--threads", type=int, default=64, metavar="N",
                    help="connections served at once: training processes, browser tabs (default: 64)")
+    _add_alert_options(p)
     p.set_defaults(func=_serve)
+
+
+def _add_alert_options(p) -> None:
+    """``babysit serve``'s alert email options; each falls back to its ``BABYSIT_*`` variable
+    (monitor.alert_config, docs/alerts.md). Defaults are None here so that a variable can fill in."""
+    from monitor import alert_config as ac
+
+    g = p.add_argument_group(
+        "alert emails", "Email flags and runs that diverge or crash (docs/alerts.md). Off until an SMTP host "
+        "and a recipient are given. Each option falls back to the variable named after it "
+        "(--smtp-host: BABYSIT_SMTP_HOST). The password is read from $BABYSIT_SMTP_PASSWORD only.")
+    g.add_argument("--smtp-host", metavar="HOST", help="the SMTP server")
+    g.add_argument("--smtp-port", type=int, metavar="N",
+                   help="its port (default: 587 for starttls, 465 for ssl, 25 for none)")
+    g.add_argument("--smtp-security", choices=ac.SECURITY_MODES,
+                   help="starttls (submission), ssl (implicit TLS) or none (a local relay) (default: starttls)")
+    g.add_argument("--smtp-user", metavar="USER", help="log in as USER, with the password from the environment")
+    g.add_argument("--smtp-password-env", metavar="VAR",
+                   help=f"the variable holding the password (default: {ac.PASSWORD_ENV})")
+    g.add_argument("--smtp-ca-file", metavar="PEM",
+                   help="trust these CA certificates instead of the system's (a relay with its own CA)")
+    g.add_argument("--smtp-timeout", type=float, metavar="S",
+                   help=f"seconds to wait for the SMTP server (default: {ac.SMTP_TIMEOUT:g})")
+    g.add_argument("--mail-from", metavar="ADDRESS", help="the sender (default: --smtp-user if it is an address)")
+    g.add_argument("--mail-to", action="append", metavar="ADDRESS",
+                   help="a recipient; repeat it or give a comma list")
+    g.add_argument("--alert-severity", choices=[s.value for s in ac.Severity],
+                   help=f"the least severe flag that is emailed (default: {ac.ALERT_SEVERITY.value})")
+    g.add_argument("--alert-on-end", action=argparse.BooleanOptionalAction, default=None,
+                   help="email when a run ends diverged or crashed (default: yes)")
+    g.add_argument("--alert-cooldown", type=float, metavar="S",
+                   help=f"seconds in which a repeat of the same run, kind and layer sends nothing "
+                        f"(default: {ac.ALERT_COOLDOWN:g})")
+    g.add_argument("--alert-gather", type=float, metavar="S",
+                   help=f"seconds an alert waits for others to share its email (default: {ac.ALERT_GATHER:g})")
+    g.add_argument("--alert-interval", type=float, metavar="S",
+                   help=f"seconds between two emails at least (default: {ac.ALERT_INTERVAL:g})")
+    g.add_argument("--alert-tries", type=int, metavar="N",
+                   help=f"tries per email while the SMTP server is unreachable or busy (default: {ac.ALERT_TRIES})")
+    g.add_argument("--alert-backoff", type=float, metavar="S",
+                   help=f"seconds before the second try, doubled for each next (default: {ac.ALERT_BACKOFF:g})")
+    g.add_argument("--public-url", metavar="URL",
+                   help="the dashboard's address in links, e.g. https://babysit.example.com (default: the address "
+                        "each training process reached this server at)")
+
+
+def _alerts(options: dict, environ) -> object:
+    """The alert config of a server (None: alerts off), or a CliError naming the option or variable."""
+    from monitor.alert_config import SETTINGS, alert_config
+
+    try:
+        return alert_config({k: options.get(k) for k in SETTINGS}, environ)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -243,14 +304,17 @@ def _serve(args: argparse.Namespace) -> int:
     from web.app import ServerConfig
     from web.production import serve
 
+    alerts = _alerts(vars(args), os.environ)
     try:
         config = ServerConfig(logdir=Path(args.logdir), host=args.host,
-                              token=args.token or os.environ.get("BABYSIT_TOKEN") or None)
+                              token=args.token or os.environ.get("BABYSIT_TOKEN") or None, alerts=alerts)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not 1 <= args.port <= 65535:
         raise CliError(f"--port: expected 1..65535, got {args.port}")
     print(f"babysit serve: http://{args.host}:{args.port}/  (runs in {config.logdir})", flush=True)
+    print(f"babysit serve: {alerts.describe()}" if alerts else
+          "babysit serve: no alert emails (give --smtp-host and --mail-to, see docs/alerts.md)", flush=True)
     serve(config, args.port, args.threads)
     return 0
 

@@ -8,7 +8,8 @@ event handler's return value), so an acknowledged event is never lost; a batch t
 already stored (a replay from the trainer's spool) is acknowledged again and stored
 nothing. A malformed batch gets ``{"ok": False, "error": ...}`` naming the problem and
 leaves the server as it was. After the commit the events go to the browsers that joined
-the run's room on ``/dashboard``.
+the run's room on ``/dashboard``, and to the alert policy (``monitor.mailer``: it decides
+under a lock and returns; emails are sent from its own thread, so the ack never waits).
 """
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ class IngestNamespace(Namespace):
             self.app.socketio.emit("events", {"run": run, "events": batch}, to=room(run), namespace="/dashboard")
         self.app.socketio.emit("runs_changed", {"runs": list(dict.fromkeys(e.run for e in events))},
                                to=INDEX_ROOM, namespace="/dashboard")
+        if stored and self.app.alerts is not None:  # a replay (stored == 0) was alerted on the first time
+            # the policy only: sending happens on the mailer's thread; the link defaults to the address
+            # this training process reached us at
+            self.app.alerts.observe(events, base_url=request.host_url)
         return {"ok": True, "stored": stored, "last_seq": max(event.seq for event in events)}
 
 

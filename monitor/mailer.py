@@ -99,22 +99,26 @@ def send_message(config: AlertConfig, message: EmailMessage) -> dict:
 
 
 class AlertMailer:
-    """The policy and its delivery thread, for one server. ``clock`` is monotonic seconds."""
+    """The policy and its delivery thread, for one server. ``send`` delivers one message
+    (default :func:`send_message`; a test may wrap it to time the tries)."""
 
-    def __init__(self, config: AlertConfig, *, clock: Callable[[], float] = time.monotonic,
-                 send: Callable[[AlertConfig, EmailMessage], dict] = send_message):
+    def __init__(self, config: AlertConfig, *, send: Callable[[AlertConfig, EmailMessage], dict] = send_message):
         self.config = config
         self.alerter = Alerter(config)
         self.sent = 0  # emails delivered
         self.failed = 0  # emails given up on
         self.tries = 0  # connection attempts, successful or not
-        self._clock = clock
+        self._clock = time.monotonic  # the policy's clock, and the one the waits use
         self._send = send
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._sending = False
         self._flush = False  # send what waits now, without the gather delay
         self._closing = False
+        # At exit, send what waits. Registered now, before a training process in which this
+        # server runs registers its own close (atexit runs last-in first-out): the run's end
+        # reaches us first, and its email goes out with the rest.
+        atexit.register(self.close)
 
     def observe(self, events: Iterable[Event], base_url: str | None = None) -> None:
         """Apply the policy to a stored batch; wake the thread if that queued an alert. Never raises."""
@@ -164,7 +168,6 @@ class AlertMailer:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="babysit-alerts", daemon=True)
             self._thread.start()
-            atexit.register(self.close)
 
     def _loop(self) -> None:
         while True:

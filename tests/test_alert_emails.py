@@ -11,6 +11,7 @@ import email.policy
 import ipaddress
 import logging
 import math
+import re
 import socket
 import ssl
 import threading
@@ -394,3 +395,93 @@ def test_the_in_process_dashboard_reads_the_variables_and_emails_a_crash(tmp_pat
             mon.dashboard._app.alerts.close(5)
     assert message["Subject"] == f"[babysit] run {mon.run_id} crashed after 1 steps: ValueError: bad batch"
     assert f"Run page: {mon.dashboard_url}" in message.get_body(("plain",)).get_content()
+
+
+# ------------------------------------------------------------- whole processes
+
+CRASHING_SCRIPT = """
+import torch
+from torch import nn
+from trainer_hooks import watch
+
+with watch(nn.Linear(4, 1), run="exits", logdir={logdir!r}, dashboard=True) as mon:
+    mon.log(loss=1.0)
+    raise SystemExit("the data loader died")
+"""
+
+
+def test_a_training_process_that_crashes_sends_the_email_of_its_own_dashboard_before_it_exits(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    with smtp_server() as (port, inbox):
+        environ = {**os.environ, "BABYSIT_SMTP_HOST": "127.0.0.1", "BABYSIT_SMTP_PORT": str(port),
+                   "BABYSIT_SMTP_SECURITY": "none", "BABYSIT_MAIL_TO": "ops@example.com",
+                   "BABYSIT_MAIL_FROM": "babysit@example.com", "BABYSIT_ALERT_GATHER": "600"}  # exit does not wait
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", CRASHING_SCRIPT.format(logdir=str(tmp_path))], env=environ,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "the data loader died" in done.stderr, done.stderr
+        (message,) = inbox.wait(1, timeout=1)  # sent before the process ended
+    assert time.monotonic() - started < 60
+    assert re.fullmatch(r"\[babysit\] run exits-[-\w]+ crashed after 1 steps: SystemExit: the data loader died",
+                        message["Subject"]), message["Subject"]
+
+
+def test_babysit_serve_emails_with_its_options(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    web_port = free_port()
+    url = f"http://127.0.0.1:{web_port}"
+    with smtp_server() as (port, inbox):
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "serve", "--port", str(web_port), "--logdir", str(tmp_path),
+             "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--smtp-security", "none",
+             "--mail-from", "babysit@example.com", "--mail-to", "ops@example.com,ml@example.com",
+             "--alert-gather", "0.05", "--public-url", "https://babysit.example.com/"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/api/runs", timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and serve.poll() is None, "babysit serve did not start"
+                    time.sleep(0.1)
+            client = socketio.Client()
+            client.connect(url, namespaces=["/ingest"], transports=["websocket"], wait_timeout=5)
+            try:
+                assert client.call("batch", codec.dumps([flag_event("served").to_dict()]), namespace="/ingest",
+                                   timeout=5)["ok"]
+                (message,) = inbox.wait(1)
+            finally:
+                client.disconnect()
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            output = serve.communicate(timeout=20)[0]
+    assert "alert emails (critical flags and runs that diverge or crash) to ops@example.com, ml@example.com " \
+           f"via 127.0.0.1:{port} (none)" in output
+    assert message["To"] == "ops@example.com, ml@example.com"
+    assert "Run page: https://babysit.example.com/runs/served" in message.get_body(("plain",)).get_content()
+
+
+def test_a_failure_that_quotes_the_password_is_logged_without_it(caplog):
+    plain = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+
+    def echoing(config, message):  # a server (or library) that echoes what it was sent
+        raise OSError(f"451 could not check AUTH PLAIN {plain} for {USER}:{PASSWORD}")
+
+    m = AlertMailer(settings(free_port(), smtp_security="starttls", smtp_user=USER, smtp_password=PASSWORD,
+                             alert_tries=2, alert_backoff=0.01), send=echoing)
+    try:
+        m.observe([flag_event()])
+        assert m.flush(5)
+    finally:
+        m.close(1)
+    assert m.failed == 1 and f"AUTH PLAIN *** for {USER}:***" in caplog.text
+    assert PASSWORD not in caplog.text and plain not in caplog.text

@@ -220,5 +220,6 @@ def _check_text(name: str, value: Any, expected: str) -> None:
 def _check_address(name: str, value: Any) -> None:
     """``user@domain`` or ``Name <user@domain>``, one line (a newline would inject headers)."""
     _check_text(name, value, "an email address")
-    if "," in value or ";" in value or not _ADDRESS.fullmatch(parseaddr(value)[1] or "") or ("<" in value) != value.rstrip().endswith(">"):
+    one = "," not in value and ";" not in value and ("<" in value) == value.rstrip().endswith(">")
+    if not one or not _ADDRESS.fullmatch(parseaddr(value)[1] or ""):
         raise ValueError(f"{name}: expected an email address like ops@example.com, got {value!r}")

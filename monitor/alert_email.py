@@ -50,7 +50,8 @@ def _single(alert: Alert) -> EmailContent:
         subject = f"{PREFIX} {alert.message}"
         intro = f"Run {alert.run} ended abnormally."
     else:
-        subject = f"{PREFIX} {alert.severity.value} {alert.kind} in run {alert.run} at step {alert.step}: {alert.message}"
+        subject = (f"{PREFIX} {alert.severity.value} {alert.kind} in run {alert.run} at step {alert.step}: "
+                   f"{alert.message}")
         intro = f"babysit flagged run {alert.run}."
     text = "\n".join([intro, "", *_text_block(alert), "", "-- babysit (alert emails: see docs/alerts.md)", ""])
     body = f"<p>{_e(intro)}</p>\n{_html_block(alert)}"

@@ -151,7 +151,8 @@ def test_a_digest_lists_each_alert_in_full_and_the_rest_in_a_line():
     alerter.observe([flag(layer=f"l{i}", seq=i) for i in range(DIGEST_DETAILED + 3)]
                     + [status(run="r2", state="crashed", reason="boom")], now=0.0, base_url=BASE)
     content = compose(*alerter.take(now=1e3))
-    assert content.subject == f"[babysit] {DIGEST_DETAILED + 4} alerts in 2 runs: divergence x{DIGEST_DETAILED + 3}, run ended"
+    assert content.subject == (f"[babysit] {DIGEST_DETAILED + 4} alerts in 2 runs: "
+                               f"divergence x{DIGEST_DETAILED + 3}, run ended")
     assert f"{DIGEST_DETAILED}. run r1: critical divergence, layer l{DIGEST_DETAILED - 1} at step" in content.text
     assert f"- run r1: critical divergence, layer l{DIGEST_DETAILED} at step" in content.text
     assert "- run r2 ended: crashed: run r2 crashed after 20 steps: boom" in content.text

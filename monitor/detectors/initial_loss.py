@@ -48,10 +48,11 @@ SPREAD_SLACK = 2.0
 
 ADVICE = ("At initialisation a classifier should be unsure of every class, so its cross-entropy starts at about "
           "ln(C) (CS231n: look for correct loss at chance performance). A much higher first loss means the "
-          "outputs start large and confidently wrong. Normalise the inputs (zero mean, unit variance); initialise the last layer small (PyTorch's default or "
-          "Xavier init with a zero bias, or scale its weights down by 10-100x) and the other layers with "
-          "Xavier/Kaiming, not N(0, 1); check that the loss is cross-entropy on logits with reduction='mean' "
-          "and that the labels are class indices 0..C-1 matching the output size.")
+          "outputs start large and confidently wrong. Normalise the inputs (zero mean, unit variance); "
+          "initialise the last layer small (PyTorch's default or Xavier init with a zero bias, or scale its "
+          "weights down by 10-100x) and the other layers with Xavier/Kaiming, not N(0, 1); check that the loss "
+          "is cross-entropy on logits with reduction='mean' and that the labels are class indices 0..C-1 "
+          "matching the output size.")
 
 
 @dataclass

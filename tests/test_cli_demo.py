@@ -187,11 +187,21 @@ def test_the_demo_is_deterministic_given_the_seed(tmp_path):
     assert first.run_id != second.run_id
 
 
-def test_the_demo_keeps_going_through_a_nan_loss_and_stores_it(tmp_path):
-    result = quiet_demo(tmp_path, lr=1e12, epochs=2, train_size=320)  # NaN from the third step on
+def test_without_early_stopping_the_demo_keeps_going_through_a_nan_loss_and_stores_it(tmp_path):
+    result = quiet_demo(tmp_path, lr=1e12, epochs=2, train_size=320, patience=None)  # NaN from the third step on
     assert math.isnan(result.train_loss) and result.epochs == 2
     loss = load_run(result.run_id, tmp_path).series("loss")
     assert len(loss) == result.steps and loss.isna().any()
+
+
+def test_the_demo_stops_a_diverging_run_at_the_next_sampled_step_and_ends_it_diverged(tmp_path):
+    lines = []
+    from trainer_hooks.demo import DemoOptions, run_demo
+
+    result = run_demo(DemoOptions(logdir=str(tmp_path), lr=1e12, epochs=3, every=5), echo=lines.append)
+    assert result.stopped_early and result.epochs == 1 and result.steps <= 10
+    assert any(line.startswith("stopping early after") and "divergence" in line for line in lines)
+    assert RunStore(tmp_path).runs()[0].status == "diverged"
 
 
 def test_the_demo_stops_early_when_babysit_asks(tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monitor.validation import is_run_id
-from trainer_hooks import watch
+from trainer_hooks import EarlyStopping, watch
 
 OPTIMIZERS = ("sgd", "adam")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -52,7 +52,9 @@ TRAIN_MAX = 1797 - VAL_SIZE
 #: step time as measured) would sample a handful of its 360 steps; every 5th step gives the charts a picture
 #: of every epoch for about 0.6 s more in all.
 DEMO_EVERY = 5
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}  # both reach about 98 % validation accuracy in 8 epochs
+DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
+#: Epochs without a better validation loss before the demo stops (and puts the best weights back).
+DEMO_PATIENCE = 5  # both reach about 98 % validation accuracy in 8 epochs
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class DemoOptions:
     init_scale: float = 1.0
     output_scale: float = 1.0
     seed: int = 0
+    patience: int | None = DEMO_PATIENCE  # early stopping on val_loss (restoring the best weights); None: off
     every: int | None = DEMO_EVERY
     run: str = "digits-cnn"
     logdir: str = "runs"
@@ -113,6 +116,8 @@ class DemoOptions:
                              f"with a letter or digit, got {self.run!r}")
         if not (self.step_delay >= 0 and math.isfinite(self.step_delay)):
             raise ValueError(f"step_delay: expected seconds >= 0, got {self.step_delay!r}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience: expected epochs >= 0 (or None: no early stopping), got {self.patience!r}")
         if self.every is not None and self.every < 1:
             raise ValueError(f"every: expected a sampling interval of at least 1 step, "
                              f"got {self.every!r}")
@@ -228,8 +233,10 @@ def run_demo(options: DemoOptions = DemoOptions(), echo: Callable[[str], None] =
     epochs_run = 0
     config = {**asdict(options), "model": "digits-cnn", "train_images": n, "val_images": len(y_val)}
     config = {k: v for k, v in config.items() if k not in ("server", "logdir")}
+    stopping = (None if options.patience is None
+                else EarlyStopping("val_loss", patience=options.patience, restore_best_weights=True))
     with watch(model, optimizer, run=options.run, config=config, every=options.every,
-               logdir=options.logdir, server=options.server) as mon:
+               logdir=options.logdir, server=options.server, early_stopping=stopping) as mon:
         if mon.dashboard_url:
             echo(f"watch it live: {mon.dashboard_url}")
         for epoch in range(1, options.epochs + 1):
@@ -257,7 +264,7 @@ def run_demo(options: DemoOptions = DemoOptions(), echo: Callable[[str], None] =
             echo(f"epoch {epoch:3d}/{options.epochs}  train loss {_num(train_loss)}  val loss {_num(val_loss)}  "
                  f"val acc {val_acc:6.1%}  {rate:5.0f} steps/s{note}")
             if mon.should_stop:
-                echo(f"stopping early after {mon.step} steps: babysit asked to stop")
+                echo(f"stopping early after {mon.step} steps: {mon.stop_reason.message}")
                 break
         stopped_early = bool(mon.should_stop)
     store_path = Path(mon.store_path) if mon.store_path else Path(options.logdir) / "babysit.sqlite3"

@@ -24,9 +24,9 @@ times the output layer's (or above ``ceiling``) for ``window`` samples in a row.
 names the earliest such layer (nearest the input, where the gradient is largest) and lists
 them all in the evidence.
 
-Sample flag: ``exploding_gradient (warning) at step 8: gradients grow towards the input:
-layer 0 (Linear) gets 3.9e+03 times the output layer 22's gradient (RMS 66 vs 0.017),
-5 samples in a row; 2 layers above 1e3: 0, 2``.
+Sample flag: ``exploding_gradient (warning) at step 8: gradients explode: layer 0 (Linear)
+gets 4.2e+03 times the output layer 22's gradient (RMS 80 vs 0.019), 5 samples in a row;
+2 layers above 1000 times the output layer's or 1e+06: 0, 2``.
 """
 from __future__ import annotations
 
@@ -79,26 +79,27 @@ class ExplodingGradient:
         output = grads[-1]
         # a converged network's output gradient is tiny: ratios to it would only measure noise
         ratio = {g.layer: g.rms / output.rms if output.rms > self.min_output else None for g in grads}
-        self._streaks.update({g.layer: (ratio[g.layer] is not None and ratio[g.layer] > self.max_ratio)
-                              or g.rms > self.ceiling for g in grads})
+        why = {g.layer: "ratio" if ratio[g.layer] is not None and ratio[g.layer] > self.max_ratio
+               else "ceiling" if g.rms > self.ceiling else None for g in grads}
+        self._streaks.update({layer: reason is not None for layer, reason in why.items()})
         blown = self._streaks.at_least(self.window)
         hits = [g for g in grads if g.layer in blown]
         if not hits:
             return []
         self._fired = True
         first = hits[0]
-        if ratio[first.layer] is not None:
+        if why[first.layer] == "ratio":
             where = (f"gets {ratio[first.layer]:.2g} times the output layer {output.layer}'s gradient "
                      f"(RMS {first.rms:.2g} vs {output.rms:.2g})")
         else:
-            where = f"has an RMS gradient of {first.rms:.2g}, above {self.ceiling:g}"
-        message = (f"gradients grow towards the input: layer {first.layer} ({first.module}) {where}, "
+            where = f"has an RMS gradient of {first.rms:.2g}, above the ceiling {self.ceiling:g}"
+        message = (f"gradients explode: layer {first.layer} ({first.module}) {where}, "
                    f"{self._streaks.counts[first.layer]} samples in a row; {len(hits)} layer"
                    f"{'s' if len(hits) > 1 else ''} above {self.max_ratio:g} times the output layer's or "
                    f"{self.ceiling:g}: {_fmt_layers([g.layer for g in hits])}")
         return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=first.layer, evidence={
             "step": event.step, "signal": self.signal, "output_layer": output.layer, "output_rms": output.rms,
-            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer]}
-                       for g in hits],
+            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer],
+                        "why": why[g.layer]} for g in hits],
             "max_ratio": self.max_ratio, "ceiling": self.ceiling, "min_output": self.min_output,
             "window": self.window})]

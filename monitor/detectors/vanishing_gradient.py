@@ -25,9 +25,9 @@ times the output layer's (or below ``floor``) for ``window`` samples in a row. T
 names the earliest such layer (nearest the input, where the gradient is weakest) and
 lists them all in the evidence.
 
-Sample flag: ``vanishing_gradient (warning) at step 8: gradients vanish towards the input:
-layer 0 (Linear) gets 8.2e-09 of the output layer 18's gradient (RMS 1.1e-10 vs 1.3e-02),
-5 samples in a row; 7 layers below 1e-3: 0, 2, 4, 6, 8, 10, 12``.
+Sample flag: ``vanishing_gradient (warning) at step 8: gradients vanish: layer 0 (Linear)
+gets 8.8e-09 of the output layer 18's gradient (RMS 1.2e-10 vs 0.014), 5 samples in a row;
+6 layers below 0.001 of the output layer's or 1e-08: 0, 2, 4, 6, 8, 10``.
 """
 from __future__ import annotations
 
@@ -147,28 +147,28 @@ class VanishingGradient:
         level = self._loss.level()
         use_floor = level is None or level >= self.stuck_level
         # the ratio of two negligible numbers says nothing: read it only when the output gets a gradient
-        ratio = {g.layer: g.rms / output.rms if output.rms > max(self.floor, 0.0) else None for g in grads}
-        self._streaks.update({g.layer: (g is not output and ratio[g.layer] is not None
-                                        and ratio[g.layer] < self.min_ratio)
-                              or (use_floor and g.rms < self.floor) for g in grads})
+        ratio = {g.layer: g.rms / output.rms if output.rms > self.floor else None for g in grads}
+        why = {g.layer: "ratio" if g is not output and ratio[g.layer] is not None and ratio[g.layer] < self.min_ratio
+               else "floor" if use_floor and g.rms < self.floor else None for g in grads}
+        self._streaks.update({layer: reason is not None for layer, reason in why.items()})
         starved = self._streaks.at_least(self.window)
         hits = [g for g in grads if g.layer in starved]
         if not hits:
             return []
         self._fired = True
         first = hits[0]
-        if ratio[first.layer] is not None:
+        if why[first.layer] == "ratio":
             where = (f"gets {ratio[first.layer]:.2g} of the output layer {output.layer}'s gradient "
                      f"(RMS {first.rms:.2g} vs {output.rms:.2g})")
         else:
-            where = f"has an RMS gradient of {first.rms:.2g}, below {self.floor:g}"
-        message = (f"gradients vanish towards the input: layer {first.layer} ({first.module}) {where}, "
+            where = f"has an RMS gradient of {first.rms:.2g}, below the floor {self.floor:g}, while the loss is high"
+        message = (f"gradients vanish: layer {first.layer} ({first.module}) {where}, "
                    f"{self._streaks.counts[first.layer]} samples in a row; {len(hits)} layer"
                    f"{'s' if len(hits) > 1 else ''} below {self.min_ratio:g} of the output layer's or "
                    f"{self.floor:g}: {_fmt_layers([g.layer for g in hits])}")
         return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=first.layer, evidence={
             "step": event.step, "signal": self.signal, "output_layer": output.layer, "output_rms": output.rms,
-            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer]}
-                       for g in hits],
+            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer],
+                        "why": why[g.layer]} for g in hits],
             "min_ratio": self.min_ratio, "floor": self.floor, "floor_applied": use_floor,
             "loss_level": level, "window": self.window})]

@@ -34,6 +34,11 @@ def growing_then(dead_counts, units=64, window=8):
                    *[relu(dead=d, units=units, window=window) for d in dead_counts])
 
 
+def all_dead(full=5, **overrides):
+    """A layer wholly dead from the first batch: the window grows to 8, then ``full`` more samples."""
+    return samples(*[relu(dead=64, window=w, **overrides) for w in range(1, 9)], *[relu(dead=64, **overrides)] * full)
+
+
 def test_a_layer_mostly_dead_over_full_windows_is_flagged_once_after_the_patience():
     events = samples(*[relu(dead=44, window=w) for w in range(1, 9)], *[relu(dead=44)] * 10)
     [flag] = flags_of(events)
@@ -83,13 +88,11 @@ def test_a_window_that_restarts_must_fill_again():
 
 @pytest.mark.parametrize("module", ["LeakyReLU", "GELU", "ELU", "Tanh", "Linear"])
 def test_activations_that_pass_negative_values_are_not_judged(module):
-    events = samples(*[relu(dead=64, module=module, window=w) for w in range(1, 9)], *[relu(dead=64, module=module)] * 5)
-    assert flags_of(events) == []
+    assert flags_of(all_dead(module=module)) == []
 
 
 def test_other_module_names_can_be_judged_as_relus():
-    events = samples(*[relu(dead=64, module="MyReLU", window=w) for w in range(1, 9)], *[relu(dead=64, module="MyReLU")] * 5)
-    assert [f.layer for f in flags_of(events, modules=("ReLU", "MyReLU"))] == ["9"]
+    assert [f.layer for f in flags_of(all_dead(module="MyReLU"), modules=("ReLU", "MyReLU"))] == ["9"]
 
 
 def test_a_window_smaller_than_min_window_is_not_enough_evidence():
@@ -99,9 +102,7 @@ def test_a_window_smaller_than_min_window_is_not_enough_evidence():
 
 
 def test_gradient_summaries_are_not_judged():
-    events = samples(*[relu(dead=64, signal="output_grad", window=w) for w in range(1, 9)],
-                     *[relu(dead=64, signal="output_grad")] * 5)
-    assert flags_of(events) == []
+    assert flags_of(all_dead(signal="output_grad")) == []
 
 
 @pytest.mark.parametrize("options", [

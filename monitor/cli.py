@@ -34,6 +34,10 @@ class _Parser(argparse.ArgumentParser):
 #: The served demo's pause per step: its 360 steps then take about 20 s instead of 2,
 #: long enough to open the page and watch the curves grow.
 DEMO_LIVE_STEP_DELAY = 0.05
+#: ``--pathology`` names: the keys of trainer_hooks.demo.PATHOLOGIES (which imports torch),
+#: kept equal by a test.
+DEMO_PATHOLOGIES = ("divergence", "dead_relu", "overfitting", "input_not_normalized", "saturation", "plateau",
+                    "update_ratio", "vanishing_gradient", "exploding_gradient", "initial_loss")
 
 def _add_demo(commands) -> None:
     # Defaults live in trainer_hooks.demo.DemoOptions (importing it would load torch);
@@ -43,12 +47,16 @@ def _add_demo(commands) -> None:
         "demo", help="train a small ConvNet on scikit-learn's digits, watched by babysit",
         description="Train a small ConvNet (conv, BatchNorm, ReLU) on scikit-learn's bundled 8x8 digits "
                     "for a few epochs with babysit watching, print one line per epoch, and say where the "
-                    "run is stored. Provoke a pathology to see what babysit records: --lr 3 (divergence), "
-                    "--init-bias -5 (dead ReLUs), --train-size 100 --epochs 60 (overfitting), "
-                    "--no-normalize (raw 0..16 pixels). The live dashboard is served on 127.0.0.1 while "
+                    "run is stored. Provoke a pathology to see what babysit flags: --pathology NAME picks "
+                    "the options (e.g. dead_relu is --init-bias -5, overfitting is --train-size 100 --epochs 60). "
+                    "It stops early when the validation loss stops improving (restoring the best weights) "
+                    "or the run diverges. The live dashboard is served on 127.0.0.1 while "
                     "it trains (the URL is printed) and stays up afterwards until Ctrl-C; the run is "
                     "stored under --logdir.",
         argument_default=argparse.SUPPRESS)
+    p.add_argument("--pathology", metavar="NAME",
+                   help=f"provoke one detector's flag: {', '.join(DEMO_PATHOLOGIES)}; options given "
+                        "as well win over the preset's (default: a healthy run)")
     p.add_argument("--lr", type=float, help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training images (default: 8)")
@@ -59,6 +67,11 @@ def _add_demo(commands) -> None:
                                                    "this value; -5 kills the ReLUs (default: PyTorch's init)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="feed raw pixel values instead of zero mean, unit variance (default: normalize)")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help="stop after N epochs without a better validation loss and restore the best weights "
+                        "(default: 5)")
+    p.add_argument("--no-early-stopping", dest="patience", action="store_const", const=None,
+                   help="train all epochs, even through a diverged loss (default: stop early)")
     p.add_argument("--seed", type=int, metavar="N", help="seed for the split, the initial weights and the batch order "
                                             "(default: 0)")
     p.add_argument("--every", type=_every, metavar="N", help="sample the layer statistics every N steps, or 'auto' "
@@ -87,17 +100,18 @@ def _every(text: str) -> int | None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from trainer_hooks.demo import DemoOptions, run_demo
+    from trainer_hooks.demo import DemoOptions, run_demo, with_pathology
 
     options = vars(args).copy()
     serve = options.pop("serve", True)
     port = options.pop("port", 0)
+    pathology = options.pop("pathology", None)
     for key in ("func", "command"):
         options.pop(key, None)
     if serve:
         options.setdefault("step_delay", DEMO_LIVE_STEP_DELAY)
     try:
-        demo_options = DemoOptions(**options)
+        demo_options = DemoOptions(**options) if pathology is None else with_pathology(pathology, **options)
     except ValueError as exc:  # DemoOptions names the field ("train_size: ..."); name the option
         field, _, rest = str(exc).partition(":")
         raise CliError(f"--{field.replace('_', '-')}:{rest}" if field in options or rest else str(exc)) from None
@@ -110,6 +124,8 @@ def _demo(args: argparse.Namespace) -> int:
         server = start_dashboard(demo_options.logdir, port)
     except OSError as exc:  # the port is taken
         raise CliError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a BABYSIT_* alert variable that cannot work: it is named
+        raise CliError(str(exc)) from None
     print(f"babysit demo: live dashboard at {server.url}/", flush=True)
     try:
         run_demo(replace(demo_options, server=server.url))

@@ -42,7 +42,7 @@ def flags_of(events, **options):
 
 
 def test_a_classifier_starting_far_above_chance_is_flagged_with_its_numbers():
-    [flag] = flags_of(events_of([25.0, 22.0, 18.0, 10.0, 5.0], spread=60.0))
+    [flag] = flags_of(events_of([25.0, 22.0, 18.0, 10.0, 5.0], spread=60.0), first_losses=3)
     assert flag.kind == "initial_loss" and flag.severity.value == "warning" and flag.layer == "4"
     assert flag.evidence["median"] == 22.0 and flag.evidence["classes"] == 4 and flag.evidence["inferred"]
     assert flag.evidence["ln_classes"] == pytest.approx(math.log(4)) and flag.evidence["steps"] == (0, 1, 2)
@@ -55,8 +55,14 @@ def test_a_classifier_starting_at_chance_is_not_flagged():
     assert flags_of(events_of([1.40, 1.37, 1.36, 1.2, 0.9])) == []
 
 
-def test_one_odd_first_batch_does_not_decide():
-    assert flags_of(events_of([30.0, 1.4, 1.38, 1.3], spread=60.0)) == []
+def test_with_several_first_losses_one_odd_first_batch_does_not_decide():
+    assert flags_of(events_of([30.0, 1.4, 1.38, 1.3], spread=60.0), first_losses=3) == []
+
+
+def test_by_default_the_loss_before_any_update_decides_not_what_the_first_updates_did():
+    # a last layer scaled 50x on the demo: 26 at step 0, then the learning rate blows it up
+    [flag] = flags_of(events_of([26.0, 1416.0, 436.0], spread=77.0))
+    assert flag.evidence["losses"] == (26.0,) and flag.evidence["step"] == 0
 
 
 def test_a_first_loss_below_chance_is_not_flagged():
@@ -105,7 +111,7 @@ def test_a_run_shorter_than_the_first_losses_is_judged_at_its_end():
 
 
 def test_non_finite_losses_are_left_to_the_divergence_detector():
-    [flag] = flags_of(events_of([math.nan, math.inf, 25.0, 22.0, 18.0], spread=60.0))
+    [flag] = flags_of(events_of([math.nan, math.inf, 25.0, 22.0, 18.0], spread=60.0), first_losses=3)
     assert flag.evidence["losses"] == (25.0, 22.0, 18.0)
 
 

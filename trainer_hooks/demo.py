@@ -41,10 +41,16 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 #: ``--pathology`` presets: the options that make the demo show each detector's flag.
 #: Every one is checked by tests/test_cli_demo.py against the flags the run raises.
 PATHOLOGIES: dict[str, dict] = {
-    "divergence": {"lr": 3.0},
-    "dead_relu": {"init_bias": -5.0},
-    "overfitting": {"train_size": 100, "epochs": 60},
-    "input_not_normalized": {"normalize": False},
+    "divergence": {"lr": 3.0},  # the loss explodes by orders of magnitude within a few steps
+    "dead_relu": {"init_bias": -5.0},  # every unit before a ReLU starts far below zero
+    "overfitting": {"train_size": 100, "epochs": 60},  # 100 images memorised; validation stalls near 0.5
+    "input_not_normalized": {"normalize": False},  # raw 0..16 pixels
+    "saturation": {"activation": "tanh", "batchnorm": False, "init_scale": 5.0},  # tanh pinned at +-1
+    "plateau": {"lr": 1e-5},  # the loss sits at ln 10
+    "update_ratio": {"lr": 1e-6},  # updates a millionth of the weights
+    "vanishing_gradient": {"activation": "sigmoid", "batchnorm": False, "depth": 6},  # a deep sigmoid stack
+    "exploding_gradient": {"batchnorm": False, "depth": 6, "init_scale": 8.0, "lr": 1e-9},  # weights x8, 8 layers
+    "initial_loss": {"output_scale": 50.0},  # confident random predictions at step 0
 }
 VAL_SIZE = 360  # held-out images (a fifth of the 1797); fixed, so train_size only shrinks training
 TRAIN_MAX = 1797 - VAL_SIZE

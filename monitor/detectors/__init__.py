@@ -18,10 +18,21 @@ class Detector(Protocol):
 
 
 def default_detectors() -> list[Detector]:
-    """The detectors ``watch`` runs unless told otherwise, with their default thresholds."""
+    """The detectors ``watch`` runs unless told otherwise, each with its default thresholds
+    (fresh state: one list per run)."""
+    from monitor.detectors.dead_relu import DeadRelu
     from monitor.detectors.divergence import Divergence
+    from monitor.detectors.exploding_gradient import ExplodingGradient
+    from monitor.detectors.initial_loss import InitialLoss
+    from monitor.detectors.input_normalization import InputNormalization
+    from monitor.detectors.overfitting import Overfitting
+    from monitor.detectors.plateau import Plateau
+    from monitor.detectors.saturation import Saturation
+    from monitor.detectors.update_ratio import UpdateRatio
+    from monitor.detectors.vanishing_gradient import VanishingGradient
 
-    return [Divergence()]
+    return [Divergence(), InitialLoss(), InputNormalization(), DeadRelu(), Saturation(), VanishingGradient(),
+            ExplodingGradient(), UpdateRatio(), Plateau(), Overfitting()]
 
 
 def diagnose(detectors: Iterable[Detector], events: Iterable[Event]) -> list[tuple[Event, Flag]]:

@@ -27,8 +27,9 @@ Rules, evaluated once, on the first ``first_losses`` finite values of the ``loss
 Healthy classifiers start within about 10 % of ln(C) (the demo ConvNet: 2.2 for ln 10 =
 2.30; the blobs MLP: 1.37 for ln 4 = 1.39); a last layer scaled up 50x starts at 10-20x.
 
-Sample flag: ``initial_loss (warning) at step 2: the first losses (median 21.7 over
-steps 0-2) are 15.6x ln(4) = 1.386, the loss of a 4-class classifier at chance``.
+Sample flag (``first_losses=3``): ``initial_loss (warning) at step 2: the first losses
+(median 21.7 over steps 0-2) are 15.6x ln(4) = 1.386, the loss of a 4-class classifier at
+chance``.
 """
 from __future__ import annotations
 
@@ -39,8 +40,12 @@ from dataclasses import dataclass, field
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "initial_loss"
-#: Logged losses whose median is compared with ln(C).
-FIRST_LOSSES = 3
+#: Logged losses whose median is compared with ln(C). One by default: the loss of the
+#: first step is the only one taken before any update; the next already show what the
+#: learning rate did (a last layer scaled 50x starts at 26 on the demo, then jumps to 1400
+#: at lr 0.05, which would hide the first under the median). More suit a loss logged per
+#: micro-batch.
+FIRST_LOSSES = 1
 #: How many times ln(C) the initial loss may be before it is flagged.
 FACTOR = 2.0
 #: How many times the output layer's spread the loss may exceed ln(C) and still be a cross-entropy.

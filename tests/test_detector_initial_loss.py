@@ -106,8 +106,8 @@ def test_losses_logged_before_the_layer_statistics_wait_for_them():
 
 
 def test_a_run_shorter_than_the_first_losses_is_judged_at_its_end():
-    [flag] = flags_of(events_of([25.0], spread=60.0))
-    assert flag.evidence["losses"] == (25.0,) and "over step 0" in flag.message
+    [flag] = flags_of(events_of([25.0], spread=60.0), first_losses=3)
+    assert flag.evidence["losses"] == (25.0,) and "the first loss (25 at step 0) is 18x ln(4)" in flag.message
 
 
 def test_non_finite_losses_are_left_to_the_divergence_detector():

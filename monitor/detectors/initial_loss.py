@@ -139,10 +139,11 @@ class InitialLoss:
         if self.classes is None and (self._spread is None or median - chance > self.spread_slack * self._spread):
             return []  # not a cross-entropy over the output layer's values: some other loss
         steps = [s for s, _ in self._losses]
-        span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+        first = (f"the first loss ({median:.4g} at step {steps[0]}) is" if len(steps) == 1 else
+                 f"the first losses (median {median:.4g} over steps {steps[0]}-{steps[-1]}) are")
         return [Flag(
             KIND, Severity.WARNING,
-            f"the first losses (median {median:.4g} over {span}) are {median / chance:.3g}x ln({classes}) = "
+            f"{first} {median / chance:.3g}x ln({classes}) = "
             f"{chance:.4g}, the loss of a {classes}-class classifier at chance: the initial predictions are "
             f"confidently wrong", ADVICE, layer=self._output if self.classes is None else None,
             evidence={"losses": [v for _, v in self._losses], "steps": steps, "median": median,

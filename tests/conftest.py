@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import math
+import os
+
+# The trainings in the tests are tiny: one thread runs them as fast as several, and
+# several threads fight over the cores when anything else runs (a test's server, CI's
+# neighbours), slowing an 8-epoch demo from 1 s to over a minute. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -258,3 +258,43 @@ def test_the_demo_with_a_huge_learning_rate_is_flagged_as_diverging(tmp_path):
     [info] = RunStore(tmp_path).runs()
     flags = load_run(info.run, tmp_path).flags
     assert "divergence" in set(flags["kind"]) and "babysit: critical divergence" in outcome.err
+
+
+def test_the_full_default_demo_raises_no_flag_and_runs_all_its_epochs(tmp_path):
+    result = quiet_demo(tmp_path)
+    assert not result.stopped_early and result.epochs == 8 and result.val_acc > 0.95
+    assert load_run(result.run_id, tmp_path).flags.empty
+
+
+#: Epochs each preset needs to show its flag (the plateau needs 200 logged steps; the
+#: overfitting preset brings its own 60, and early stopping ends it).
+PATHOLOGY_EPOCHS = {"plateau": 6, "dead_relu": 2, "overfitting": None}
+
+
+@pytest.mark.parametrize("name", ["divergence", "dead_relu", "overfitting", "input_not_normalized", "saturation",
+                                  "plateau", "update_ratio", "vanishing_gradient", "exploding_gradient",
+                                  "initial_loss"])
+def test_each_pathology_preset_raises_its_flag(tmp_path, name):
+    from trainer_hooks.demo import run_demo, with_pathology
+
+    epochs = PATHOLOGY_EPOCHS.get(name, 1)
+    options = with_pathology(name, logdir=str(tmp_path), **({"epochs": epochs} if epochs else {}))
+    result = run_demo(options, echo=lambda line: None)
+    kinds = set(load_run(result.run_id, tmp_path).flags["kind"])
+    assert name in kinds, kinds
+
+
+def test_the_pathology_names_of_the_cli_are_the_demos_presets():
+    from monitor.cli import DEMO_PATHOLOGIES
+    from trainer_hooks.demo import PATHOLOGIES
+
+    assert tuple(PATHOLOGIES) == DEMO_PATHOLOGIES
+    helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices["demo"]._actions}
+    assert all(name in helps["pathology"] for name in PATHOLOGIES)
+
+
+def test_babysit_demo_pathology_runs_the_preset_and_an_unknown_one_is_a_one_line_error(tmp_path):
+    outcome = babysit("demo", "--no-serve", "--pathology", "initial_loss", "--epochs", "1", "--logdir", tmp_path)
+    assert outcome.code == 0 and "babysit: warning initial_loss" in outcome.err
+    outcome = babysit("demo", "--no-serve", "--pathology", "sadness", "--logdir", tmp_path)
+    assert outcome.code == 2 and "--pathology: expected one of divergence, dead_relu" in outcome.err

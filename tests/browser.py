@@ -39,13 +39,17 @@ def tiny_convnet() -> nn.Module:
 class Training(threading.Thread):
     """A tiny real training streaming to ``server``: ``steps`` SGD steps on random 6x6
     images, ``delay`` seconds apart, a validation loss every 10 steps, an optional flag at
-    ``flag_at``; it breaks when ``should_stop`` turns true. ``run_id`` is set once it watches."""
+    ``flag_at``; it breaks when ``should_stop`` turns true. ``run_id`` is set once it watches.
+    Its random labels would (rightly) raise a plateau flag after a while: the detectors
+    are off unless ``detectors`` names some, so the flags a test sees are the ones it sent."""
 
     def __init__(self, server: str, spool: Path, *, run: str = "browser", steps: int = 60, delay: float = 0.02,
-                 flag=None, flag_at: int = 5, token: str | None = None, config: dict | None = None):
+                 flag=None, flag_at: int = 5, token: str | None = None, config: dict | None = None,
+                 detectors=()):
         super().__init__(name=f"training-{run}", daemon=True)
         self.server, self.spool, self.run_name, self.steps, self.delay = server, spool, run, steps, delay
         self.flag, self.flag_at, self.token, self.config = flag, flag_at, token, config or {"lr": 0.05}
+        self.detectors = list(detectors)
         self.watching = threading.Event()
         self.run_id: str | None = None
         self.stopped_by_request = False
@@ -64,7 +68,7 @@ class Training(threading.Thread):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         generator = torch.Generator().manual_seed(1)
         with watch(model, optimizer, run=self.run_name, server=self.server, logdir=self.spool, every=2,
-                   filters_every=1, token=self.token, config=self.config) as mon:
+                   filters_every=1, token=self.token, config=self.config, detectors=self.detectors) as mon:
             self.run_id = mon.run_id
             self.watching.set()
             for step in range(self.steps):

@@ -18,6 +18,7 @@ import pytest
 from monitor import load_run
 from monitor.cli import build_parser, main
 from monitor.store import RunStore
+from trainings import PATHOLOGY_NAMES, pathology_options
 
 EPOCHS, TRAIN_SIZE, BATCH = 2, 300, 32
 STEPS = EPOCHS * math.ceil(TRAIN_SIZE / BATCH)
@@ -266,20 +267,11 @@ def test_the_full_default_demo_raises_no_flag_and_runs_all_its_epochs(tmp_path):
     assert load_run(result.run_id, tmp_path).flags.empty
 
 
-#: Epochs each preset needs to show its flag (the plateau needs 200 logged steps; the
-#: overfitting preset brings its own 60, and early stopping ends it).
-PATHOLOGY_EPOCHS = {"plateau": 6, "dead_relu": 2, "overfitting": None}
-
-
-@pytest.mark.parametrize("name", ["divergence", "dead_relu", "overfitting", "input_not_normalized", "saturation",
-                                  "plateau", "update_ratio", "vanishing_gradient", "exploding_gradient",
-                                  "initial_loss"])
+@pytest.mark.parametrize("name", PATHOLOGY_NAMES)
 def test_each_pathology_preset_raises_its_flag(tmp_path, name):
-    from trainer_hooks.demo import run_demo, with_pathology
+    from trainer_hooks.demo import run_demo
 
-    epochs = PATHOLOGY_EPOCHS.get(name, 1)
-    options = with_pathology(name, logdir=str(tmp_path), **({"epochs": epochs} if epochs else {}))
-    result = run_demo(options, echo=lambda line: None)
+    result = run_demo(pathology_options(name, logdir=str(tmp_path)), echo=lambda line: None)
     kinds = set(load_run(result.run_id, tmp_path).flags["kind"])
     assert name in kinds, kinds
 

@@ -10,6 +10,7 @@ import pytest
 from browser import CHROMIUM_ARGS, Training, require_chromium, source_length, stop_from_page, wait_until
 from monitor.events import Flag
 from servers import serving
+from trainings import PATHOLOGY_NAMES, pathology_options
 
 FLAG = Flag(kind="dead_relu", severity="critical", message="3 of 4 units of layer 1 never fire <b>now</b>",
             advice="lower the learning rate; try leaky ReLU", layer="1", evidence={"dead_fraction": 0.75})
@@ -216,3 +217,24 @@ def test_the_page_says_when_the_server_is_down_and_catches_up_when_it_is_back(pa
         stop_from_page(page, training)
     steps = page.evaluate("() => window.babysitPage.loss.source.data.step")
     assert steps == sorted(set(steps))  # in order, none twice
+
+
+@pytest.mark.parametrize("name", PATHOLOGY_NAMES)
+def test_each_demo_pathology_shows_its_flag_live_on_the_run_page(server, page, tmp_path, name):
+    import threading
+
+    from trainer_hooks.demo import run_demo
+
+    options = pathology_options(name, logdir=str(tmp_path / "trainer"), server=server.url, step_delay=0.005)
+    started = {}
+    demo = threading.Thread(target=lambda: started.update(result=run_demo(
+        options, echo=lambda line: started.setdefault("url", line.partition(": ")[2]) if line.startswith(
+            "watch it live") else None)), daemon=True)
+    demo.start()
+    wait_until(lambda: "url" in started, what="the demo to start watching")
+    page.goto(started["url"])
+    page.wait_for_function("() => window.babysitPage && window.babysitPage.loaded", timeout=20_000)
+    wait_until(lambda: name in page.locator("#flags").inner_text(), timeout=60, what=f"a {name} flag on the page")
+    assert source_length(page, "flag_marks") >= 1
+    demo.join(120)
+    assert not demo.is_alive() and "result" in started

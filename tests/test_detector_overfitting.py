@@ -65,6 +65,13 @@ def test_a_validation_loss_that_rises_with_the_training_loss_is_not_overfitting(
     assert flags_of(unstable) == []
 
 
+def test_a_flat_training_loss_under_a_noisy_validation_loss_is_not_overfitting():
+    # random labels: the training loss barely moves (1.12 to 1.11) while validation wobbles up by 0.05
+    history = [([1.1, 1.12], 1.22), ([1.12], 1.211), ([1.115], 1.25), ([1.11], 1.26), ([1.11], 1.263), ([1.11], 1.27)]
+    assert flags_of(history) == []
+    assert len(flags_of(history, min_fall=0.0)) == 1
+
+
 def test_a_validation_loss_that_wobbles_near_its_best_is_not_overfitting():
     # the healthy demo: the loss converged near 0.03 and wobbles by 0.02 (1 % of the first loss 2.3)
     history = [([2.3, 0.8], 0.265), ([0.2], 0.234), ([0.1], 0.073), ([0.02], 0.0274), ([0.004], 0.0471),
@@ -100,7 +107,8 @@ def test_the_metrics_can_be_renamed():
 
 
 @pytest.mark.parametrize("options", [{"patience": 0}, {"patience": 1.5}, {"min_rise": -0.1}, {"min_rise": math.nan},
-                                     {"min_rise": "big"}, {"monitor": ""}, {"monitor": "loss"}])
+                                     {"min_rise": "big"}, {"min_fall": 1.0}, {"min_fall": -0.5},
+                                     {"monitor": ""}, {"monitor": "loss"}])
 def test_options_that_cannot_work_are_refused_naming_the_option(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         Overfitting(**options)

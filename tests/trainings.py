@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer_hooks import watch
-from trainer_hooks.demo import DemoOptions, evaluate, load_digits_split, make_optimizer, model_for
+from trainer_hooks.demo import (PATHOLOGIES, DemoOptions, evaluate, load_digits_split, make_optimizer, model_for,
+                                with_pathology)
 
 
 def train_demo_cnn(logdir, detectors=None, *, epochs: int = 3, every: int = 2, **demo_options):
@@ -33,6 +34,19 @@ def train_demo_cnn(logdir, detectors=None, *, epochs: int = 3, every: int = 2, *
             val_loss, val_acc = evaluate(model, x_val, y_val)
             mon.log(val_loss=val_loss, val_acc=val_acc, epoch=epoch)
     return mon
+
+
+#: Epochs each demo pathology preset needs to show its flag, where one is not enough (the
+#: plateau needs 200 logged steps; the overfitting preset brings its own 60, and early
+#: stopping ends it).
+PATHOLOGY_EPOCHS = {"plateau": 6, "dead_relu": 2, "overfitting": None}
+PATHOLOGY_NAMES = tuple(PATHOLOGIES)
+
+
+def pathology_options(name: str, **options):
+    """The demo's options for pathology ``name``, as short as shows its flag."""
+    epochs = PATHOLOGY_EPOCHS.get(name, 1)
+    return with_pathology(name, **({"epochs": epochs} if epochs else {}), **options)
 
 
 def make_mlp(inputs: int = 20, hidden: int = 64, classes: int = 4, activation=nn.ReLU) -> nn.Sequential:

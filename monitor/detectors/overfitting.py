@@ -17,8 +17,8 @@ on 100 images climbs from 0.42 to 0.63 (5 to 9 %) while its training loss falls 
 
 Rule, flagged once per run (warning): for ``patience`` evaluations in a row the
 validation loss is above its best by more than ``min_rise`` times the first training
-loss, and the training loss of the latest interval is below the one at the best
-evaluation. The validation metric is ``val_loss`` (``monitor``), the training loss
+loss, and the training loss of the latest interval is more than ``min_fall`` (10 %)
+below the one at the best evaluation. The validation metric is ``val_loss`` (``monitor``), the training loss
 ``loss`` (``train``); without a training loss nothing is flagged.
 
 Sample flag: ``overfitting (warning) at step 59: val_loss has risen for 3 evaluations
@@ -38,6 +38,10 @@ KIND = "overfitting"
 PATIENCE = 3
 #: How far above its best it must be, as a fraction of the first training loss (2 %).
 MIN_RISE = 0.02
+#: How much the training loss must have fallen since the best evaluation, relative (10 %):
+#: a flat training loss with a noisy validation loss (random labels, a learning rate too
+#: low) is not memorising; an overfitting one falls by 90 % and more.
+MIN_FALL = 0.1
 
 ADVICE = ("Stop early and keep the best weights (EarlyStopping(monitor='val_loss', restore_best_weights=True), "
           "or reload the checkpoint of the best epoch); get more data or augment it (flips, crops, shifts, "
@@ -51,6 +55,7 @@ class Overfitting:
 
     patience: int = PATIENCE
     min_rise: float = MIN_RISE
+    min_fall: float = MIN_FALL
     monitor: str = "val_loss"
     train: str = "loss"
     _scale: float | None = None  # the first finite training loss
@@ -68,6 +73,7 @@ class Overfitting:
         require("patience", self.patience, is_count, "an integer >= 1 (evaluations)")
         require("min_rise", self.min_rise, lambda v: 0 <= v < math.inf,
                 "a fraction >= 0 of the first training loss")
+        require("min_fall", self.min_fall, lambda v: 0 <= v < 1, "a fraction in [0, 1) of the training loss")
         for name in ("monitor", "train"):
             require(name, getattr(self, name), lambda v: isinstance(v, str) and v, "the name of a logged scalar")
         if self.monitor == self.train:
@@ -96,7 +102,7 @@ class Overfitting:
         rise = self.min_rise * (self._scale or 0.0)
         self._risen = self._risen + 1 if val > self._best + rise else 0
         if (self._risen < self.patience or self._train is None or self._best_train is None
-                or not self._train < self._best_train):
+                or not self._train < (1 - self.min_fall) * self._best_train):
             return []
         self._fired = True
         return [self._flag(event, val, values.get("epoch"), rise)]
@@ -115,4 +121,5 @@ class Overfitting:
             "best": self._best, "best_step": self._best_step, "best_epoch": self._best_epoch,
             "train_loss": self._train, "train_loss_at_best": self._best_train, "gap": gap,
             "evaluations": self._risen, "patience": self.patience, "min_rise": self.min_rise,
+            "min_fall": self.min_fall,
             "rise_threshold": rise, "loss_scale": self._scale})

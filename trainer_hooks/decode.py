@@ -20,6 +20,9 @@ HIST_BINS = 32
 SATURATION_MARGIN = 0.01
 #: mean^2 / variance above which a std from float32 sums is replaced by the sample's.
 CANCELLATION_LIMIT = 1e4
+#: mean^2 / variance (from the sums) above which the sample is asked: float32 sums of a
+#: tensor whose true ratio passes CANCELLATION_LIMIT cannot look below this.
+SUSPECT_LIMIT = 100.0
 #: Output range per saturating module type.
 SATURATING = {
     "Tanh": (-1.0, 1.0), "Hardtanh": (-1.0, 1.0), "Softsign": (-1.0, 1.0),
@@ -211,15 +214,21 @@ def _guarded(stats: tuple, spec: dict) -> tuple:
     """Replace a float32 std that cancellation has made meaningless by the sample's.
 
     The variance from sums, E[x^2] - mean^2, loses to float32 rounding about
-    mean^2 / var times the relative error of E[x^2] (~1e-6): beyond
-    :data:`CANCELLATION_LIMIT` the std would be off by more than about 1 %, while the
-    sample's two-pass std is within a few % whatever the mean.
+    mean^2 / var times the relative error of E[x^2] (1e-7 to 1e-3: it grows with the
+    tensor and with how sequentially the device summed it, e.g. on one CPU thread):
+    beyond :data:`CANCELLATION_LIMIT` the std would be off by more than about 1 %, while
+    the sample's two-pass std is within a few % whatever the mean. The ratio is judged on
+    the sample's variance, as the one from sums is the number in doubt (a 1e4-mean,
+    unit-std tensor summed on one thread gives a std of 190); the cheap test on the sums
+    only picks the tensors worth that look (:data:`SUSPECT_LIMIT`).
     """
     mean, std, *rest = stats
-    if spec.get("single") and math.isfinite(mean) and mean * mean > CANCELLATION_LIMIT * std * std:
+    if spec.get("single") and math.isfinite(mean) and not SUSPECT_LIMIT * std * std >= mean * mean:
         sample = spec["sample"][np.isfinite(spec["sample"])]
         if sample.size > 1:
-            std = float(np.std(sample, ddof=1))
+            sample_std = float(np.std(sample, ddof=1))
+            if not CANCELLATION_LIMIT * sample_std * sample_std >= mean * mean:
+                std = sample_std
     return (mean, std, *rest)
 
 

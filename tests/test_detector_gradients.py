@@ -9,7 +9,8 @@ from torch import nn
 from monitor.detectors import diagnose
 from monitor.detectors.divergence import Divergence
 from monitor.detectors.exploding_gradient import ExplodingGradient
-from monitor.detectors.vanishing_gradient import VanishingGradient, layer_gradients
+from monitor.detectors.gradient_flow import layer_gradients
+from monitor.detectors.vanishing_gradient import VanishingGradient
 from monitor.events import Event, Kind, LayerStats, Scalars
 from monitor.store import RunStore
 

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from monitor.detectors import diagnose
-from monitor.detectors.plateau import Plateau, SmoothedLoss
+from monitor.detectors.common import SmoothedLoss
+from monitor.detectors.plateau import Plateau
 from monitor.events import Event, Kind, Scalars
 from monitor.store import RunStore
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from monitor.detectors.common import LayerSeverity, Streaks, is_count, require
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "dead_relu"
@@ -68,8 +69,8 @@ class DeadRelu:
     min_window: int = MIN_WINDOW
     modules: tuple[str, ...] = RELU_FAMILY
     _windows: dict[str, int] = field(default_factory=dict)  # layer -> its last window
-    _streaks: dict[str, int] = field(default_factory=dict)  # layer -> full samples in a row over the bar
-    _flagged: dict[str, Severity] = field(default_factory=dict)
+    _streaks: Streaks = field(default_factory=Streaks)  # full samples in a row over the bar
+    _flagged: LayerSeverity = field(default_factory=LayerSeverity)
 
     def __post_init__(self):
         if not 0 <= self.dead_fraction < 1:
@@ -77,10 +78,8 @@ class DeadRelu:
         if not self.dead_fraction < self.critical_fraction <= 1:
             raise ValueError(f"critical_fraction: expected a fraction above dead_fraction ({self.dead_fraction}) "
                              f"and at most 1, got {self.critical_fraction!r}")
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience: expected at least 1 sample, got {self.patience!r}")
-        if not isinstance(self.min_window, int) or self.min_window < 1:
-            raise ValueError(f"min_window: expected at least 1 sampled batch, got {self.min_window!r}")
+        require("patience", self.patience, is_count, "at least 1 sample")
+        require("min_window", self.min_window, is_count, "at least 1 sampled batch")
         if isinstance(self.modules, str) or not self.modules or not all(isinstance(m, str) for m in self.modules):
             raise ValueError(f"modules: expected a non-empty tuple of module class names such as "
                              f"('ReLU', 'ReLU6'), got {self.modules!r}")
@@ -100,15 +99,10 @@ class DeadRelu:
         previous, self._windows[s.layer] = self._windows.get(s.layer), s.window
         full = s.window == previous and s.window >= self.min_window  # the ring of batches stopped growing
         fraction = s.dead_units / s.units
-        streak = self._streaks[s.layer] = self._streaks.get(s.layer, 0) + 1 if (
-            full and fraction > self.dead_fraction) else 0
-        if streak < self.patience:
-            return []
+        streak = self._streaks.add(s.layer, full and fraction > self.dead_fraction)
         severity = Severity.CRITICAL if fraction >= self.critical_fraction else Severity.WARNING
-        before = self._flagged.get(s.layer)
-        if before is Severity.CRITICAL or before is severity:
+        if streak < self.patience or not self._flagged.first(s.layer, severity):
             return []
-        self._flagged[s.layer] = severity
         return [Flag(
             KIND, severity,
             f"{s.dead_units} of {s.units} units ({fraction:.0%}) of layer {s.layer} ({s.module}) were never "

@@ -33,9 +33,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from monitor.detectors.plateau import is_count, require
-from monitor.detectors.vanishing_gradient import FLOOR, SIGNALS, Streaks, _fmt_layers, layer_gradients
-from monitor.events import Event, Flag, Kind, Severity, Signal
+from monitor.detectors.common import Streaks, is_count, require
+from monitor.detectors.gradient_flow import SIGNALS, gradient_flag, layer_gradients, persistent
+from monitor.detectors.vanishing_gradient import FLOOR
+from monitor.events import Event, Flag, Kind, Signal
 
 KIND = "exploding_gradient"
 #: A layer above this multiple of the output layer's RMS gradient is blowing up (three orders of magnitude).
@@ -81,25 +82,12 @@ class ExplodingGradient:
         ratio = {g.layer: g.rms / output.rms if output.rms > self.min_output else None for g in grads}
         why = {g.layer: "ratio" if ratio[g.layer] is not None and ratio[g.layer] > self.max_ratio
                else "ceiling" if g.rms > self.ceiling else None for g in grads}
-        self._streaks.update({layer: reason is not None for layer, reason in why.items()})
-        blown = self._streaks.at_least(self.window)
-        hits = [g for g in grads if g.layer in blown]
+        hits = persistent(self._streaks, grads, why, self.window)
         if not hits:
             return []
         self._fired = True
-        first = hits[0]
-        if why[first.layer] == "ratio":
-            where = (f"gets {ratio[first.layer]:.2g} times the output layer {output.layer}'s gradient "
-                     f"(RMS {first.rms:.2g} vs {output.rms:.2g})")
-        else:
-            where = f"has an RMS gradient of {first.rms:.2g}, above the ceiling {self.ceiling:g}"
-        message = (f"gradients explode: layer {first.layer} ({first.module}) {where}, "
-                   f"{self._streaks.counts[first.layer]} samples in a row; {len(hits)} layer"
-                   f"{'s' if len(hits) > 1 else ''} above {self.max_ratio:g} times the output layer's or "
-                   f"{self.ceiling:g}: {_fmt_layers([g.layer for g in hits])}")
-        return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=first.layer, evidence={
-            "step": event.step, "signal": self.signal, "output_layer": output.layer, "output_rms": output.rms,
-            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer],
-                        "why": why[g.layer]} for g in hits],
-            "max_ratio": self.max_ratio, "ceiling": self.ceiling, "min_output": self.min_output,
-            "window": self.window})]
+        return [gradient_flag(
+            KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._streaks.counts[hits[0].layer],
+            verb="explode", relation="times", beyond=f"above the ceiling {self.ceiling:g}", bounds=f"above {self.max_ratio:g} times the output layer's or {self.ceiling:g}",
+            evidence={"max_ratio": self.max_ratio, "ceiling": self.ceiling, "min_output": self.min_output,
+                      "window": self.window})]

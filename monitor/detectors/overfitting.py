@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from monitor.detectors.plateau import is_count, require
+from monitor.detectors.common import is_count, require
 from monitor.events import Event, Flag, Kind, Severity
 
 KIND = "overfitting"

@@ -27,11 +27,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from monitor.detectors.common import SPAN, SmoothedLoss, is_count, require
 from monitor.events import Event, Flag, Kind, Severity
 
 KIND = "plateau"
-#: Span of the exponential moving average, in logged values (alpha = 2 / (span + 1)).
-SPAN = 20
 #: Logged values without a relative improvement of the EMA before a plateau is flagged.
 WINDOW = 200
 #: Relative improvement that counts (of the best EMA's distance from the floor): 1 %.
@@ -46,50 +45,6 @@ ADVICE = ("Check the learning rate first: a loss that creeps is learning too slo
           "scale (e.g. 1e-5 to 1e-1) with short runs. Check the loss and the labels: a classifier stuck at "
           "ln(classes) predicts chance (shuffled or mismatched labels, a loss that does not fit the targets). "
           "A loss that levelled off after progress wants a schedule (step decay, cosine, reduce on plateau).")
-
-
-@dataclass
-class SmoothedLoss:
-    """The EMA of a scalar and its first value: how far a loss has come.
-
-    The other rules use it to tell a network that learned (loss near its floor, small
-    gradients and updates by design) from one that is stuck.
-    """
-
-    span: int = SPAN
-    first: float | None = None
-    value: float | None = None
-
-    def add(self, x: float | None) -> bool:
-        """Fold in one logged value; non-finite ones are skipped (the divergence rule's business)."""
-        if x is None or not math.isfinite(x):
-            return False
-        if self.value is None:
-            self.first = self.value = x
-        else:
-            alpha = 2.0 / (self.span + 1)
-            self.value += alpha * (x - self.value)
-        return True
-
-    def level(self, floor: float = FLOOR) -> float | None:
-        """Where the EMA stands between ``floor`` (0) and its first value (1); None when unknown."""
-        if self.value is None or not self.first > floor:
-            return None
-        return (self.value - floor) / (self.first - floor)
-
-
-def require(name: str, value, test, expected: str) -> None:
-    """Refuse an option that cannot work: a ValueError naming it, what came and what is expected."""
-    try:
-        ok = not isinstance(value, bool) and bool(test(value))
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
-
-
-def is_count(value) -> bool:
-    return isinstance(value, int) and value >= 1
 
 
 @dataclass

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from monitor.detectors.common import LayerSeverity, Streaks, is_count, require
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "saturation"
@@ -59,8 +60,8 @@ class Saturation:
     critical_fraction: float = CRITICAL_FRACTION
     patience: int = PATIENCE
     skip_output: bool = True
-    _streaks: dict[str, int] = field(default_factory=dict)  # layer -> samples in a row over the bar
-    _flagged: dict[str, Severity] = field(default_factory=dict)
+    _streaks: Streaks = field(default_factory=Streaks)  # samples in a row over the bar
+    _flagged: LayerSeverity = field(default_factory=LayerSeverity)
 
     def __post_init__(self):
         if not 0 <= self.sat_fraction < 1:
@@ -68,8 +69,7 @@ class Saturation:
         if not self.sat_fraction < self.critical_fraction <= 1:
             raise ValueError(f"critical_fraction: expected a fraction above sat_fraction ({self.sat_fraction}) "
                              f"and at most 1, got {self.critical_fraction!r}")
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience: expected at least 1 sampled batch, got {self.patience!r}")
+        require("patience", self.patience, is_count, "at least 1 sampled batch")
         if not isinstance(self.skip_output, bool):
             raise ValueError(f"skip_output: expected True or False, got {self.skip_output!r}")
 
@@ -87,14 +87,10 @@ class Saturation:
         return flags
 
     def _layer(self, step: int, s) -> list[Flag]:
-        streak = self._streaks[s.layer] = self._streaks.get(s.layer, 0) + 1 if s.sat_frac > self.sat_fraction else 0
-        if streak < self.patience:
-            return []
+        streak = self._streaks.add(s.layer, s.sat_frac > self.sat_fraction)
         severity = Severity.CRITICAL if s.sat_frac >= self.critical_fraction else Severity.WARNING
-        before = self._flagged.get(s.layer)
-        if before is Severity.CRITICAL or before is severity:
+        if streak < self.patience or not self._flagged.first(s.layer, severity):
             return []
-        self._flagged[s.layer] = severity
         return [Flag(
             KIND, severity,
             f"{s.sat_frac:.0%} of the outputs of layer {s.layer} ({s.module}) were pinned near a bound of its "

@@ -36,7 +36,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from monitor.detectors.plateau import SmoothedLoss, is_count, require
+from monitor.detectors.common import SmoothedLoss, is_count, require
 from monitor.events import Event, Flag, Kind, Severity, Signal, TensorSummary
 
 KIND = "update_ratio"

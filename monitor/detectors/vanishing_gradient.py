@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from monitor.detectors.plateau import SmoothedLoss, is_count, require
-from monitor.detectors.update_ratio import is_weight
-from monitor.events import Event, Flag, Kind, Severity, Signal
+from monitor.detectors.common import SmoothedLoss, Streaks, is_count, require
+from monitor.detectors.gradient_flow import SIGNALS, gradient_flag, layer_gradients, persistent
+from monitor.events import Event, Flag, Kind, Signal
 
 KIND = "vanishing_gradient"
 #: A layer below this fraction of the output layer's RMS gradient is starved (three orders of magnitude).
@@ -47,69 +47,11 @@ FLOOR = 1e-8
 WINDOW = 5
 #: The absolute floor counts only while the smoothed loss is above this fraction of its first value.
 STUCK_LEVEL = 0.5
-SIGNALS = (Signal.OUTPUT_GRAD.value, Signal.PARAM_GRAD.value)
-_NORM = "Norm"  # in the class names of normalisation layers: BatchNorm2d, LayerNorm, GroupNorm...
 
 ADVICE = ("Use ReLU-family activations (ReLU, leaky ReLU, GELU) instead of sigmoid or tanh in deep stacks; "
           "initialise with Kaiming init for ReLU or Xavier init for tanh; add BatchNorm (Linear/Conv - "
           "BatchNorm - ReLU); add residual (skip) connections so the gradient has a short path to the first "
           "layers. Gradients that are exactly 0 under ReLUs mean dead units: lower the learning rate.")
-
-
-@dataclass(frozen=True)
-class LayerGradient:
-    layer: str
-    module: str
-    rms: float  # per-element root mean square of the gradient (finite elements)
-
-
-def layer_gradients(event: Event, signal: str) -> list[LayerGradient]:
-    """The layers' gradients in forward order (the output layer last), from one ``layer_stats`` event.
-
-    Forward order comes from the activation summaries (recorded as the forward pass ran);
-    without them, output gradients are taken in reverse arrival order (backward runs from
-    the output) and parameter gradients in arrival order. Non-finite norms are skipped, and
-    so are layers that feed a normalisation layer: BatchNorm makes them scale-free, so the
-    gradient reaching them shrinks as their weights grow (1 / ||w||), whatever the depth; the
-    flow is read at the normalisation layer's output instead.
-    """
-    summaries = event.data.summaries
-    forward = [s for s in summaries if s.signal is Signal.ACTIVATION]
-    position = {s.layer: i for i, s in enumerate(forward)}
-    normalised = {a.layer for a, b in zip(forward, forward[1:]) if _NORM in b.module}
-    wanted = Signal(signal)
-    found = []
-    for i, s in enumerate(summaries):
-        if s.signal is not wanted or (wanted is Signal.PARAM_GRAD and not is_weight(s)):
-            continue
-        module = s.layer.rpartition(".")[0] if wanted is Signal.PARAM_GRAD else s.layer
-        if module in normalised:
-            continue
-        count = s.numel - s.nan - s.inf
-        if count <= 0 or not math.isfinite(s.norm):
-            continue
-        fallback = -i if wanted is Signal.OUTPUT_GRAD else i
-        key = (0, position[module]) if module in position else (1, fallback)
-        found.append((key, LayerGradient(s.layer, s.module, s.norm / math.sqrt(count))))
-    return [g for _, g in sorted(found, key=lambda pair: pair[0])]
-
-
-@dataclass
-class Streaks:
-    """Per layer, how many samples in a row a condition has held (a layer absent from a sample keeps its count)."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def update(self, verdicts: dict[str, bool]) -> None:
-        for layer, out in verdicts.items():
-            self.counts[layer] = self.counts.get(layer, 0) + 1 if out else 0
-
-    def at_least(self, window: int) -> set[str]:
-        return {layer for layer, n in self.counts.items() if n >= window}
-
-
-def _fmt_layers(names: list[str], limit: int = 8) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 @dataclass
@@ -150,25 +92,12 @@ class VanishingGradient:
         ratio = {g.layer: g.rms / output.rms if output.rms > self.floor else None for g in grads}
         why = {g.layer: "ratio" if g is not output and ratio[g.layer] is not None and ratio[g.layer] < self.min_ratio
                else "floor" if use_floor and g.rms < self.floor else None for g in grads}
-        self._streaks.update({layer: reason is not None for layer, reason in why.items()})
-        starved = self._streaks.at_least(self.window)
-        hits = [g for g in grads if g.layer in starved]
+        hits = persistent(self._streaks, grads, why, self.window)
         if not hits:
             return []
         self._fired = True
-        first = hits[0]
-        if why[first.layer] == "ratio":
-            where = (f"gets {ratio[first.layer]:.2g} of the output layer {output.layer}'s gradient "
-                     f"(RMS {first.rms:.2g} vs {output.rms:.2g})")
-        else:
-            where = f"has an RMS gradient of {first.rms:.2g}, below the floor {self.floor:g}, while the loss is high"
-        message = (f"gradients vanish: layer {first.layer} ({first.module}) {where}, "
-                   f"{self._streaks.counts[first.layer]} samples in a row; {len(hits)} layer"
-                   f"{'s' if len(hits) > 1 else ''} below {self.min_ratio:g} of the output layer's or "
-                   f"{self.floor:g}: {_fmt_layers([g.layer for g in hits])}")
-        return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=first.layer, evidence={
-            "step": event.step, "signal": self.signal, "output_layer": output.layer, "output_rms": output.rms,
-            "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer],
-                        "why": why[g.layer]} for g in hits],
-            "min_ratio": self.min_ratio, "floor": self.floor, "floor_applied": use_floor,
-            "loss_level": level, "window": self.window})]
+        return [gradient_flag(
+            KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._streaks.counts[hits[0].layer],
+            verb="vanish", relation="of", beyond=f"below the floor {self.floor:g}, while the loss is high", bounds=f"below {self.min_ratio:g} of the output layer's or {self.floor:g}",
+            evidence={"min_ratio": self.min_ratio, "floor": self.floor, "floor_applied": use_floor,
+                      "loss_level": level, "window": self.window})]

@@ -1,0 +1,86 @@
+"""Reading the gradient flow out of one ``layer_stats`` event, for the vanishing- and
+exploding-gradient detectors: per-layer RMS gradients in forward order, and the flag both
+raise when layers stay beyond their bound."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from monitor.detectors.update_ratio import is_weight
+from monitor.events import Event, Flag, Severity, Signal
+
+#: The gradients a detector can read: d loss / d layer output, or the weights' own.
+SIGNALS = (Signal.OUTPUT_GRAD.value, Signal.PARAM_GRAD.value)
+_NORM = "Norm"  # in the class names of normalisation layers: BatchNorm2d, LayerNorm, GroupNorm...
+
+
+@dataclass(frozen=True)
+class LayerGradient:
+    layer: str
+    module: str
+    rms: float  # per-element root mean square of the gradient (finite elements)
+
+
+def layer_gradients(event: Event, signal: str) -> list[LayerGradient]:
+    """The layers' gradients in forward order (the output layer last), from one ``layer_stats`` event.
+
+    Forward order comes from the activation summaries (recorded as the forward pass ran);
+    without them, output gradients are taken in reverse arrival order (backward runs from
+    the output) and parameter gradients in arrival order. Non-finite norms are skipped, and
+    so are layers that feed a normalisation layer: BatchNorm makes them scale-free, so the
+    gradient reaching them shrinks as their weights grow (1 / ||w||), whatever the depth; the
+    flow is read at the normalisation layer's output instead.
+    """
+    summaries = event.data.summaries
+    forward = [s for s in summaries if s.signal is Signal.ACTIVATION]
+    position = {s.layer: i for i, s in enumerate(forward)}
+    normalised = {a.layer for a, b in zip(forward, forward[1:]) if _NORM in b.module}
+    wanted = Signal(signal)
+    found = []
+    for i, s in enumerate(summaries):
+        if s.signal is not wanted or (wanted is Signal.PARAM_GRAD and not is_weight(s)):
+            continue
+        module = s.layer.rpartition(".")[0] if wanted is Signal.PARAM_GRAD else s.layer
+        if module in normalised:
+            continue
+        count = s.numel - s.nan - s.inf
+        if count <= 0 or not math.isfinite(s.norm):
+            continue
+        fallback = -i if wanted is Signal.OUTPUT_GRAD else i
+        key = (0, position[module]) if module in position else (1, fallback)
+        found.append((key, LayerGradient(s.layer, s.module, s.norm / math.sqrt(count))))
+    return [g for _, g in sorted(found, key=lambda pair: pair[0])]
+
+
+def fmt_layers(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def persistent(streaks, grads: list[LayerGradient], why: dict, window: int) -> list[LayerGradient]:
+    """Count each layer's streak of samples beyond a bound (``why`` not None); the layers
+    whose streak reached ``window``, in forward order."""
+    streaks.update({layer: reason is not None for layer, reason in why.items()})
+    lasting = streaks.at_least(window)
+    return [g for g in grads if g.layer in lasting]
+
+
+def gradient_flag(kind: str, advice: str, event: Event, signal: str, grads: list[LayerGradient],
+                  hits: list[LayerGradient], ratio: dict, why: dict, streak: int, *, verb: str, relation: str,
+                  beyond: str, bounds: str, evidence: dict) -> Flag:
+    """The flag of a gradient detector, naming the earliest layer beyond its bound: by its
+    ratio to the output layer's gradient (``relation``: "times" or "of"), or by its own RMS
+    (``beyond``: "above the ceiling 1e+06"). Every such layer is in the evidence with its
+    RMS, its ratio and which bound it broke (``why``)."""
+    first, output = hits[0], grads[-1]
+    if why[first.layer] == "ratio":
+        where = (f"gets {ratio[first.layer]:.2g} {relation} the output layer {output.layer}'s gradient "
+                 f"(RMS {first.rms:.2g} vs {output.rms:.2g})")
+    else:
+        where = f"has an RMS gradient of {first.rms:.2g}, {beyond}"
+    plural = "s" if len(hits) > 1 else ""
+    message = (f"gradients {verb}: layer {first.layer} ({first.module}) {where}, {streak} samples in a row; "
+               f"{len(hits)} layer{plural} {bounds}: {fmt_layers([g.layer for g in hits])}")
+    return Flag(kind, Severity.WARNING, message, advice, layer=first.layer, evidence={
+        "step": event.step, "signal": signal, "output_layer": output.layer, "output_rms": output.rms,
+        "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer], "why": why[g.layer]}
+                   for g in hits], **evidence})

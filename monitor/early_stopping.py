@@ -8,8 +8,8 @@ restore_best_weights=False, stop_on=("divergence",))``.
 * Every logged value of ``monitor`` is an evaluation. It improves when it beats the best
   so far by more than ``min_delta`` (lower with ``mode="min"``, higher with ``"max"``);
   the ``patience``-th evaluation in a row without improvement stops the run (Keras and
-  Lightning count the same way; ``patience=0`` stops at the first one, like 1). A NaN or Inf value stops at once (Lightning's ``check_finite``): the
-  metric will not come back.
+  Lightning count the same way; ``patience=0`` stops at the first one, like 1). A NaN or
+  Inf value stops at once (Lightning's ``check_finite``): the metric will not come back.
 * A flag whose kind is in ``stop_on`` stops the run too: by default a diverged run
   (NaN or exploding loss) is ended at once instead of burning the rest of its budget.
 

@@ -88,6 +88,7 @@ class ExplodingGradient:
         self._fired = True
         return [gradient_flag(
             KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._streaks.counts[hits[0].layer],
-            verb="explode", relation="times", beyond=f"above the ceiling {self.ceiling:g}", bounds=f"above {self.max_ratio:g} times the output layer's or {self.ceiling:g}",
+            verb="explode", relation="times", beyond=f"above the ceiling {self.ceiling:g}",
+            bounds=f"above {self.max_ratio:g} times the output layer's or {self.ceiling:g}",
             evidence={"max_ratio": self.max_ratio, "ceiling": self.ceiling, "min_output": self.min_output,
                       "window": self.window})]

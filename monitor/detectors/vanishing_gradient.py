@@ -98,6 +98,7 @@ class VanishingGradient:
         self._fired = True
         return [gradient_flag(
             KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._streaks.counts[hits[0].layer],
-            verb="vanish", relation="of", beyond=f"below the floor {self.floor:g}, while the loss is high", bounds=f"below {self.min_ratio:g} of the output layer's or {self.floor:g}",
+            verb="vanish", relation="of", beyond=f"below the floor {self.floor:g}, while the loss is high",
+            bounds=f"below {self.min_ratio:g} of the output layer's or {self.floor:g}",
             evidence={"min_ratio": self.min_ratio, "floor": self.floor, "floor_applied": use_floor,
                       "loss_level": level, "window": self.window})]

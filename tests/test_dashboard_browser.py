@@ -219,22 +219,45 @@ def test_the_page_says_when_the_server_is_down_and_catches_up_when_it_is_back(pa
     assert steps == sorted(set(steps))  # in order, none twice
 
 
-@pytest.mark.parametrize("name", PATHOLOGY_NAMES)
-def test_each_demo_pathology_shows_its_flag_live_on_the_run_page(server, page, tmp_path, name):
+def run_demo_live(options) -> tuple:
+    """The demo in a thread, streaming to its server: (thread, results) where results gets
+    the run page's ``url`` once it watches and the ``result`` at the end."""
     import threading
 
     from trainer_hooks.demo import run_demo
 
-    options = pathology_options(name, logdir=str(tmp_path / "trainer"), server=server.url, step_delay=0.005)
-    started = {}
-    demo = threading.Thread(target=lambda: started.update(result=run_demo(
-        options, echo=lambda line: started.setdefault("url", line.partition(": ")[2]) if line.startswith(
-            "watch it live") else None)), daemon=True)
+    results = {}
+
+    def echo(line):
+        if line.startswith("watch it live: "):
+            results["url"] = line.partition(": ")[2]
+
+    demo = threading.Thread(target=lambda: results.update(result=run_demo(options, echo=echo)), daemon=True)
     demo.start()
-    wait_until(lambda: "url" in started, what="the demo to start watching")
-    page.goto(started["url"])
+    wait_until(lambda: "url" in results, what="the demo to start watching")
+    return demo, results
+
+
+@pytest.mark.parametrize("name", PATHOLOGY_NAMES)
+def test_each_demo_pathology_shows_its_flag_live_on_the_run_page(server, page, tmp_path, name):
+    options = pathology_options(name, logdir=str(tmp_path / "trainer"), server=server.url, step_delay=0.005)
+    demo, results = run_demo_live(options)
+    page.goto(results["url"])
     page.wait_for_function("() => window.babysitPage && window.babysitPage.loaded", timeout=20_000)
     wait_until(lambda: name in page.locator("#flags").inner_text(), timeout=60, what=f"a {name} flag on the page")
     assert source_length(page, "flag_marks") >= 1
     demo.join(120)
-    assert not demo.is_alive() and "result" in started
+    assert not demo.is_alive() and "result" in results
+
+
+def test_the_healthy_demo_shows_no_flag_on_its_run_page(server, page, tmp_path):
+    from trainer_hooks.demo import DemoOptions
+
+    demo, results = run_demo_live(DemoOptions(logdir=str(tmp_path / "trainer"), server=server.url, step_delay=0.002))
+    page.goto(results["url"])
+    page.wait_for_function("() => window.babysitPage && window.babysitPage.loaded", timeout=20_000)
+    demo.join(120)
+    assert not demo.is_alive() and results["result"].epochs == 8
+    wait_until(lambda: page.locator("#status").inner_text() == "finished", what="the page to show the run finished")
+    assert page.locator("#flag-count").inner_text() == "0" and page.locator("#flags li").count() == 0
+    assert source_length(page, "flag_marks") == 0

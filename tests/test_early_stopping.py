@@ -184,3 +184,34 @@ def test_a_stop_on_flags_needs_no_validation_metric_and_a_plain_policy_leaves_fl
         mon.log(loss=math.nan)
         mon.flush()
         assert [f.kind for f in mon.flags] == ["divergence"] and not mon.should_stop
+
+
+def test_a_store_that_cannot_take_events_never_stalls_a_run_that_stops_on_flags(tmp_path):
+    """Another process holds the SQLite file locked: the writer retries with back-off and
+    the sampled steps, which wait for the detectors, give up waiting after the first
+    STOP_CHECK_SECONDS instead of stalling every step."""
+    import sqlite3
+    import time
+
+    from monitor.store import DB_FILENAME
+    from trainer_hooks.handle import STOP_CHECK_SECONDS
+
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, run="locked", logdir=tmp_path, every=1, early_stopping=EarlyStopping()) as mon:
+        mon.flush()
+        lock = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        for _ in range(40):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+        elapsed = time.monotonic() - started
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert elapsed < 10 * STOP_CHECK_SECONDS  # 40 sampled steps: one wait, not forty
+    with RunStore(tmp_path) as store:
+        assert len(store.events(mon.run_id, kinds=["scalars"])) >= 40  # nothing lost once the lock went

@@ -110,6 +110,7 @@ class Monitor:
         self._restored = False
         self._agreement = StopAgreement(agree_every) if distributed_world() > 1 else None
         self._agreed = False
+        self._writer_caught_up = True  # whether the last wait for the detectors ended in time
         self._warned: set[str] = set()
         self._lr_logged: Any = None  # the learning rate last recorded for the user (see _record_lr)
         self._lr_held: ScalarRecord | None = None
@@ -324,15 +325,21 @@ class Monitor:
         now = time.perf_counter()
         self._record_lr()
         if self._capture is not None and self.early_stopping is not None and self.early_stopping.stop_on:
-            # A sampled step: let the detectors see every earlier record (the losses logged
-            # since the last sample), so a flag to stop on stops within one sampled step.
-            self._writer.flush(STOP_CHECK_SECONDS)
+            self._catch_up_detectors()
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
         self._step += 1
         if self._agreement is not None and self._agreement.due(self._step):
             self._agree()
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
+
+    def _catch_up_detectors(self) -> None:
+        """On a sampled step, let the detectors see every earlier record (the losses logged
+        since the last sample), so a flag to stop on stops the run within one sampled step.
+        A writer that could not catch up in STOP_CHECK_SECONDS (a failing disk, a sink
+        retrying) is not waited for again until it has: training never stalls on it."""
+        if self._writer_caught_up or self._writer.idle:
+            self._writer_caught_up = self._writer.flush(STOP_CHECK_SECONDS)
 
     def _agree(self) -> None:
         """A round of the ranks' stop agreement; a stop another rank asked for becomes ours."""

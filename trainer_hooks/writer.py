@@ -124,6 +124,11 @@ class Writer:
                                     timeout)
         return self._done >= target
 
+    @property
+    def idle(self) -> bool:
+        """Whether everything put so far is done."""
+        return self._done >= self._accepted
+
     def close(self, timeout: float = 60.0) -> None:
         self._stopping = True
         self._wake.set()

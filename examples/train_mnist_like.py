@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from trainer_hooks import watch  # babysit
+from trainer_hooks import EarlyStopping, watch  # babysit
 
 torch.manual_seed(0)
 digits = load_digits()
@@ -23,8 +23,9 @@ x_train, y_train, x_val, y_val = x[:1500], y[:1500], x[1500:], y[1500:]
 model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
-with watch(model, optimizer, run="digits-mlp", config={"lr": 0.1}) as mon:  # babysit
-    for epoch in range(10):
+stopping = EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)  # babysit
+with watch(model, optimizer, run="digits-mlp", config={"lr": 0.1}, early_stopping=stopping) as mon:  # babysit
+    for epoch in range(30):
         for idx in torch.randperm(len(y_train)).split(32):
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
             optimizer.zero_grad()
@@ -42,4 +43,8 @@ with watch(model, optimizer, run="digits-mlp", config={"lr": 0.1}) as mon:  # ba
         if mon.should_stop:  # babysit
             break
 
+if mon.stop_reason:  # babysit: why it stopped early (the best weights are back in the model)
+    print(f"stopped early: {mon.stop_reason.message}")
+for flag in mon.flags:  # babysit: what the detectors saw (also printed as they came)
+    print(f"flag: {flag.kind} {flag.layer or ''}: {flag.message}")
 print(f"stored as {mon.run_id} in {mon.store_path}")

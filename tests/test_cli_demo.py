@@ -290,3 +290,13 @@ def test_babysit_demo_pathology_runs_the_preset_and_an_unknown_one_is_a_one_line
     assert outcome.code == 0 and "babysit: warning initial_loss" in outcome.err
     outcome = babysit("demo", "--no-serve", "--pathology", "sadness", "--logdir", tmp_path)
     assert outcome.code == 2 and "--pathology: expected one of divergence, dead_relu" in outcome.err
+
+
+def test_the_example_script_trains_stops_early_restores_and_stores_its_run(tmp_path):
+    script = Path(__file__).parent.parent / "examples" / "train_mnist_like.py"
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped early: val_loss has not improved for 3 evaluations" in done.stdout
+    assert "babysit: restored the weights of step" in done.stderr
+    [info] = RunStore(tmp_path / "runs").runs()
+    assert info.status == "stopped" and info.flags == 0

@@ -96,3 +96,41 @@ def test_bf16_autocast_on_the_gpu_is_watched_without_sync(tmp_path, monkeypatch)
     stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
     assert sorted(stats.step.unique()) == [0, 1, 2, 3]
     assert stats[["mean", "std", "min", "max"]].notna().all().all()
+
+
+def test_early_stopping_on_cuda_restores_the_best_weights_and_stops_on_divergence(tmp_path):
+    from monitor.early_stopping import EarlyStopping, StopCause
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(64, 8, device="cuda")
+    y = (x[:, 0] > 0).long()
+    with watch(model, opt, every=2, logdir=tmp_path,
+               early_stopping=EarlyStopping(patience=1, restore_best_weights=True)) as mon:
+        best = None
+        for epoch, val in enumerate([1.0, 0.5, 0.7]):  # scripted evaluations: the best is the second
+            for _ in range(3):
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                mon.log(loss=loss)
+            if epoch == 1:
+                best = {k: v.clone() for k, v in model.state_dict().items()}
+            mon.log(val_loss=torch.tensor(val, device="cuda"))  # a CUDA tensor is read once per evaluation
+        assert mon.should_stop and mon.stop_reason.cause is StopCause.EARLY_STOPPING
+    assert all(torch.equal(v, best[k]) and v.is_cuda for k, v in model.state_dict().items())
+
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e6)
+    with watch(model, opt, every=2, logdir=tmp_path, early_stopping=EarlyStopping()) as mon:
+        for _ in range(100):
+            loss = model(x).pow(2).mean() * 1e3
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+            if mon.should_stop:
+                break
+    assert mon.stop_reason is not None and mon.stop_reason.flag == "divergence" and mon.step < 100

@@ -239,7 +239,9 @@ class InputStats(Payload):
 
 @dataclass(frozen=True)
 class Flag(Payload):
-    """A diagnosis: what went wrong, the numbers that show it, and what to do."""
+    """A diagnosis: what went wrong, the numbers that show it, and what to do. ``step`` is
+    the step it was raised at (the event's; set by :func:`monitor.detectors.diagnose` and
+    ``mon.add_flag``, so a flag held on its own still says when)."""
 
     kind: str
     severity: Severity
@@ -247,6 +249,7 @@ class Flag(Payload):
     advice: str
     layer: str | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    step: int | None = None
 
     def __post_init__(self):
         as_str("kind", self.kind, 64)
@@ -256,6 +259,8 @@ class Flag(Payload):
         if self.layer is not None:
             check_label("layer", self.layer)
         set_field(self, "evidence", json_like("evidence", dict(self.evidence)))
+        if self.step is not None:
+            set_field(self, "step", as_int("step", self.step))
 
 
 @dataclass(frozen=True)

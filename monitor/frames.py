@@ -110,7 +110,7 @@ def _plain(value: Any) -> Any:
 
 
 def _stamp(event: Event, **fields: Any) -> dict[str, Any]:
-    return {"step": event.step, "wall": event.wall, **fields}
+    return {**fields, "step": event.step, "wall": event.wall}  # the event's own step and time win
 
 
 def _summary_row(event: Event, summary) -> dict[str, Any]:

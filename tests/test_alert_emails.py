@@ -352,6 +352,14 @@ def test_several_flags_at_once_are_one_digest_and_a_repeat_within_the_cooldown_i
     assert message["Subject"] == f"[babysit] 3 alerts in run {mon.run_id}: exploding_gradient x2, dead_relu"
 
 
+def until(condition, timeout: float = 10.0) -> None:
+    """Wait for the mailer's thread to reach a state (it works on its own clock)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the mailer"
+        time.sleep(0.02)
+
+
 def test_an_unreachable_smtp_server_never_slows_ingest_or_training(tmp_path, caplog):
     config = settings(free_port(), alert_tries=5, alert_backoff=60.0)  # in back-off for the whole test
     with serving_with_alerts(tmp_path, config) as (running, app):
@@ -367,8 +375,10 @@ def test_an_unreachable_smtp_server_never_slows_ingest_or_training(tmp_path, cap
                 assert ack["ok"] and ack["stored"] == 1
         finally:
             client.disconnect()
+        until(lambda: app.alerts.tries == 1)  # the first email failed once and waits to retry
         mon = train(running.url, tmp_path, "unreachable", crash=True)
-        assert app.alerts.tries == 1 and app.alerts.alerter.pending  # the first email waits to retry
+        until(lambda: app.alerts.alerter.pending)  # the crash's alert waits behind it
+        assert app.alerts.tries == 1
         app.alerts.close(0.5)  # retries cut short: both emails given up, logged
     assert max(acks) < 0.5, acks
     with RunStore(tmp_path) as store:

@@ -51,6 +51,11 @@ def test_a_loss_far_below_its_start_does_not_flag_on_noise():
     assert flags_of([2.3] + [1e-5] + [1e-2, 1e-3] * 20) == []
 
 
+def test_diagnose_stamps_each_flag_with_the_step_of_its_event():
+    [(event, flag)] = diagnose([Divergence()], losses([2.3, 2.1, math.nan], start=40))
+    assert flag.step == event.step == 42
+
+
 def test_a_healthy_falling_loss_raises_nothing():
     assert flags_of([2.3 * 0.99 ** i for i in range(500)]) == []
 
@@ -87,7 +92,11 @@ def test_a_training_whose_loss_turns_nan_is_flagged_in_the_handle_and_the_store(
     assert any("loss is NaN" in f.message or "+Inf" in f.message for f in mon.flags)
     assert "babysit: critical divergence" in capsys.readouterr().err
     with RunStore(tmp_path) as store:
-        assert len(store.events(mon.run_id, kinds=["flag"])) == len(mon.flags)
+        stored = store.events(mon.run_id, kinds=["flag"])
+    assert len(stored) == len(mon.flags)
+    # every flag says when: the step of the event that raised it, in the handle and in the store
+    assert [f.step for f in mon.flags] == [e.step for e in stored] == [e.data.step for e in stored]
+    assert all(isinstance(f.step, int) for f in mon.flags)
 
 
 def test_detectors_can_be_turned_off(tmp_path):

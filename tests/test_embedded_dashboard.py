@@ -82,6 +82,8 @@ def test_watch_refuses_a_server_and_a_dashboard_together(tmp_path):
 
 
 def test_a_flag_added_to_the_handle_is_kept_and_stored(tmp_path):
+    import dataclasses
+
     from monitor.store import RunStore
 
     flag = Flag(kind="plateau", severity="warning", message="the loss has not improved for 500 steps",
@@ -90,7 +92,8 @@ def test_a_flag_added_to_the_handle_is_kept_and_stored(tmp_path):
         mon.add_flag(flag)
         with pytest.raises(TypeError, match="Flag"):
             mon.add_flag({"kind": "plateau"})
-    assert mon.flags == [flag]
+    stamped = dataclasses.replace(flag, step=0)  # the step it was added at
+    assert mon.flags == [stamped]
     with RunStore(tmp_path) as store:
         [event] = store.events(mon.run_id, kinds=["flag"])
-        assert event.data == flag
+        assert event.data == stamped and event.step == 0

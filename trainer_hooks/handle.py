@@ -7,6 +7,7 @@ never waits on the disk or the network, and it never reads a device value.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import numbers
 import os
 import secrets
@@ -193,12 +194,14 @@ class Monitor:
         self._put(EventRecord(reason.step, time.time(), Kind.STATUS, self._stop))
 
     def add_flag(self, flag: Flag, step: int | None = None) -> None:
-        """Record a diagnosis (at ``step``, default the current one): kept in :attr:`flags`,
-        printed as one line on stderr, stored and shown live on the dashboard like every
-        event. The detectors report through here, from the writer thread."""
+        """Record a diagnosis (at ``step``, default the flag's own, else the current one):
+        kept in :attr:`flags`, printed as one line on stderr, stored and shown live on the
+        dashboard like every event. The detectors report through here, from the writer thread."""
         if not isinstance(flag, Flag):
             raise TypeError(f"add_flag: expected a monitor.events.Flag, got {type(flag).__name__}")
-        step = self._step if step is None else step
+        step = step if step is not None else flag.step if flag.step is not None else self._step
+        if flag.step != step:
+            flag = dataclasses.replace(flag, step=step)
         self.flags.append(flag)
         where = f" [{flag.layer}]" if flag.layer else ""
         print(f"babysit: {flag.severity.value} {flag.kind}{where} at step {step}: {flag.message}",

@@ -52,7 +52,7 @@ def api_blueprint(app) -> Blueprint:
         problem = known_run(app, run)
         if problem is not None:
             return problem
-        return json_response([{"seq": e.seq, "step": e.step, "wall": e.wall, **e.data.to_dict()}
+        return json_response([{**e.data.to_dict(), "seq": e.seq, "step": e.step, "wall": e.wall}
                               for e in app.store.events(run, kinds=[Kind.FLAG])])
 
     @api.get("/runs/<run>/export")

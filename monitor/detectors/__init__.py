@@ -8,6 +8,7 @@ the same detectors run in a training process or over a stored run.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable, Protocol
 
 from monitor.events import Event, Flag
@@ -36,6 +37,8 @@ def default_detectors() -> list[Detector]:
 
 
 def diagnose(detectors: Iterable[Detector], events: Iterable[Event]) -> list[tuple[Event, Flag]]:
-    """Every flag the detectors raise over ``events``, with the event that raised it."""
+    """Every flag the detectors raise over ``events``, with the event that raised it (and
+    its step, when the detector did not set one)."""
     detectors = list(detectors)
-    return [(event, flag) for event in events for detector in detectors for flag in detector.update(event)]
+    return [(event, flag if flag.step is not None else replace(flag, step=event.step))
+            for event in events for detector in detectors for flag in detector.update(event)]

@@ -26,7 +26,7 @@ from torch import nn
 
 from monitor import codec
 from monitor.alert_config import AlertConfig, alert_config
-from monitor.events import Event, Flag, Kind, Scalars
+from monitor.events import Event, Flag, Kind
 from monitor.mailer import AlertMailer, send_message
 from monitor.store import RunStore
 from trainer_hooks import watch

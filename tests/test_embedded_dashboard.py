@@ -1,6 +1,5 @@
 """The embedded dashboard: ``babysit demo`` and ``watch(dashboard=True)`` serve the same
 server from the training process, print its URL, and the demo keeps serving until Ctrl-C."""
-import json
 import re
 import signal
 import subprocess

@@ -4,7 +4,6 @@ and carry a Content-Security-Policy. What the pages do is tested in a real brows
 import re
 
 import pytest
-from bokeh.embed import components
 
 from servers import serving
 from web.figures import compare_figures, run_page_figures

@@ -21,6 +21,14 @@ def require(name: str, value, test, expected: str) -> None:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
+def require_bars(name: str, bar: float, critical: float) -> None:
+    """Refuse a warning bar (a fraction in [0, 1)) and a critical one above it (at most 1)
+    that cannot work, naming the option at fault."""
+    require(name, bar, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+    require("critical_fraction", critical, lambda v: bar < v <= 1,
+            f"a fraction above {name} ({bar}) and at most 1")
+
+
 def is_count(value) -> bool:
     return isinstance(value, int) and value >= 1
 

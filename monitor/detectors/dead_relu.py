@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import LayerSeverity, Streaks, is_count, require
+from monitor.detectors.common import LayerSeverity, Streaks, is_count, require, require_bars
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "dead_relu"
@@ -73,11 +73,7 @@ class DeadRelu:
     _flagged: LayerSeverity = field(default_factory=LayerSeverity)
 
     def __post_init__(self):
-        if not 0 <= self.dead_fraction < 1:
-            raise ValueError(f"dead_fraction: expected a fraction in [0, 1), got {self.dead_fraction!r}")
-        if not self.dead_fraction < self.critical_fraction <= 1:
-            raise ValueError(f"critical_fraction: expected a fraction above dead_fraction ({self.dead_fraction}) "
-                             f"and at most 1, got {self.critical_fraction!r}")
+        require_bars("dead_fraction", self.dead_fraction, self.critical_fraction)
         require("patience", self.patience, is_count, "at least 1 sample")
         require("min_window", self.min_window, is_count, "at least 1 sampled batch")
         if isinstance(self.modules, str) or not self.modules or not all(isinstance(m, str) for m in self.modules):

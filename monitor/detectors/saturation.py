@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import LayerSeverity, Streaks, is_count, require
+from monitor.detectors.common import LayerSeverity, Streaks, is_count, require, require_bars
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "saturation"
@@ -64,11 +64,7 @@ class Saturation:
     _flagged: LayerSeverity = field(default_factory=LayerSeverity)
 
     def __post_init__(self):
-        if not 0 <= self.sat_fraction < 1:
-            raise ValueError(f"sat_fraction: expected a fraction in [0, 1), got {self.sat_fraction!r}")
-        if not self.sat_fraction < self.critical_fraction <= 1:
-            raise ValueError(f"critical_fraction: expected a fraction above sat_fraction ({self.sat_fraction}) "
-                             f"and at most 1, got {self.critical_fraction!r}")
+        require_bars("sat_fraction", self.sat_fraction, self.critical_fraction)
         require("patience", self.patience, is_count, "at least 1 sampled batch")
         if not isinstance(self.skip_output, bool):
             raise ValueError(f"skip_output: expected True or False, got {self.skip_output!r}")

@@ -55,6 +55,8 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text, object_hook=_untag, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # bytes that are not UTF-8 (or -16, -32) text
+        raise SchemaError(f"not JSON text: the bytes are not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
         raise SchemaError("JSON nested too deeply") from None
 

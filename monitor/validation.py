@@ -11,6 +11,9 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Metric names are keys in URLs and columns in exports.
 SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
 MAX_LABEL_LENGTH = 512  # layer and parameter names: free text, escaped wherever shown
+#: Integers the stores hold (SQLite's and PostgreSQL's are signed 64-bit): larger ones are
+#: refused where they enter, not found by the database mid-transaction.
+INT_LIMIT = 2**63
 
 
 #: Per payload class, its fields and defaults in order (for Payload.unchecked).
@@ -28,10 +31,24 @@ def fail(where: str, expected: str, value: Any) -> SchemaError:
     return SchemaError(f"{where}: expected {expected}, got {shown}")
 
 
+def is_text(value: str) -> bool:
+    """Whether a str is text that UTF-8 can hold: a lone surrogate (``"\\ud800"``, which
+    JSON escapes allow) cannot be stored, shown or sent on."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_label(where: str, value: Any) -> str:
     """Free-text names (layers, parameters, modules): any text without NUL, bounded."""
-    if not isinstance(value, str) or not value or len(value) > MAX_LABEL_LENGTH or "\x00" in value:
-        raise fail(where, f"a non-empty string of at most {MAX_LABEL_LENGTH} characters without NUL", value)
+    if not isinstance(value, str) or not value or len(value) > MAX_LABEL_LENGTH or "\x00" in value \
+            or not is_text(value):
+        raise fail(where, f"a non-empty string of at most {MAX_LABEL_LENGTH} characters without NUL "
+                          "or lone surrogates", value)
     return value
 
 
@@ -78,22 +95,27 @@ def as_float(where: str, value: Any) -> float:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(where, "a number (NaN and Inf allowed)", value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer past float's range
+        raise fail(where, "a number within float range (NaN and Inf allowed)", value) from None
 
 
 def as_int(where: str, value: Any, minimum: int | None = 0) -> int:
-    if type(value) is int and (minimum is None or value >= minimum):
+    if type(value) is int and (minimum is None or value >= minimum) and -INT_LIMIT <= value < INT_LIMIT:
         return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        raise fail(where, f"an integer >= {minimum}", value)
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum) \
+            or not -INT_LIMIT <= value < INT_LIMIT:
+        low = -INT_LIMIT if minimum is None else minimum
+        raise fail(where, f"an integer in {low}..2**63-1", value)
     return value
 
 
 def as_str(where: str, value: Any, limit: int = 4096) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise fail(where, f"a string of at most {limit} characters", value)
+    if not isinstance(value, str) or len(value) > limit or not is_text(value):
+        raise fail(where, f"a string of at most {limit} characters without lone surrogates", value)
     return value
 
 
@@ -104,12 +126,20 @@ def as_enum(enum: type[Enum], where: str, value: Any) -> Any:
         raise fail(where, "one of " + ", ".join(m.value for m in enum), value) from None
 
 
+#: Longest string inside config and evidence values.
+MAX_JSON_STRING = 65_536
+
+
 def json_like(where: str, value: Any, depth: int = 0) -> Any:
     """Config and evidence values: JSON data (NaN allowed), bounded in depth."""
     if depth > 16:
         raise fail(where, "JSON data nested at most 16 deep", "...")
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, float)):
         return value
+    if isinstance(value, int):
+        return as_int(where, value, None)
+    if isinstance(value, str):
+        return as_str(where, value, MAX_JSON_STRING)
     if isinstance(value, (list, tuple)):
         return tuple(json_like(where, v, depth + 1) for v in value)
     if isinstance(value, Mapping):

@@ -1,5 +1,6 @@
 """The server's ingest and dashboard channels, end to end: a real Flask-SocketIO server on a
 loopback port, a real python-socketio client, a real SQLite store."""
+from monitor.protocol import PROTOCOL_VERSION
 import json
 import math
 import threading
@@ -36,7 +37,7 @@ def test_a_batch_is_committed_before_it_is_acknowledged_and_a_replay_stores_noth
     c = client(running.url)
     try:
         ack = c.call("batch", batch(), namespace="/ingest", timeout=5)
-        assert ack == {"ok": True, "stored": 3, "last_seq": 2}
+        assert ack == {"ok": True, "stored": 3, "last_seq": 2, "protocol": PROTOCOL_VERSION}
         with RunStore(tmp_path) as store:  # another connection sees the commit once the ack is back
             assert [e.seq for e in store.events("r1")] == [0, 1, 2]
         assert c.call("batch", batch(), namespace="/ingest", timeout=5)["stored"] == 0
@@ -95,7 +96,7 @@ def test_browsers_in_a_runs_room_receive_its_events_after_the_commit(server):
 
     trainer = client(running.url)
     try:
-        assert browser.call("join", "r3", namespace="/dashboard", timeout=5) == {"ok": True}
+        assert browser.call("join", "r3", namespace="/dashboard", timeout=5) == {"ok": True, "stored": 0, "protocol": PROTOCOL_VERSION}
         trainer.call("batch", batch("other"), namespace="/ingest", timeout=5)  # another run: not sent here
         trainer.call("batch", batch("r3", seqs=[7]), namespace="/ingest", timeout=5)
         assert arrived.wait(5)

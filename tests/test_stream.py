@@ -7,6 +7,7 @@ import time
 import torch
 from torch import nn
 
+from monitor.protocol import PROTOCOL_VERSION
 from monitor.store import RunStore
 from trainer_hooks import stream, watch
 from servers import serving
@@ -117,7 +118,7 @@ def test_a_stop_from_the_dashboard_reaches_the_training_process(tmp_path):
             mon.flush()  # the trainer is connected and known to the server
             browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
             assert browser.call("stop", {"run": mon.run_id, "reason": "loss looks wrong"},
-                                namespace="/dashboard", timeout=5) == {"ok": True}
+                                namespace="/dashboard", timeout=5)["ok"] is True
             deadline = time.monotonic() + 10
             steps = 3
             while not mon.should_stop and time.monotonic() < deadline:
@@ -141,8 +142,9 @@ def test_with_a_token_a_stop_without_it_is_refused(tmp_path):
         refused = browser.call("stop", {"run": "r1"}, namespace="/dashboard", timeout=5)
         accepted = browser.call("stop", {"run": "r1", "token": "t0k"}, namespace="/dashboard", timeout=5)
         hostile = browser.call("stop", {"run": "../x", "token": "t0k"}, namespace="/dashboard", timeout=5)
-    assert refused == {"ok": False, "error": "stop: wrong or missing token"}
-    assert accepted == {"ok": True} and hostile["ok"] is False and "run" in hostile["error"]
+    assert refused == {"ok": False, "error": "stop: wrong or missing token", "permanent": True,
+                       "protocol": PROTOCOL_VERSION}
+    assert accepted["ok"] is True and hostile["ok"] is False and "run" in hostile["error"]
 
 
 def test_a_spool_left_by_a_process_that_ended_offline_is_replayed_by_babysit_replay(tmp_path, monkeypatch, capsys):

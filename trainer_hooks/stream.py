@@ -5,10 +5,13 @@ batch, flushed and fsync'd), then the spool is sent in order over a python-socke
 connection, each batch waiting for the server's acknowledgement, which comes only after
 the server committed it. The spool's read position is saved after each acknowledged
 batch, so a batch is re-sent only if its acknowledgement was lost, and the server's
-``(run, seq)`` key stores it once. While the server is unreachable the batches simply
-stay in the spool (the writer never blocks on the network: a connection is tried at most
-every ``RETRY_SECONDS``), and they are replayed in order once it answers again. The
-training thread never sees any of this.
+``(run, seq)`` key stores it once. While the server is unreachable, or refuses a batch
+for now (a transient refusal: its disk is full), the batches simply stay in the spool (the
+writer never blocks on the network: a connection is tried at most every
+``RETRY_SECONDS``), and they are replayed in order once it answers again. A batch the
+server refuses for good (a permanent refusal, :mod:`monitor.protocol`) is moved to
+``<run>.refused.jsonl`` beside the spool, reported once, and the rest goes on: one bad
+batch never holds back the spool behind it. The training thread never sees any of this.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from monitor import protocol
 from monitor.events import Event
 
 log = logging.getLogger("babysit")
@@ -55,7 +59,8 @@ class SocketSink:
         self.spool = spool_dir / f"{run}.jsonl"
         self.position_file = spool_dir / f"{run}.sent"
         self.position = int(self.position_file.read_text()) if self.position_file.exists() else 0
-        self.refused = 0  # batches the server rejected as malformed (a bug: logged, skipped)
+        self.refused_file = spool_dir / f"{run}.refused.jsonl"
+        self.refused = 0  # batches the server refused for good: kept in refused_file, reported once
         self._client = None
         self._next_try = 0.0
         self._unreachable = False
@@ -121,15 +126,28 @@ class SocketSink:
                         self.url, type(exc).__name__, self.spool)
             self._drop_client()
             return False
-        if isinstance(ack, dict) and ack.get("ok"):
+        ack = protocol.Ack.from_reply(ack)
+        if ack.ok:
             return True
-        error = ack.get("error", "") if isinstance(ack, dict) else repr(ack)
-        if "retry" in error:  # the server could not store it now
+        if not ack.permanent:  # the server could not store it now: keep it, try again later
+            log.warning("babysit: the server at %s could not take a batch now (%s); keeping it in %s",
+                        self.url, ack.error[:300], self.spool)
             self._drop_client()
             return False
-        self.refused += 1
-        log.error("babysit: the server refused a batch: %s (skipped; this is a bug)", error)
+        self._set_aside(text, ack.error)
         return True
+
+    def _set_aside(self, text: str, error: str) -> None:
+        """A batch the server will never store: kept on disk for a person, reported once."""
+        with open(self.refused_file, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.refused += 1
+        if self.refused == 1:
+            log.error("babysit: the server at %s refused a batch for good: %s. It is kept in %s; the rest of "
+                      "the run is sent as usual (further refusals are counted, not reported)",
+                      self.url, error[:500], self.refused_file)
 
     def _call(self, text: str):
         """Emit a batch and wait for its acknowledgement, giving up as soon as the connection
@@ -143,7 +161,7 @@ class SocketSink:
             answered.set()
 
         client = self._client
-        client.emit("batch", text, namespace="/ingest", callback=acknowledged)
+        client.emit(protocol.BATCH, text, namespace=protocol.INGEST_NAMESPACE, callback=acknowledged)
         deadline = time.monotonic() + ACK_TIMEOUT
         while not answered.wait(ACK_POLL_SECONDS):
             if not client.connected:
@@ -161,9 +179,9 @@ class SocketSink:
         import socketio
 
         client = socketio.Client(reconnection=False)
-        client.on("stop", self._stop_command, namespace="/ingest")
+        client.on(protocol.STOP, self._stop_command, namespace=protocol.INGEST_NAMESPACE)
         try:
-            client.connect(self.url, namespaces=["/ingest"], transports=["websocket"],
+            client.connect(self.url, namespaces=[protocol.INGEST_NAMESPACE], transports=["websocket"],
                            auth={"token": self.token} if self.token else None, wait_timeout=CONNECT_TIMEOUT)
         except Exception as exc:
             if not self._unreachable:  # once per outage, not every retry

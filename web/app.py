@@ -7,7 +7,6 @@ eventlet or gevent need is not acceptable, and one mode everywhere keeps one cod
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,25 +15,32 @@ from flask_socketio import SocketIO
 
 from monitor.alert_config import AlertConfig
 from monitor.mailer import AlertMailer
+from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE, MAX_MESSAGE_BYTES
 from monitor.store import RunStore
+from web.origins import HostCheck, check_origin, is_loopback, origin_check
 
-#: Largest Socket.IO message the server accepts (a batch of events as JSON text).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """What a server needs to know. ``token`` guards ingest and stop; it is required as
     soon as ``host`` is not a loopback address (anyone on the network could write).
-    ``alerts``: where alert emails go (``monitor.alert_config.alert_config``), None for none."""
+    ``alerts``: where alert emails go (``monitor.alert_config.alert_config``), None for none.
+    ``allowed_origins``: browser origins besides the server's own that may open its sockets
+    (``scheme://host[:port]``, e.g. a reverse proxy's public address; see :mod:`web.origins`)."""
 
     logdir: Path = Path("runs")
     host: str = "127.0.0.1"
     token: str | None = None
     alerts: AlertConfig | None = None
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "logdir", Path(self.logdir))
+        if isinstance(self.allowed_origins, str):
+            raise ValueError("allowed_origins: expected a list of origins, got one string "
+                             f"{self.allowed_origins!r} (pass [{self.allowed_origins!r}])")
+        object.__setattr__(self, "allowed_origins", tuple(check_origin(o) for o in self.allowed_origins))
         if self.alerts is not None and not isinstance(self.alerts, AlertConfig):
             raise ValueError(f"alerts: expected a monitor.alert_config.AlertConfig or None, "
                              f"got {type(self.alerts).__name__}")
@@ -42,15 +48,6 @@ class ServerConfig:
             raise ValueError(f"serving on {self.host!r} exposes babysit beyond this machine: give a token "
                              "(--token or BABYSIT_TOKEN) so that only your training processes can write "
                              "and stop runs, or bind to 127.0.0.1")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: assume it is reachable from elsewhere
 
 
 @dataclass
@@ -73,12 +70,15 @@ def create_app(config: ServerConfig | None = None) -> App:
     config = config or ServerConfig()
     flask = Flask(__name__)
     flask.config["BABYSIT"] = config
+    # Browser sockets from the page's own origin (and the listed ones) only; an empty
+    # list would switch engine.io's origin check off (web.origins).
     socketio = SocketIO(flask, async_mode="threading", max_http_buffer_size=MAX_MESSAGE_BYTES,
-                        cors_allowed_origins=[])  # same origin only: pages are ours
+                        cors_allowed_origins=origin_check(config))
+    flask.wsgi_app = HostCheck(flask.wsgi_app, config)  # around Socket.IO's middleware too
     store = RunStore(config.logdir)
     app = App(flask, socketio, store, config, AlertMailer(config.alerts) if config.alerts else None)
-    socketio.on_namespace(IngestNamespace("/ingest", app))
-    socketio.on_namespace(DashboardNamespace("/dashboard", app))
+    socketio.on_namespace(IngestNamespace(INGEST_NAMESPACE, app))
+    socketio.on_namespace(DashboardNamespace(DASHBOARD_NAMESPACE, app))
     flask.register_blueprint(api_blueprint(app))
     flask.register_blueprint(pages_blueprint(app))
     return app

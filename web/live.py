@@ -1,26 +1,32 @@
 """The two Socket.IO namespaces: ``/ingest`` for training processes, ``/dashboard`` for
-browsers.
+browsers. Names, shapes and the meaning of an answer are in :mod:`monitor.protocol`.
 
 Ingest: a training process sends ``batch`` with one JSON text (``monitor.codec``, so NaN
 and ±Inf travel exactly) holding a list of events. The batch is validated as a whole,
 committed to the store in one transaction, and only then acknowledged (the ack is the
 event handler's return value), so an acknowledged event is never lost; a batch that was
 already stored (a replay from the trainer's spool) is acknowledged again and stored
-nothing. A malformed batch gets ``{"ok": False, "error": ...}`` naming the problem and
-leaves the server as it was. After the commit the events go to the browsers that joined
-the run's room on ``/dashboard``, and to the alert policy (``monitor.mailer``: it decides
-under a lock and returns; emails are sent from its own thread, so the ack never waits).
+nothing. Every batch gets an answer, whatever arrives: a batch that can never be stored
+(malformed, or values the store cannot hold) is refused as permanent, one the store cannot
+take now (disk full, read-only) as transient, and either way the server logs one line and
+counts it (:class:`Refusals`), and stays as it was. After the commit the events go to the
+browsers that joined the run's room on ``/dashboard``, and to the alert policy
+(``monitor.mailer``: it decides under a lock and returns; emails are sent from its own
+thread, so the ack never waits).
 """
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
+from collections import Counter
 
 from flask import request
 from flask_socketio import Namespace, join_room, leave_room
 
-from monitor import codec
+from monitor import codec, protocol
 from monitor.events import Event
+from monitor.protocol import INDEX_ROOM, room, trainer_room
 from monitor.validation import SchemaError, check_run_id
 
 log = logging.getLogger("babysit.server")
@@ -29,105 +35,136 @@ log = logging.getLogger("babysit.server")
 MAX_BATCH_EVENTS = 20_000
 
 
-def room(run: str) -> str:
-    """Browsers watching a run."""
-    return f"run:{run}"
+class Refusals:
+    """Counts of refused batches by kind (``permanent``, ``transient``), for the operator:
+    each refusal is one log line with its reason and the running count, never a traceback."""
+
+    def __init__(self):
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def refuse(self, error: str, *, permanent: bool) -> dict:
+        kind = "permanent" if permanent else "transient"
+        with self._lock:
+            self._counts[kind] += 1
+            count = self._counts[kind]
+        log.warning("babysit: refused a batch from %s (%s, %d so far): %s",
+                    _peer(), kind, count, error[:500])
+        return protocol.refused(error, permanent=permanent)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"permanent": self._counts["permanent"], "transient": self._counts["transient"]}
 
 
-#: Browsers on the runs index, told when any run changes.
-INDEX_ROOM = "index"
-
-
-def trainer_room(run: str) -> str:
-    """The training process(es) streaming a run (every DDP rank, when they all stream)."""
-    return f"trainer:{run}"
+def _peer() -> str:
+    try:
+        return request.remote_addr or "?"
+    except RuntimeError:  # outside a request (a test calling the handler directly)
+        return "?"
 
 
 class IngestNamespace(Namespace):
     def __init__(self, namespace: str, app):
         super().__init__(namespace)
         self.app = app
+        self.refusals = Refusals()
 
     def on_connect(self, auth=None):
         token = self.app.config.token
         if token is not None:
-            given = (auth or {}).get("token") if isinstance(auth, dict) else None
-            if not isinstance(given, str) or not hmac.compare_digest(given, token):
+            given = auth.get("token") if isinstance(auth, dict) else None
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
                 log.warning("babysit: refused an ingest connection from %s: wrong or missing token",
                             request.remote_addr)
                 return False  # Socket.IO refuses the connection
         return True
 
-    def on_batch(self, text):
+    def on_batch(self, *args):
+        """One batch (see the module doc); every call is answered, none raises."""
+        if len(args) != 1:
+            return self.refusals.refuse(f"batch: expected one argument (the events as JSON text), "
+                                        f"got {len(args)}", permanent=True)
         try:
-            events = parse_batch(text)
+            events = parse_batch(args[0])
+            texts = [codec.encode_payload(event.data) for event in events]
         except SchemaError as exc:
-            return {"ok": False, "error": str(exc)}
+            return self.refusals.refuse(str(exc), permanent=True)
+        except Exception as exc:  # validation met a value no check foresaw: still the batch's fault
+            return self.refusals.refuse(f"batch: could not read it ({type(exc).__name__}: {exc})"[:1000],
+                                        permanent=True)
         if not events:
-            return {"ok": True, "stored": 0}
+            return protocol.accepted()
         for run in dict.fromkeys(event.run for event in events):
             join_room(trainer_room(run))  # where a stop for this run is sent
-        texts = [codec.encode_payload(event.data) for event in events]
         try:
             stored = self.app.store.append(events, texts)
-        except Exception as exc:  # disk full, locked database: the sender keeps the batch and retries
-            log.exception("babysit: could not store a batch of %d events", len(events))
-            return {"ok": False, "error": f"the server could not store the batch ({type(exc).__name__}); retry"}
-        for run in dict.fromkeys(event.run for event in events):
-            batch = [{"seq": e.seq, "step": e.step, "wall": e.wall, "kind": e.kind.value, "data": t}
-                     for e, t in zip(events, texts) if e.run == run]
-            self.app.socketio.emit("events", {"run": run, "events": batch}, to=room(run), namespace="/dashboard")
-        self.app.socketio.emit("runs_changed", {"runs": list(dict.fromkeys(e.run for e in events))},
-                               to=INDEX_ROOM, namespace="/dashboard")
+        except Exception as exc:  # disk full, locked or read-only database: the sender keeps it
+            return self.refusals.refuse(f"the server could not store the batch now ({type(exc).__name__}: "
+                                        f"{exc}); it is kept by the sender and sent again", permanent=False)
+        self.fan_out(events, texts)
         if stored and self.app.alerts is not None:  # a replay (stored == 0) was alerted on the first time
             # the policy only: sending happens on the mailer's thread; the link defaults to the address
             # this training process reached us at
             self.app.alerts.observe(events, base_url=request.host_url)
-        return {"ok": True, "stored": stored, "last_seq": max(event.seq for event in events)}
+        return protocol.accepted(stored, max(event.seq for event in events))
+
+    def fan_out(self, events: list[Event], texts: list[str]) -> None:
+        """The committed events to the browsers watching their runs, and the index told."""
+        for run in dict.fromkeys(event.run for event in events):
+            batch = [{"seq": e.seq, "step": e.step, "wall": e.wall, "kind": e.kind.value, "data": t}
+                     for e, t in zip(events, texts) if e.run == run]
+            self.app.socketio.emit(protocol.EVENTS, {"run": run, "events": batch}, to=room(run),
+                                   namespace=protocol.DASHBOARD_NAMESPACE)
+        self.app.socketio.emit(protocol.RUNS_CHANGED, {"runs": list(dict.fromkeys(e.run for e in events))},
+                               to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
 
 
 class DashboardNamespace(Namespace):
+    """Browsers: thin handlers that validate, act and answer with a :class:`monitor.protocol.Ack`."""
+
     def __init__(self, namespace: str, app):
         super().__init__(namespace)
         self.app = app
 
-    def on_join(self, run):
+    def on_join(self, run=None):
         try:
             join_room(room(check_run_id(run)))
         except SchemaError as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": True}
+            return protocol.refused(str(exc), permanent=True)
+        return protocol.accepted()
 
     def on_watch_runs(self, _message=None):
         """The runs index: told (``runs_changed``) whenever a batch of any run is stored."""
         join_room(INDEX_ROOM)
-        return {"ok": True}
+        return protocol.accepted()
 
-    def on_stop(self, message):
+    def on_stop(self, message=None):
         """``{"run": id, "reason": text, "token": ...}`` from the stop button: forwarded to the
         run's training processes, whose ``should_stop`` turns true at their next step. Needs
         the server's token when it has one."""
         if not isinstance(message, dict):
-            return {"ok": False, "error": "stop: expected {run, reason, token}"}
+            return protocol.refused("stop: expected {run, reason, token}", permanent=True)
         token = self.app.config.token
         given = message.get("token")
-        if token is not None and not (isinstance(given, str) and hmac.compare_digest(given, token)):
-            return {"ok": False, "error": "stop: wrong or missing token"}
+        if token is not None and not (isinstance(given, str)
+                                      and hmac.compare_digest(given.encode(), token.encode())):
+            return protocol.refused("stop: wrong or missing token", permanent=True)
         try:
             run = check_run_id(message.get("run"))
         except SchemaError as exc:
-            return {"ok": False, "error": str(exc)}
+            return protocol.refused(str(exc), permanent=True)
         reason = message.get("reason")
         reason = reason[:500] if isinstance(reason, str) and reason.strip() else "stopped from the dashboard"
-        self.app.socketio.emit("stop", {"run": run, "reason": reason, "by": "dashboard"},
-                               to=trainer_room(run), namespace="/ingest")
-        log.warning("babysit: stop sent to run %s (%s)", run, reason)
-        return {"ok": True}
+        self.app.socketio.emit(protocol.STOP, {"run": run, "reason": reason, "by": "dashboard"},
+                               to=trainer_room(run), namespace=protocol.INGEST_NAMESPACE)
+        log.warning("babysit: stop sent to run %s (%r)", run, reason[:200])
+        return protocol.accepted()
 
-    def on_leave(self, run):
+    def on_leave(self, run=None):
         if isinstance(run, str):
             leave_room(room(run))
-        return {"ok": True}
+        return protocol.accepted()
 
 
 def parse_batch(text) -> list[Event]:
@@ -143,8 +180,6 @@ def parse_batch(text) -> list[Event]:
     for position, item in enumerate(raw):
         try:
             events.append(Event.from_dict(item))
-        except SchemaError as exc:
-            raise SchemaError(f"batch event {position}: {exc}") from None
-        except TypeError as exc:  # a payload missing a field fails in its constructor
+        except (SchemaError, TypeError, ValueError, OverflowError) as exc:  # a constructor's own check
             raise SchemaError(f"batch event {position}: {exc}") from None
     return events

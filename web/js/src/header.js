@@ -1,6 +1,7 @@
 // The run page's header: status badge, progress line (step, epoch, steps/s, elapsed),
 // who stopped the run and when, and the stop button.
 import { request } from "./live.js";
+import { STOP } from "./protocol.js";
 import { clock, duration, num } from "./format.js";
 
 // Recent (step, wall) pairs of the loss the training speed is measured over.
@@ -103,7 +104,7 @@ export class RunHeader {
     }
     this.button.disabled = true;
     try {
-      const reply = await request(this.socket, "stop", { run: this.run, reason: "stopped from the dashboard", token });
+      const reply = await request(this.socket, STOP, { run: this.run, reason: "stopped from the dashboard", token });
       if (!reply.ok) throw new Error(reply.error);
       this.stoppedBy.textContent = "stop sent; waiting for the training process…";
     } catch (err) {

@@ -3,6 +3,7 @@
 // reloads the list, at most once per RELOAD_MS.
 import { getJSON } from "./codec.js";
 import { connect, request } from "./live.js";
+import { RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
 import { clock, duration, el, num } from "./format.js";
 
 const RELOAD_MS = 500;
@@ -60,8 +61,8 @@ document.getElementById("compare").addEventListener("click", () => {
 });
 
 connect(async (socket) => {
-  await request(socket, "watch_runs", null);
+  await request(socket, WATCH_RUNS, null);
   await reload();
-}).on("runs_changed", scheduleReload);
+}).on(RUNS_CHANGED, scheduleReload);
 setInterval(() => { if (runs.some((r) => ACTIVE.has(r.status))) render(); }, 1000);
 reload().catch(console.error);

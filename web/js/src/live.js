@@ -3,9 +3,10 @@
 // (re)connection, so a page joins its room again and reloads what it missed.
 import { io } from "socket.io-client";
 import { parse } from "./codec.js";
+import { DASHBOARD_NAMESPACE } from "./protocol.js";
 
 export function connect(onConnect) {
-  const socket = io("/dashboard", { reconnectionDelayMax: 5000 });
+  const socket = io(DASHBOARD_NAMESPACE, { reconnectionDelayMax: 5000 });
   const indicator = document.getElementById("connection");
   const show = (text, state) => {
     if (!indicator) return;

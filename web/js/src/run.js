@@ -4,6 +4,7 @@
 import { getJSON, HttpError } from "./codec.js";
 import { bokehModels, setData, stream } from "./models.js";
 import { connect, decodeEvent, request } from "./live.js";
+import { EVENTS, JOIN } from "./protocol.js";
 import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";
 import { LayerPanel, UpdateRatios, bandsUrl, showDeadUnits } from "./layers.js";
@@ -280,7 +281,7 @@ async function main() {
   });
   const joinAndLoad = async (socket) => {
     try {
-      await request(socket, "join", RUN);
+      await request(socket, JOIN, RUN);
       // The first load fetches while Bokeh builds; every reconnection loads again (what
       // happened meanwhile is in the store).
       const history = page === null ? await fetchHistory({}) : null;
@@ -293,7 +294,7 @@ async function main() {
       setTimeout(() => { if (socket.connected) joinAndLoad(socket); }, 2000);
     }
   };
-  connect(joinAndLoad).on("events", (batch) => {
+  connect(joinAndLoad).on(EVENTS, (batch) => {
     if (batch.run !== RUN) return;
     if (page === null) early.push(batch); else page.onEvents(batch);
   });

@@ -12,6 +12,11 @@ from monitor.events import Flag
 from servers import serving
 from trainings import PATHOLOGY_NAMES, pathology_options
 
+#: Steps of a training that the test ends with the Stop button: far more than a loaded
+#: machine gets through while the page is checked (20 ms a step: 200 s), so the run is
+#: still running when Stop is pressed however slow the page was.
+UNTIL_STOPPED = 10_000
+
 FLAG = Flag(kind="dead_relu", severity="critical", message="3 of 4 units of layer 1 never fire <b>now</b>",
             advice="lower the learning rate; try leaky ReLU", layer="1", evidence={"dead_fraction": 0.75})
 
@@ -64,7 +69,7 @@ def train_and_open(page, server, tmp_path, **options) -> Training:
 
 
 def test_the_loss_plot_gains_points_live_while_the_run_trains(server, page, tmp_path):
-    training = train_and_open(page, server, tmp_path, steps=400, delay=0.02)
+    training = train_and_open(page, server, tmp_path, steps=UNTIL_STOPPED, delay=0.02)
     first = wait_until(lambda: source_length(page, "loss_train") >= 5 and source_length(page, "loss_train"),
                        what="the first loss points")
     wait_until(lambda: source_length(page, "loss_train") >= first + 10, what="live loss points")
@@ -90,7 +95,8 @@ def test_the_filter_image_appears_and_shows_the_first_layer(server, page, tmp_pa
 
 
 def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(server, page, tmp_path):
-    training = train_and_open(page, server, tmp_path, steps=400, delay=0.02, flag=FLAG, flag_at=40)
+    training = train_and_open(page, server, tmp_path, steps=UNTIL_STOPPED, delay=0.02, flag=FLAG,
+                              flag_at=40)
     item = page.wait_for_selector("#flags li", timeout=20_000)
     assert FLAG.message in item.inner_text()  # the markup arrives as text
     assert page.locator("#flags li b").count() == 0
@@ -104,7 +110,7 @@ def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(server, page, tm
 
 
 def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(server, page, tmp_path):
-    training = train_and_open(page, server, tmp_path, steps=5000, delay=0.02)
+    training = train_and_open(page, server, tmp_path, steps=UNTIL_STOPPED, delay=0.02)
     dialogs = []
 
     def answer(dialog):
@@ -171,7 +177,7 @@ def test_the_index_shows_a_new_run_without_a_reload(server, page, tmp_path):
 
 def test_with_a_token_the_stop_button_asks_for_it_and_refuses_a_wrong_one(page, tmp_path):
     with serving(tmp_path / "server", token="s3cret") as server:
-        training = Training(server.url, tmp_path / "trainer", steps=5000, delay=0.02, token="s3cret")
+        training = Training(server.url, tmp_path / "trainer", steps=UNTIL_STOPPED, delay=0.02, token="s3cret")
         training.start()
         open_run(page, server, training.started())
         answers = iter(["wrong", "s3cret"])
@@ -204,7 +210,7 @@ def test_the_page_says_when_the_server_is_down_and_catches_up_when_it_is_back(pa
         port = s.getsockname()[1]
     page.expected_errors = ("Failed to load resource: net::ERR_",)  # refused, reset, not connected
     with serving(tmp_path / "server", port) as server:
-        training = Training(server.url, tmp_path / "trainer", steps=400, delay=0.02)
+        training = Training(server.url, tmp_path / "trainer", steps=UNTIL_STOPPED, delay=0.02)
         training.start()
         open_run(page, server, training.started())
         wait_until(lambda: source_length(page, "loss_train") >= 10, what="the first points")

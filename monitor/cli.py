@@ -254,6 +254,10 @@ def _add_serve(commands) -> None:
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
     p.add_argument("--token", default=None, help="shared secret for ingest and stop (default: $BABYSIT_TOKEN)")
+    p.add_argument("--allowed-origin", action="append", metavar="ORIGIN", default=None,
+                   help="a browser origin besides the server's own whose pages may open its sockets, as "
+                        "scheme://host[:port], e.g. the https:// address of a reverse proxy; repeat it or give a "
+                        "comma list (default: $BABYSIT_ALLOWED_ORIGINS, else the server's own origin only)")
     p.add_argument("--threads", type=int, default=64, metavar="N",
                    help="connections served at once: training processes, browser tabs (default: 64)")
     _add_alert_options(p)
@@ -322,8 +326,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     alerts = _alerts(vars(args), os.environ)
     try:
+        origins = args.allowed_origin or [os.environ.get("BABYSIT_ALLOWED_ORIGINS", "")]
         config = ServerConfig(logdir=Path(args.logdir), host=args.host,
-                              token=args.token or os.environ.get("BABYSIT_TOKEN") or None, alerts=alerts)
+                              token=args.token or os.environ.get("BABYSIT_TOKEN") or None, alerts=alerts,
+                              allowed_origins=[o for text in origins for o in text.split(",") if o.strip()])
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not 1 <= args.port <= 65535:

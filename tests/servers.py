@@ -6,10 +6,10 @@ from web.serving import serve_in_thread
 
 
 @contextlib.contextmanager
-def serving_app(logdir, port: int = 0, token=None):
+def serving_app(logdir, port: int = 0, token=None, **config):
     """A real server on a loopback port for the block, as ``(RunningServer, App)``; stopped
-    and its store closed after."""
-    app = create_app(ServerConfig(logdir=logdir, token=token))
+    and its store closed after. ``config``: more :class:`ServerConfig` fields."""
+    app = create_app(ServerConfig(logdir=logdir, token=token, **config))
     running = serve_in_thread(app, port=port)
     try:
         yield running, app
@@ -19,7 +19,7 @@ def serving_app(logdir, port: int = 0, token=None):
 
 
 @contextlib.contextmanager
-def serving(logdir, port: int = 0, token=None):
+def serving(logdir, port: int = 0, token=None, **config):
     """:func:`serving_app`'s server alone."""
-    with serving_app(logdir, port, token) as (running, _):
+    with serving_app(logdir, port, token, **config) as (running, _):
         yield running

@@ -167,3 +167,39 @@ def test_a_spool_left_by_a_process_that_ended_offline_is_replayed_by_babysit_rep
         assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0  # idempotent
     assert f"{mon.run_id}: sent" in capsys.readouterr().out
     assert_complete(stored(tmp_path / "server", mon.run_id), 8)
+
+
+def test_a_batch_refused_for_good_is_set_aside_once_and_everything_after_it_is_delivered(
+        tmp_path, monkeypatch, caplog):
+    """Issue 9, item 3: a refusal used to read "retry", and the sender resent it for ever,
+    holding back the whole spool behind it."""
+    import logging
+
+    import pytest
+
+    from trainer_hooks import BabysitWarning
+    from trainer_hooks import handle
+
+    monkeypatch.setattr(stream, "RETRY_SECONDS", 0.1)
+    monkeypatch.setattr(handle, "CLOSE_SEND_SECONDS", 0.5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    model, opt = tiny()
+    with pytest.warns(BabysitWarning, match="kept in"):
+        with watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer") as mon:
+            train(model, opt, mon, 8)  # spooled: the server is not up yet
+    spool = tmp_path / "trainer" / "spool" / f"{mon.run_id}.jsonl"
+    first, *rest = spool.read_bytes().splitlines(keepends=True)
+    unstorable = ('[{"run":"%s","seq":%d,"step":0,"wall":1.0,"kind":"scalars","data":{"values":{"loss":1.0}}}]\n'
+                  % (mon.run_id, 2**63)).encode()
+    damaged = b'[\x80\x81]\n'
+    spool.write_bytes(first + unstorable + damaged + b"".join(rest))
+    with serving(tmp_path / "server", port), caplog.at_level(logging.WARNING):
+        assert stream.replay_spools(url, spool.parent, timeout=20) == {mon.run_id: True}
+    assert_complete(stored(tmp_path / "server", mon.run_id), 8)
+    assert (spool.parent / f"{mon.run_id}.refused.jsonl").read_bytes() == unstorable + damaged
+    reports = [r for r in caplog.records if r.name == "babysit" and "refused a batch for good" in r.getMessage()]
+    assert len(reports) == 1 and "2**63" in reports[0].getMessage()
+    server_lines = [r.getMessage() for r in caplog.records if r.name == "babysit.server"]
+    assert len(server_lines) == 1 and "permanent" in server_lines[0]  # the damaged line never left the trainer
+    assert not any(r.exc_info for r in caplog.records)  # one line each, no traceback

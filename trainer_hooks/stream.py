@@ -109,8 +109,13 @@ class SocketSink:
         with open(self.spool, "rb") as f:
             f.seek(self.position)
             for line in f:
-                if not self._send(line.decode("utf-8").rstrip("\n")):
-                    return
+                try:
+                    text = line.decode("utf-8").rstrip("\n")
+                except UnicodeDecodeError:  # a damaged spool line: no server could ever read it
+                    self._set_aside(line, "the spooled line is not UTF-8 text")
+                else:
+                    if not self._send(text):
+                        return
                 self.position += len(line)
                 self._save_position()
         if self.position >= self.spool.stat().st_size:  # all acknowledged: start afresh
@@ -137,10 +142,11 @@ class SocketSink:
         self._set_aside(text, ack.error)
         return True
 
-    def _set_aside(self, text: str, error: str) -> None:
+    def _set_aside(self, line: str | bytes, error: str) -> None:
         """A batch the server will never store: kept on disk for a person, reported once."""
-        with open(self.refused_file, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+        raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape") + b"\n"
+        with open(self.refused_file, "ab") as f:
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         self.refused += 1

@@ -1,7 +1,7 @@
 """The server's ingest and dashboard channels, end to end: a real Flask-SocketIO server on a
 loopback port, a real python-socketio client, a real SQLite store."""
-from monitor.protocol import PROTOCOL_VERSION
 import json
+import logging
 import math
 import threading
 
@@ -10,6 +10,7 @@ import socketio
 
 from monitor import codec
 from monitor.events import Event, Kind, Scalars
+from monitor.protocol import PROTOCOL_VERSION
 from monitor.store import RunStore
 from web.app import ServerConfig
 from servers import serving, serving_app
@@ -70,13 +71,29 @@ def test_nan_and_inf_arrive_exactly(server, tmp_path):
     ('[{"run": "r", "seq": 0, "step": 0, "wall": 1, "kind": "scalars", "data": {"values": {"x": NaN}}}]',
      "bare NaN"),
     (12, "expected the events as JSON text"),
+    (b"[\x80\x81]", "not UTF-8"),
+    (("one", "two"), "expected one argument"),
+    (_NO_ARGUMENT := object(), "expected one argument"),
+    ('[{"run": "r", "seq": %d, "step": 0, "wall": 1, "kind": "scalars", "data": {"values": {"x": 1}}}]' % 2**63,
+     "2**63-1"),
+    ('[{"run": "r", "seq": 0, "step": 0, "wall": 1, "kind": "flag", "data": {"kind": "k", "severity": '
+     '"warning", "message": "m", "advice": "a", "layer": "\\ud800"}}]', "lone surrogates"),
+    ('[{"run": "r", "seq": 0, "step": 0, "wall": 1, "kind": "scalars", "data": {"values": {"x": 1%s}}}]'
+     % ("0" * 400), "float range"),
 ])
-def test_a_malformed_batch_is_refused_with_the_reason_and_the_server_carries_on(server, tmp_path, text, problem):
+def test_a_malformed_batch_is_refused_for_good_with_the_reason_and_the_server_carries_on(
+        server, tmp_path, text, problem, caplog):
     running, _ = server
     c = client(running.url)
     try:
-        ack = c.call("batch", text, namespace="/ingest", timeout=5)
-        assert ack["ok"] is False and problem in ack["error"]
+        with caplog.at_level(logging.WARNING, logger="babysit.server"):
+            if text is _NO_ARGUMENT:
+                ack = c.call("batch", namespace="/ingest", timeout=5)
+            else:
+                ack = c.call("batch", text, namespace="/ingest", timeout=5)
+        assert ack["ok"] is False and ack["permanent"] is True and problem in ack["error"]
+        [line] = [r for r in caplog.records if r.name == "babysit.server"]  # one line, no traceback
+        assert "permanent, 1 so far" in line.getMessage() and line.exc_info is None
         assert c.call("batch", batch("ok"), namespace="/ingest", timeout=5)["stored"] == 3
     finally:
         c.disconnect()

@@ -293,10 +293,19 @@ def test_babysit_demo_pathology_runs_the_preset_and_an_unknown_one_is_a_one_line
 
 
 def test_the_example_script_trains_stops_early_restores_and_stores_its_run(tmp_path):
+    """The README's example is a healthy run that early stopping ends on a plateau: the same
+    on every thread count and CPU tried (issue 9: at lr=0.1 the rounding decided whether it
+    overfitted first). It inherits the suite's OMP_NUM_THREADS, as a user's script would."""
     script = Path(__file__).parent.parent / "examples" / "train_mnist_like.py"
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "stopped early: val_loss has not improved for 3 evaluations" in done.stdout
-    assert "babysit: restored the weights of step" in done.stderr
+    stop = re.search(r"stopped early: val_loss has not improved for 3 evaluations \(best [0-9.]+ at step (\d+)",
+                     done.stdout)
+    assert stop, done.stdout
+    assert f"babysit: restored the weights of step {stop[1]} " in done.stderr
+    assert "flag:" not in done.stdout, done.stdout  # a healthy run: no detector has anything to say
     [info] = RunStore(tmp_path / "runs").runs()
     assert info.status == "stopped" and info.flags == 0
+    val_loss = load_run(info.run, tmp_path / "runs").series("val_loss")
+    assert val_loss.idxmin() == int(stop[1])  # the weights put back are those of the best evaluation
+    assert (val_loss.index > int(stop[1])).sum() == 3  # patience: the loop broke then, not after its 30 epochs

@@ -47,6 +47,10 @@ CLOSE_SEND_SECONDS = 15.0
 #: Most seconds a sampled step waits for the detectors to have seen every earlier record,
 #: when an early-stopping policy stops on flags (a stuck disk must not stall training).
 STOP_CHECK_SECONDS = 1.0
+#: Most seconds close() waits for the detectors to have seen the last records, so that
+#: what they raise (and a stop it asks for) comes before the run's end; a stuck disk
+#: must not hold the end of a run for longer.
+CLOSE_DETECT_SECONDS = 5.0
 #: Scalar names that describe where training is, not how it goes: logging them alone
 #: does not advance the step of a run without an optimizer.
 POSITION_SCALARS = frozenset({"epoch"})
@@ -267,6 +271,11 @@ class Monitor:
         _watched.pop(self.model, None)
         self._finish_capture()
         self._record_lr()  # hand over the one held back
+        # The detectors run on the writer thread: without this wait a flag raised by the
+        # last records (the evaluation that stopped the run) landed after run_end or
+        # before it depending on when the writer woke, and a stop it asked for came too
+        # late to decide how the run ended (the run stayed "stopping").
+        self._writer.flush(CLOSE_DETECT_SECONDS)
         if self._agreement is not None:
             self._agreement.finish()  # every rank launched the round in flight: complete it
         if self._stop is not None:

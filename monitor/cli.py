@@ -8,6 +8,7 @@ run, a bad option) print one line to stderr and exit with status 2, without a tr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -27,6 +28,87 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------- argument types
+# Each says what it expects and shows what came; argparse puts the option in front
+# ("argument --port: ...") and _Parser prints it as one line, exit status 2.
+
+def _whole(minimum: int | None, unit: str, example: int):
+    """A whole number of ``unit`` >= ``minimum`` (None: the range is checked later, by the
+    options it goes to, which know it)."""
+    bound = f" >= {minimum}" if minimum is not None else ""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or (minimum is not None and value < minimum):
+            raise argparse.ArgumentTypeError(f"expected a whole number{' of ' + unit if unit else ''}{bound}, "
+                                             f"e.g. {example}; got {text!r}")
+        return value
+    return whole
+
+
+def _number(unit: str, example: str, *, minimum: float | None = None, positive: bool = False):
+    """A finite number (``positive``: above 0; ``minimum``: at least that)."""
+    bound = " above 0" if positive else f" >= {minimum:g}" if minimum is not None else ""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum):
+            raise argparse.ArgumentTypeError(f"expected {unit}{bound}, e.g. {example}; got {text!r}")
+        return value
+    return number
+
+
+def _port(free: bool, example: int = 5000):
+    """A TCP port, 1..65535 (``free``: 0 too, for a free one)."""
+    def port(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not (0 if free else 1) <= value <= 65535:
+            raise argparse.ArgumentTypeError("expected a port number 1..65535" + (" (or 0 for a free one)" if free
+                                             else "") + f", e.g. {example}; got {text!r}")
+        return value
+    return port
+
+
+def _directory(text: str) -> str:
+    """A directory path (created where needed); an existing file in its place is refused."""
+    for place in (Path(text), *Path(text).parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "which is a file" if place == Path(text) else f"and {str(place)!r} on its way is a file"
+                raise argparse.ArgumentTypeError(f"expected a directory, got {text!r}, {where}: give a directory "
+                                                 "path, e.g. runs")
+            break
+    return text
+
+
+def _token(text: str) -> str:
+    """The server's shared secret (never shown back: the message may reach a log)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected the server's shared secret, got an empty one: give a "
+                                         "non-empty token, or leave --token out to use $BABYSIT_TOKEN")
+    return text
+
+
+def _server(text: str) -> str:
+    """The URL of ``babysit serve``; the rule is the one watch() applies (monitor.protocol)."""
+    from monitor.protocol import server_url_problem
+
+    problem = server_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"expected the URL of `babysit serve`, http(s)://host:port; "
+                                         f"got {text!r}: {problem}")
+    return text.strip()
 
 
 # ------------------------------------------------------------------------------- demo
@@ -57,33 +139,36 @@ def _add_demo(commands) -> None:
     p.add_argument("--pathology", metavar="NAME",
                    help=f"provoke one detector's flag: {', '.join(DEMO_PATHOLOGIES)}; options given "
                         "as well win over the preset's (default: a healthy run)")
-    p.add_argument("--lr", type=float, help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
+    p.add_argument("--lr", type=_number("a learning rate", "0.05", positive=True),
+                   help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.9) or adam (default: sgd)")
-    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training images (default: 8)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default: 32)")
-    p.add_argument("--train-size", type=int, metavar="N", help="training images, 1..1437; 360 more are held out "
-                                                  "for validation (default: all 1437)")
-    p.add_argument("--init-bias", type=float, metavar="B", help="start the bias of every layer that feeds a ReLU at "
-                                                   "this value; -5 kills the ReLUs (default: PyTorch's init)")
+    p.add_argument("--epochs", type=_whole(1, "epochs", 8), metavar="N",
+                   help="passes over the training images (default: 8)")
+    p.add_argument("--batch-size", type=_whole(1, "images", 32), metavar="N", help="images per step (default: 32)")
+    p.add_argument("--train-size", type=_whole(None, "images", 1000), metavar="N",
+                   help="training images, 1..1437; 360 more are held out for validation (default: all 1437)")
+    p.add_argument("--init-bias", type=_number("a finite bias", "-5"), metavar="B",
+                   help="start the bias of every layer that feeds a ReLU at this value; -5 kills the ReLUs "
+                        "(default: PyTorch's init)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="feed raw pixel values instead of zero mean, unit variance (default: normalize)")
-    p.add_argument("--patience", type=int, metavar="N",
+    p.add_argument("--patience", type=_whole(0, "epochs", 5), metavar="N",
                    help="stop after N epochs without a better validation loss and restore the best weights "
                         "(default: 5)")
     p.add_argument("--no-early-stopping", dest="patience", action="store_const", const=None,
                    help="train all epochs, even through a diverged loss (default: stop early)")
-    p.add_argument("--seed", type=int, metavar="N", help="seed for the split, the initial weights and the batch order "
-                                            "(default: 0)")
+    p.add_argument("--seed", type=_whole(0, "", 0), metavar="N",
+                   help="seed for the split, the initial weights and the batch order (default: 0)")
     p.add_argument("--every", type=_every, metavar="N", help="sample the layer statistics every N steps, or 'auto' "
                                                             "to let babysit size the interval (default: 5)")
     p.add_argument("--run", metavar="NAME", help="run name; the stored run id adds the time "
                                                  "(default: digits-cnn)")
-    p.add_argument("--logdir", metavar="DIR", help="where runs are stored (default: runs)")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", help="where runs are stored (default: runs)")
     p.add_argument("--no-serve", dest="serve", action="store_false",
                    help="train without the live dashboard (headless; the run is stored either way) "
                         "(default: serve on 127.0.0.1 and keep serving after training until Ctrl-C)")
-    p.add_argument("--port", type=int, metavar="N", help="the dashboard's port (default: a free one)")
-    p.add_argument("--step-delay", type=float, metavar="S",
+    p.add_argument("--port", type=_port(free=True), metavar="N", help="the dashboard's port (default: a free one)")
+    p.add_argument("--step-delay", type=_number("seconds", "0.05", minimum=0), metavar="S",
                    help=f"pause after each step so the run can be watched live (default: "
                         f"{DEMO_LIVE_STEP_DELAY} while serving, 0 with --no-serve)")
     p.set_defaults(func=_demo)
@@ -94,9 +179,13 @@ def _every(text: str) -> int | None:
     if text == "auto":
         return None
     try:
-        return int(text)
+        every = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of steps or 'auto', got {text!r}") from None
+        every = 0
+    if every < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1, e.g. 5, or 'auto' to let "
+                                         f"babysit size the interval; got {text!r}")
+    return every
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -118,8 +207,6 @@ def _demo(args: argparse.Namespace) -> int:
     if not serve:
         run_demo(demo_options)
         return 0
-    if not 0 <= port <= 65535:
-        raise CliError(f"--port: expected 1..65535 (or 0 for a free one), got {port}")
     try:
         server = start_dashboard(demo_options.logdir, port)
     except OSError as exc:  # the port is taken
@@ -166,10 +253,11 @@ def _add_export(commands) -> None:
         description="Write a stored run's tables (scalars, layer statistics, flags, ...) as one file each, "
                     "and print the paths written.")
     p.add_argument("run", metavar="RUN", help="the run id, as `babysit runs` lists it")
-    p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
+                   help="where runs are stored (default: runs)")
     p.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv",
                    help="file format (default: csv)")
-    p.add_argument("--out", metavar="DIR", default=None,
+    p.add_argument("--out", type=_directory, metavar="DIR", default=None,
                    help="directory to write into (default: chosen by the exporter, printed at the end)")
     p.set_defaults(func=_export)
 
@@ -196,7 +284,8 @@ RUN_HEADERS = ("RUN", "NAME", "STATUS", "STARTED", "UPDATED", "STEP", "LOSS", "F
 def _add_runs(commands) -> None:
     p = commands.add_parser("runs", help="list the stored runs",
                             description="List the runs stored under --logdir, newest first.")
-    p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
+                   help="where runs are stored (default: runs)")
     p.set_defaults(func=_runs)
 
 
@@ -251,15 +340,20 @@ def _add_serve(commands) -> None:
                     "on HOST:PORT, storing runs under --logdir. Beyond 127.0.0.1 a token is required "
                     "(--token or BABYSIT_TOKEN): training processes and the stop button must present it.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    p.add_argument("--logdir", metavar="DIR", default="runs", help="where runs are stored (default: runs)")
-    p.add_argument("--token", default=None, help="shared secret for ingest and stop (default: $BABYSIT_TOKEN)")
+    p.add_argument("--port", type=_port(free=False), default=5000, help="port (default: 5000)")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
+                   help="where runs are stored (default: runs)")
+    p.add_argument("--token", type=_token, default=None,
+                   help="shared secret for ingest and stop (default: $BABYSIT_TOKEN)")
     p.add_argument("--allowed-origin", action="append", metavar="ORIGIN", default=None,
                    help="a browser origin besides the server's own whose pages may open its sockets, as "
                         "scheme://host[:port], e.g. the https:// address of a reverse proxy; repeat it or give a "
                         "comma list (default: $BABYSIT_ALLOWED_ORIGINS, else the server's own origin only)")
-    p.add_argument("--threads", type=int, default=64, metavar="N",
+    p.add_argument("--threads", type=_whole(1, "connections", 64), default=64, metavar="N",
                    help="connections served at once: training processes, browser tabs (default: 64)")
+    p.add_argument("--lost-after", type=_number("seconds", "30", positive=True), default=None, metavar="S",
+                   help="mark a run lost when its training process has sent nothing, not even its heartbeat "
+                        "(every 5 s), for S seconds; it is marked running again if it comes back (default: 30)")
     _add_alert_options(p)
     p.set_defaults(func=_serve)
 
@@ -274,7 +368,7 @@ def _add_alert_options(p) -> None:
         "and a recipient are given. Each option falls back to the variable named after it "
         "(--smtp-host: BABYSIT_SMTP_HOST). The password is read from $BABYSIT_SMTP_PASSWORD only.")
     g.add_argument("--smtp-host", metavar="HOST", help="the SMTP server")
-    g.add_argument("--smtp-port", type=int, metavar="N",
+    g.add_argument("--smtp-port", type=_port(free=False, example=587), metavar="N",
                    help="its port (default: 587 for starttls, 465 for ssl, 25 for none)")
     g.add_argument("--smtp-security", choices=ac.SECURITY_MODES,
                    help="starttls (submission), ssl (implicit TLS) or none (a local relay) (default: starttls)")
@@ -283,7 +377,7 @@ def _add_alert_options(p) -> None:
                    help=f"the variable holding the password (default: {ac.PASSWORD_ENV})")
     g.add_argument("--smtp-ca-file", metavar="PEM",
                    help="trust these CA certificates instead of the system's (a relay with its own CA)")
-    g.add_argument("--smtp-timeout", type=float, metavar="S",
+    g.add_argument("--smtp-timeout", type=_number("seconds", "30"), metavar="S",
                    help=f"seconds to wait for the SMTP server (default: {ac.SMTP_TIMEOUT:g})")
     g.add_argument("--mail-from", metavar="ADDRESS", help="the sender (default: --smtp-user if it is an address)")
     g.add_argument("--mail-to", action="append", metavar="ADDRESS",
@@ -292,16 +386,16 @@ def _add_alert_options(p) -> None:
                    help=f"the least severe flag that is emailed (default: {ac.ALERT_SEVERITY.value})")
     g.add_argument("--alert-on-end", action=argparse.BooleanOptionalAction, default=None,
                    help="email when a run ends diverged or crashed (default: yes)")
-    g.add_argument("--alert-cooldown", type=float, metavar="S",
+    g.add_argument("--alert-cooldown", type=_number("seconds", "30"), metavar="S",
                    help=f"seconds in which a repeat of the same run, kind and layer sends nothing "
                         f"(default: {ac.ALERT_COOLDOWN:g})")
-    g.add_argument("--alert-gather", type=float, metavar="S",
+    g.add_argument("--alert-gather", type=_number("seconds", "30"), metavar="S",
                    help=f"seconds an alert waits for others to share its email (default: {ac.ALERT_GATHER:g})")
-    g.add_argument("--alert-interval", type=float, metavar="S",
+    g.add_argument("--alert-interval", type=_number("seconds", "30"), metavar="S",
                    help=f"seconds between two emails at least (default: {ac.ALERT_INTERVAL:g})")
-    g.add_argument("--alert-tries", type=int, metavar="N",
+    g.add_argument("--alert-tries", type=_whole(1, "tries", 3), metavar="N",
                    help=f"tries per email while the SMTP server is unreachable or busy (default: {ac.ALERT_TRIES})")
-    g.add_argument("--alert-backoff", type=float, metavar="S",
+    g.add_argument("--alert-backoff", type=_number("seconds", "30"), metavar="S",
                    help=f"seconds before the second try, doubled for each next (default: {ac.ALERT_BACKOFF:g})")
     g.add_argument("--public-url", metavar="URL",
                    help="the dashboard's address in links, e.g. https://babysit.example.com (default: the address "
@@ -329,11 +423,10 @@ def _serve(args: argparse.Namespace) -> int:
         origins = args.allowed_origin or [os.environ.get("BABYSIT_ALLOWED_ORIGINS", "")]
         config = ServerConfig(logdir=Path(args.logdir), host=args.host,
                               token=args.token or os.environ.get("BABYSIT_TOKEN") or None, alerts=alerts,
-                              allowed_origins=[o for text in origins for o in text.split(",") if o.strip()])
+                              allowed_origins=[o for text in origins for o in text.split(",") if o.strip()],
+                              **({} if args.lost_after is None else {"lost_after": args.lost_after}))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if not 1 <= args.port <= 65535:
-        raise CliError(f"--port: expected 1..65535, got {args.port}")
     print(f"babysit serve: http://{args.host}:{args.port}/  (runs in {config.logdir})", flush=True)
     print(f"babysit serve: {alerts.describe()}" if alerts else
           "babysit serve: no alert emails (give --smtp-host and --mail-to, see docs/alerts.md)", flush=True)
@@ -349,9 +442,11 @@ def _add_replay(commands) -> None:
         description="Training processes streaming to a server keep what it has not acknowledged in "
                     "LOGDIR/spool. If a process ended while the server was down, send the rest now; each "
                     "event is stored once however often this runs.")
-    p.add_argument("--server", required=True, metavar="URL", help="the babysit serve URL, e.g. http://host:5000")
-    p.add_argument("--logdir", metavar="DIR", default="runs", help="the training processes' logdir (default: runs)")
-    p.add_argument("--token", default=None, help="the server's token (default: $BABYSIT_TOKEN)")
+    p.add_argument("--server", type=_server, required=True, metavar="URL",
+                   help="the babysit serve URL, e.g. http://host:5000")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
+                   help="the training processes' logdir (default: runs)")
+    p.add_argument("--token", type=_token, default=None, help="the server's token (default: $BABYSIT_TOKEN)")
     p.set_defaults(func=_replay)
 
 

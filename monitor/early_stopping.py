@@ -21,12 +21,18 @@ all ranks); :meth:`EarlyStopping.replay` asks where a stored run would have stop
 """
 from __future__ import annotations
 
+import difflib
+import importlib
 import math
+import numbers
+import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable
+from functools import lru_cache
+from typing import Any, Iterable
 
 from monitor.events import Event, Flag, Kind, RunState
+from monitor.validation import is_scalar_name
 
 #: Evaluations without improvement before stopping (Lightning's default; Keras's is 0).
 PATIENCE = 3
@@ -77,22 +83,35 @@ class EarlyStopping:
     wait: int = field(default=0, init=False)
 
     def __post_init__(self):
-        if not isinstance(self.monitor, str) or not self.monitor:
-            raise ValueError(f"EarlyStopping monitor: expected a scalar name such as 'val_loss', got {self.monitor!r}")
+        """Each option that cannot work is a ValueError naming it, what came and what to
+        pass instead. A negative ``min_delta`` is taken as its size, as Keras does: the
+        direction comes from ``mode``."""
+        if not isinstance(self.monitor, str) or not is_scalar_name(self.monitor):
+            raise _refused("monitor", "the name of a metric given to mon.log (1-128 characters from "
+                           "A-Z a-z 0-9 _ . : / -)", self.monitor, "pass e.g. monitor='val_loss' and log it "
+                           "with mon.log(val_loss=...) after each validation")
         if self.mode not in MODES:
-            raise ValueError(f"EarlyStopping mode: expected 'min' or 'max', got {self.mode!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
-            raise ValueError(f"EarlyStopping patience: expected an integer >= 0 (evaluations), got {self.patience!r}")
-        if not (isinstance(self.min_delta, (int, float)) and math.isfinite(self.min_delta)):
-            raise ValueError(f"EarlyStopping min_delta: expected a finite number, got {self.min_delta!r}")
+            given = self.mode.lower() if isinstance(self.mode, str) else ""
+            close = [m for m in MODES if given.startswith(m)] or difflib.get_close_matches(given, MODES, n=1)
+            raise _refused("mode", "'min' (a loss, lower is better) or 'max' (an accuracy)", self.mode,
+                           f"pass mode={close[0]!r}" if close else "pass mode='min' or mode='max'")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, numbers.Integral) or self.patience < 0:
+            raise _refused("patience", "a whole number >= 0 of evaluations of the metric without improvement "
+                           "(validation checks, not epochs)", self.patience, f"pass e.g. patience={PATIENCE}")
+        self.patience = int(self.patience)
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, numbers.Real) \
+                or not math.isfinite(self.min_delta):
+            raise _refused("min_delta", "a finite number, the least change of the metric that counts as an "
+                           "improvement, in its units (mode gives the direction)", self.min_delta,
+                           "pass e.g. min_delta=0.001, or 0")
         self.min_delta = abs(float(self.min_delta))  # the sign comes from the mode, as in Keras
-        if isinstance(self.stop_on, str):
-            self.stop_on = (self.stop_on,)
-        self.stop_on = tuple(self.stop_on or ())
-        if not all(isinstance(kind, str) for kind in self.stop_on):
-            raise ValueError(f"EarlyStopping stop_on: expected flag kinds such as 'divergence', got {self.stop_on!r}")
+        for name in ("restore_best_weights", "check_finite"):
+            if not isinstance(getattr(self, name), bool):
+                raise _refused(name, "True or False", getattr(self, name), f"pass {name}=True or {name}=False")
+        self.stop_on = _flag_kinds(self.stop_on)
 
     def improves(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far by more than ``min_delta``."""
         if self.best is None:
             return True
         if self.mode == "min":
@@ -147,3 +166,40 @@ class EarlyStopping:
             if reason is not None:
                 return reason
         return None
+
+
+def _refused(option: str, expected: str, value: Any, hint: str) -> ValueError:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return ValueError(f"EarlyStopping: {option} must be {expected}; got {shown}: {hint}")
+
+
+@lru_cache(maxsize=1)
+def known_flag_kinds() -> tuple[str, ...]:
+    """The flag kinds the detectors raise: each detector module of :mod:`monitor.detectors`
+    names its own ``KIND``, so this list is not kept by hand."""
+    import monitor.detectors as package
+
+    modules = (importlib.import_module(f"{package.__name__}.{info.name}")
+               for info in pkgutil.iter_modules(package.__path__))
+    return tuple(sorted({module.KIND for module in modules if isinstance(getattr(module, "KIND", None), str)}))
+
+
+def _flag_kinds(stop_on: Any) -> tuple[str, ...]:
+    """``stop_on`` as a tuple of known flag kinds (one kind alone, or None for none, too): a
+    misspelt kind would never match a flag and the run would never stop on it."""
+    kinds = (stop_on,) if isinstance(stop_on, str) else () if stop_on is None else stop_on
+    known = known_flag_kinds()
+    expected = f"flag kinds among {', '.join(known)}"
+    try:
+        kinds = tuple(kinds)
+    except TypeError:
+        raise _refused("stop_on", expected, stop_on, "pass e.g. stop_on=('divergence',), or () for none") from None
+    for kind in kinds:
+        if not isinstance(kind, str):
+            raise _refused("stop_on", expected, stop_on, f"{kind!r} is not a kind's name: pass names such as "
+                           "stop_on=('divergence',)")
+        if kind not in known:
+            close = difflib.get_close_matches(kind, known, n=1)
+            raise _refused("stop_on", expected, stop_on, f"no detector raises {kind!r}: "
+                           + (f"did you mean {close[0]!r}?" if close else "pass one of the kinds above"))
+    return kinds

@@ -5,6 +5,7 @@ updates to a few numbers on the device, on sampled steps only, and a writer thre
 that turns them into events for the run store (or, later, a dashboard server).
 """
 from monitor.early_stopping import EarlyStopping
+from trainer_hooks.config import WatchConfig
 from trainer_hooks.handle import BabysitWarning, Monitor, watch
 
-__all__ = ["BabysitWarning", "EarlyStopping", "Monitor", "watch"]
+__all__ = ["BabysitWarning", "EarlyStopping", "Monitor", "WatchConfig", "watch"]

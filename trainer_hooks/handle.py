@@ -10,6 +10,7 @@ import atexit
 import dataclasses
 import numbers
 import os
+import re
 import secrets
 import socket
 import sys
@@ -25,23 +26,19 @@ import torch
 from torch import nn
 
 from monitor.detectors import default_detectors, diagnose
-from monitor.early_stopping import EarlyStopping, StopCause, StopReason
+from monitor.early_stopping import StopCause, StopReason
 from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
 from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import is_run_id, is_scalar_name
-from trainer_hooks.agreement import AGREE_EVERY, StopAgreement, distributed_world
+from trainer_hooks.agreement import StopAgreement, distributed_world
 from trainer_hooks.capture import StepCapture
+from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
 from trainer_hooks.probe import Probe
-from trainer_hooks.reduce import SAMPLE_SIZE
-from trainer_hooks.schedule import OVERHEAD_BUDGET, make_schedule
+from trainer_hooks.schedule import make_schedule
 from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, CaptureRecord,
                                   EventRecord, ScalarRecord, Writer)
 
-#: Sampled steps between two pictures of the first-layer filters (they change slowly).
-FILTERS_EVERY = 5
-#: Sampled batches over which a unit must stay silent to count as dead.
-DEAD_WINDOW = 8
 #: Seconds close() gives a server to take what is still spooled.
 CLOSE_SEND_SECONDS = 15.0
 #: Most seconds a sampled step waits for the detectors to have seen every earlier record,
@@ -73,32 +70,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Monitor:
-    """The handle of one watched run. Use as a context manager, or call :meth:`close`."""
+    """The handle of one watched run (made by :func:`watch`, which checks its options into
+    a :class:`~trainer_hooks.config.WatchConfig`). Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, model: nn.Module, optimizer=None, *, run: str | None = None,
-                 config: Mapping[str, Any] | None = None, every: int | None = None,
-                 logdir: str | os.PathLike = "runs", overhead: float = OVERHEAD_BUDGET,
-                 sample_size: int = SAMPLE_SIZE, dead_window: int = DEAD_WINDOW,
-                 filters_every: int = FILTERS_EVERY, server: str | None = None, token: str | None = None,
-                 dashboard: bool = False, detectors=None, early_stopping: EarlyStopping | None = None,
-                 agree_every: int = AGREE_EVERY):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"watch: expected a torch.nn.Module as model, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"watch: expected a torch.optim.Optimizer (or None), got {type(optimizer).__name__}")
-        self.model = unwrap(model)
+    def __init__(self, model: nn.Module, optimizer=None, options: WatchConfig | None = None):
+        options = WatchConfig.from_options({}) if options is None else options  # the defaults and BABYSIT_*
+        if not isinstance(options, WatchConfig):
+            raise TypeError(f"Monitor: options must be a trainer_hooks.config.WatchConfig, got "
+                            f"{type(options).__name__}: call watch(model, optimizer, **options) instead")
+        self.model = unwrap(check_model(model))
+        optimizer = check_optimizer(optimizer)
         if self.model in _watched:
             raise RuntimeError(
                 f"watch: this model is already watched (run {_watched[self.model]!r}). Close the first handle "
                 "(mon.close(), or use `with watch(...) as mon:`) before watching it again.")
-        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-            raise TypeError("watch: early_stopping expects a monitor.EarlyStopping policy (or None), "
-                            f"got {type(early_stopping).__name__}")
+        self.options = options  # what the run was watched with, checked
         self.optimizer = optimizer
-        self.early_stopping = early_stopping
-        self.run_id = _run_id(run or type(self.model).__name__.lower())
-        self.schedule = make_schedule(every, overhead, background=lambda: self._writer.capture_cost())
-        self.filters_every = filters_every
+        self.early_stopping = options.early_stopping
+        self.run_id = _run_id(options.run or _default_run_name(self.model))
+        self.schedule = make_schedule(options.every, options.overhead,
+                                      background=lambda: self._writer.capture_cost())
+        self.filters_every = options.filters_every
         self.flags: list = []
         self._step = 0
         self._forward_step: int | None = None
@@ -113,7 +105,7 @@ class Monitor:
         self._stop_lock = threading.Lock()  # stops come from the training, writer and socket threads
         self._best_weights: dict | None = None  # restore_best_weights: a CPU copy of the best state
         self._restored = False
-        self._agreement = StopAgreement(agree_every) if distributed_world() > 1 else None
+        self._agreement = StopAgreement(options.agree_every) if distributed_world() > 1 else None
         self._agreed = False
         self._writer_caught_up = True  # whether the last wait for the detectors ended in time
         self._warned: set[str] = set()
@@ -122,15 +114,12 @@ class Monitor:
         self._user_logs_lr = False
         self._closed = False
         self.dashboard = None  # the in-process server of dashboard=True (web.serving.RunningServer)
-        if dashboard:
-            if server:
-                raise ValueError("watch: give either server=URL (stream to `babysit serve`) or dashboard=True "
-                                 "(serve a dashboard from this process), not both")
+        logdir, server = options.logdir, options.server  # BABYSIT_SERVER is in: WatchConfig.from_options
+        if options.dashboard:
             from monitor.cli import start_dashboard  # the composition root joins web to us
 
             self.dashboard = start_dashboard(logdir)
             server = self.dashboard.url
-        server = server or os.environ.get("BABYSIT_SERVER") or None
         if server is None:  # the local store, in this process
             self.store = RunStore(logdir)
             self.store_path: Path | None = Path(self.store.path)
@@ -139,16 +128,17 @@ class Monitor:
             self.store = None
             self.store_path = Path(logdir) / DB_FILENAME if self.dashboard is not None else None
             self._sink = SocketSink(server, self.run_id, Path(logdir) / "spool",
-                                    token=token or os.environ.get("BABYSIT_TOKEN") or None,
+                                    token=options.token,
                                     on_stop=lambda reason, by: self.stop(reason, by))
         self.server = server
-        self.detectors = default_detectors() if detectors is None else list(detectors)
+        self.detectors = default_detectors() if options.detectors is None else list(options.detectors)
         self._writer = Writer(self.run_id, self._sink, on_events=self._diagnose if self.detectors else None,
                               first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0,
                               flush_seconds=FLUSH_SECONDS if server is None else LIVE_FLUSH_SECONDS)
-        self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, config, self.schedule, sample_size))
+        self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, options.config, self.schedule,
+                                              options.sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
-        self.probe = Probe(self.model, optimizer, sample_size=sample_size, dead_window=dead_window)
+        self.probe = Probe(self.model, optimizer, sample_size=options.sample_size, dead_window=options.dead_window)
         self.probe.on_root_forward = self._on_root_forward
         self.probe.on_optimizer_step = self._end_step
         _watched[self.model] = self.run_id
@@ -216,12 +206,18 @@ class Monitor:
             if reason is not None:
                 self._request_stop(reason)
 
-    def log(self, **scalars: Any) -> None:
+    def log(self, *unnamed: Any, **scalars: Any) -> None:
         """Record loss and metrics for the current step; tensors are read later, off this thread.
 
         Names starting ``val_`` are validation metrics. A name or value that cannot be
-        recorded is skipped with a :class:`BabysitWarning`; training goes on.
+        recorded is skipped with a :class:`BabysitWarning` that says what to pass instead
+        (once per name); the rest of the call is recorded and training goes on.
         """
+        if unnamed:
+            example = (f"mon.log(**{{{', '.join(f'{k!r}: ...' for k in list(unnamed[0])[:3])}}})"
+                       if isinstance(unnamed[0], Mapping) else "mon.log(loss=loss)")
+            self._warn("(unnamed)", f"babysit: not recording {len(unnamed)} unnamed value(s): mon.log takes "
+                                    f"scalars by name: pass {example}")
         values = {}
         for name, value in scalars.items():
             problem = _scalar_problem(name, value)
@@ -293,8 +289,11 @@ class Monitor:
             self.store.close()
         else:
             if not self._sink.flush(CLOSE_SEND_SECONDS):
+                held = self._sink.held_bytes  # lines its full disk could not take: they end with us
+                where = f"the rest is kept in {self._sink.spool}" + (
+                    f", except {held} bytes that its full disk could not take (lost)" if held else "")
                 warnings.warn(f"babysit: the server at {self.server} did not take all of run {self.run_id} "
-                              f"before close; the rest is kept in {self._sink.spool}", BabysitWarning, stacklevel=2)
+                              f"before close; {where}", BabysitWarning, stacklevel=2)
             self._sink.close()
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -315,7 +314,7 @@ class Monitor:
         if exc_type is None:
             self.close()
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.close(RunState.STOPPED, "interrupted (Ctrl-C)")
+            self.close(RunState.INTERRUPTED, "interrupted (Ctrl-C)")
         else:
             self.close(RunState.CRASHED, f"{exc_type.__name__}: {exc}"[:4000])
 
@@ -428,37 +427,49 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
     the run as it goes: None, the default set of ``monitor.detectors``; ``[]``, none),
     ``early_stopping`` (a :class:`monitor.EarlyStopping` policy: ``mon.should_stop`` turns
     true when it says so), ``agree_every`` (steps between two rounds of the ranks' stop
-    agreement in a distributed run), ``sample_size``, ``dead_window``, ``filters_every``.
-    Unknown options are errors.
+    agreement in a distributed run), ``sample_size``, ``dead_window``, ``filters_every``:
+    :class:`trainer_hooks.config.WatchConfig` gives each one's default and unit. Every
+    option is checked here, once: an unknown or bad one is a TypeError or ValueError that
+    says what to pass instead.
     """
-    known = {"run", "config", "every", "logdir", "overhead", "sample_size", "dead_window", "filters_every",
-             "server", "token", "dashboard", "detectors", "early_stopping", "agree_every"}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"watch: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return Monitor(model, optimizer, **options)
+    check_model(model)  # before the options: a wrong first argument is the likelier mistake
+    check_optimizer(optimizer)
+    return Monitor(model, optimizer, WatchConfig.from_options(options))
 
 
 # ---------------------------------------------------------------------- helpers
 
 def _run_id(name: str) -> str:
-    if not is_run_id(name) or len(name) > 100:
-        raise ValueError(f"watch: run name {name!r} is not usable: use 1-100 characters from "
-                         "A-Z a-z 0-9 . _ - starting with a letter or digit (it names files and URLs)")
+    """The stored id: the (checked) name, the time and a tag, so that runs of one name differ."""
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _default_run_name(model: nn.Module) -> str:
+    """The model's class name as a run name: it was not chosen by the user, so it is made
+    usable (``_Net`` -> ``net``) rather than refused."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", type(model).__name__.lower()).lstrip("._-")[:RUN_NAME_LENGTH]
+    return name if is_run_id(name) else "run"
+
+
 def _scalar_problem(name: str, value: Any) -> str | None:
+    """Why ``mon.log(name=value)`` cannot be recorded, and what to pass instead (None: it can)."""
     if not is_scalar_name(name):
-        return "names may use 1-128 characters from A-Z a-z 0-9 _ . : / -"
+        fixed = re.sub(r"[^A-Za-z0-9_.:/-]+", "_", name).lstrip(".:/-")[:128] or "loss"
+        return (f"names may use 1-128 characters from A-Z a-z 0-9 _ . : / - (starting with a letter, digit "
+                f"or _): pass it as mon.log(**{{{fixed!r}: ...}})")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            return f"expected one number, got a tensor of shape {tuple(value.shape)}"
+            return (f"expected one number, got a tensor of shape {tuple(value.shape)}: pass one element, "
+                    f"e.g. {name}={name}.mean() (or log each element under its own name)")
         if value.is_complex() or value.dtype == torch.bool:
-            return f"expected a real number, got a {value.dtype} tensor"
+            return f"expected a real number, got a {value.dtype} tensor: pass {name}={name}.float()"
         return None
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.number)):
-        return f"expected a number or a one-element tensor, got {type(value).__name__}"
+    if isinstance(value, bool):
+        return f"expected a number, got bool: pass {name}=float({name}) to record it as 0 or 1"
+    if not isinstance(value, (numbers.Real, np.number)) or isinstance(value, np.bool_):
+        hint = f"pass {name}=float({name})" if isinstance(value, (str, np.ndarray)) else \
+            f"pass a float, an int or a one-element tensor, e.g. {name}=0.5"
+        return f"expected a number or a one-element tensor, got {type(value).__name__}: {hint}"
     return None
 
 
@@ -472,11 +483,7 @@ def _config(config: Mapping[str, Any] | None) -> dict:
         if isinstance(v, Mapping):
             return {str(k): plain(x) for k, x in v.items()}
         return repr(v)
-    if config is None:
-        return {}
-    if not isinstance(config, Mapping):
-        raise TypeError(f"watch: config must be a mapping of hyper-parameters, got {type(config).__name__}")
-    return plain(dict(config))
+    return {} if config is None else plain(dict(config))  # a mapping: checked by WatchConfig
 
 
 def _model_summary(model: nn.Module) -> tuple[ModuleInfo, ...]:

@@ -48,7 +48,8 @@ def compose(alerts: Sequence[Alert], overflow: int = 0) -> EmailContent:
 def _single(alert: Alert) -> EmailContent:
     if alert.kind == RUN_END:
         subject = f"{PREFIX} {alert.message}"
-        intro = f"Run {alert.run} ended abnormally."
+        intro = (f"Run {alert.run} went silent: the server marked it lost." if alert.evidence.get("state") == "lost"
+                 else f"Run {alert.run} ended abnormally.")
     else:
         subject = (f"{PREFIX} {alert.severity.value} {alert.kind} in run {alert.run} at step {alert.step}: "
                    f"{alert.message}")

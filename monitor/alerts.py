@@ -8,6 +8,9 @@ Rules (thresholds in :mod:`monitor.alert_config`):
 * a flag at or above ``alert_severity`` (default critical: an email should need action);
 * a run that ends ``diverged`` or ``crashed`` (its ``status`` and ``run_end`` events become
   one alert, once per run: the ``status`` carries the reason, ``run_end`` the steps);
+* a run the server marked ``lost`` (its training process went silent, :mod:`web.liveness`),
+  like a crash, under the same switch; a run that keeps coming back and going silent
+  again is alerted once per cool-down;
 * one alert per (run, kind, layer) within ``alert_cooldown``: a detector that keeps
   firing, or every DDP rank reporting the same flag, sends one email, not hundreds;
 * alerts gather for ``alert_gather`` seconds and go out together, and two emails are at
@@ -42,6 +45,10 @@ END_ADVICE = {
                        "lower) or add gradient clipping, and restart from a checkpoint before the divergence.",
     RunState.CRASHED: "The training process raised an exception: its traceback is in the process's output. "
                       "Everything recorded up to the crash is stored and shown on the run page.",
+    RunState.LOST: "The training process stopped talking to the server without ending the run: it was killed "
+                   "(out of memory, SIGKILL, a scheduler's time limit), its machine went down or the network "
+                   "between them was cut. Check the process and its machine; the run is marked running again "
+                   "if it comes back, and what it could not send is replayed from its spool.",
 }
 
 
@@ -108,6 +115,25 @@ class Alerter:
             elif kind is Kind.RUN_START:
                 self._remember(event.run, event.data)
         return queued
+
+    def lost(self, run: str, step: int, wall: float, reason: str, now: float, base_url: str | None = None,
+             name: str | None = None, host: str | None = None) -> int:
+        """Queue the alert for a run the server marked lost at ``wall`` (unix seconds, shown),
+        its last step ``step``; return how many were queued (0 or 1). ``name`` and ``host``
+        stand in when its start was not seen (it started before this server did)."""
+        if not self.config.alert_on_end:
+            return 0
+        key = (run, RunState.LOST.value, None)
+        last = self._last.get(key)
+        if last is not None and now - last < self.config.alert_cooldown:
+            self.suppressed += 1
+            return 0
+        self._last[key] = now
+        evidence = {"state": RunState.LOST.value, "reason": reason}
+        name, host = self._runs.get(run, (name, host))
+        return self._queue(Alert(run, RUN_END, Severity.CRITICAL, step, wall, _end_message(run, evidence, step),
+                                 END_ADVICE[RunState.LOST], None, evidence,
+                                 run_url(self.config.public_url or base_url, run), name, host), now)
 
     def due_at(self) -> float | None:
         """When the pending alerts should be sent (monotonic seconds), or None when none wait."""

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from monitor.validation import (
     SchemaError, Payload, as_enum, as_float, as_int, as_list, as_str, fail, floats,
-    json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name,
+    json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name, shown_names,
 )
 
 SCHEMA_VERSION = 1
@@ -50,6 +50,11 @@ class RunState(str, Enum):
     FINISHED = "finished"
     DIVERGED = "diverged"
     CRASHED = "crashed"
+    INTERRUPTED = "interrupted"  # Ctrl-C (KeyboardInterrupt) ended the training
+    # The server heard nothing from the training process for its timeout (killed, machine
+    # down, network cut). Set by the server on the run's row, never sent as an event: seqs
+    # belong to the trainer (monitor.store.RunStore.mark_lost; web.liveness).
+    LOST = "lost"
 
 
 class Severity(str, Enum):
@@ -178,7 +183,8 @@ class RunStart(Payload):
 
     def __post_init__(self):
         check_label("name", self.name)
-        set_field(self, "config", json_like("config", dict(self.config) if isinstance(self.config, Mapping) else self.config))
+        config = dict(self.config) if isinstance(self.config, Mapping) else self.config
+        set_field(self, "config", json_like("config", config))
         if not isinstance(self.config, Mapping):
             raise fail("config", "a mapping", self.config)
         set_field(self, "model", tuple(self.model))
@@ -280,7 +286,7 @@ class RunEnd(Payload):
     state: RunState
     steps: int
     duration: float
-    dropped: int = 0  # events the training process could not hand on (queue full)
+    dropped: int = 0  # events the training process could not hand on (queue full, spool at its bound)
     skipped: int = 0  # due samples not taken because the writer was behind (memory bound)
 
     def __post_init__(self):
@@ -332,7 +338,7 @@ class Event:
             raise fail("event", "a mapping", raw)
         expected = {"run", "seq", "step", "wall", "kind", "data"}
         if set(raw) != expected:
-            raise SchemaError(f"event: expected fields {sorted(expected)}, got {sorted(raw)}")
+            raise SchemaError(f"event: expected fields {sorted(expected)}, got {shown_names(raw)}")
         kind = as_enum(Kind, "kind", raw["kind"])
         return cls(run=raw["run"], seq=raw["seq"], step=raw["step"], wall=raw["wall"], kind=kind,
                    data=PAYLOADS[kind].from_dict(raw["data"]))

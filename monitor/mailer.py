@@ -133,6 +133,18 @@ class AlertMailer:
         except Exception:  # a policy bug must not cost the server its batch
             log.exception("babysit: alerts could not read a batch (it is stored; alerting goes on)")
 
+    def lost(self, run: str, step: int, wall: float, reason: str, base_url: str | None = None,
+             name: str | None = None, host: str | None = None) -> None:
+        """A run the server marked lost (:meth:`monitor.alerts.Alerter.lost`). Never raises."""
+        try:
+            with self._cond:
+                if self.alerter.lost(run, step, wall, reason, self._clock(), base_url, name, host) \
+                        and not self._closing:
+                    self._start()
+                    self._cond.notify_all()
+        except Exception:
+            log.exception("babysit: alerts could not take a lost run (it is marked; alerting goes on)")
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Send what waits now (no gather delay) and wait until it is delivered or given up;
         True when nothing is left pending or in flight."""

@@ -100,7 +100,7 @@ def test_a_run_that_diverges_is_one_alert_with_the_reason_and_the_steps():
     assert alerter.observe([run_start(), status(state="crashed", reason="RuntimeError: boom")], now=5000.0) == 1
 
 
-@pytest.mark.parametrize("state", ["finished", "stopped", "stopping", "running"])
+@pytest.mark.parametrize("state", ["finished", "stopped", "stopping", "running", "interrupted"])
 def test_a_run_that_ends_normally_or_is_stopped_is_not_alerted(state):
     alerter = Alerter(config())
     assert alerter.observe([status(state=state), run_end(state="finished" if state == "running" else state)],
@@ -110,6 +110,29 @@ def test_a_run_that_ends_normally_or_is_stopped_is_not_alerted(state):
 def test_abnormal_ends_are_not_alerted_when_turned_off():
     assert Alerter(config(alert_on_end=False)).observe([status(state="crashed"), run_end(state="crashed")],
                                                        now=0.0) == 0
+
+
+def test_a_lost_run_is_one_alert_like_a_crash_and_going_silent_again_within_the_cooldown_is_not():
+    alerter = Alerter(config(alert_cooldown=100.0))
+    alerter.observe([run_start()], now=0.0)
+    assert alerter.lost("r1", 40, 1_700_000_200.0, "no heartbeat for 31 s", now=0.0, base_url=BASE) == 1
+    (alert,) = alerter.pending
+    assert (alert.kind, alert.severity.value, alert.step, alert.url) == (RUN_END, "critical", 40, f"{BASE}/runs/r1")
+    assert alert.message == "run r1 lost after 40 steps: no heartbeat for 31 s"
+    assert "stopped talking to the server" in alert.advice and (alert.name, alert.host) == ("digits", "gpu-1")
+    content = compose(alerter.take(now=10.0, force=True)[0], 0)
+    assert content.subject == "[babysit] run r1 lost after 40 steps: no heartbeat for 31 s"
+    assert content.text.startswith("Run r1 went silent: the server marked it lost.")
+    assert alerter.lost("r1", 41, 1_700_000_300.0, "no heartbeat for 31 s", now=99.0) == 0  # it came back, and went
+    assert alerter.observe([status(state="crashed", reason="boom")], now=99.0) == 1  # a crash after it still counts
+    assert alerter.lost("r1", 42, 1_700_000_400.0, "no heartbeat for 31 s", now=100.0) == 1
+
+
+def test_a_lost_run_is_not_alerted_when_abnormal_ends_are_off_and_names_its_host_when_its_start_was_not_seen():
+    assert Alerter(config(alert_on_end=False)).lost("r1", 1, 1.0, "silent", now=0.0) == 0
+    alerter = Alerter(config())
+    alerter.lost("r9", 1, 1.0, "silent", now=0.0, name="digits", host="gpu-7")
+    assert (alerter.pending[0].name, alerter.pending[0].host) == ("digits", "gpu-7")
 
 
 def test_beyond_the_pending_limit_alerts_are_counted_and_the_digest_says_so():

@@ -211,7 +211,7 @@ def test_stop_sets_should_stop_and_the_run_ends_stopped_with_its_reason(tmp_path
 def test_an_exception_in_the_training_loop_marks_the_run_crashed(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with watch(tiny_cnn(), logdir=tmp_path) as mon:
-            1 / 0
+            raise ZeroDivisionError("division by zero")
     status = monitor.load_run(mon.run_id, tmp_path).status
     assert status.state.iloc[-1] == "crashed" and "ZeroDivisionError" in status.reason.iloc[-1]
 
@@ -290,3 +290,19 @@ def test_a_learning_rate_the_user_logs_replaces_the_recorded_one(tmp_path):
             mon.log(loss=1.0, lr=0.2)
     lr = monitor.load_run(mon.run_id, tmp_path).series("lr")
     assert list(lr.index) == [0, 1, 2] and list(lr) == [0.2, 0.2, 0.2]
+
+
+def test_ctrl_c_in_a_watched_training_ends_its_run_interrupted_not_stopped(tmp_path):
+    from monitor.store import RunStore
+
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        with watch(model, opt, logdir=tmp_path, every=1) as mon:
+            train_step(model, opt, *batch(), mon)
+            raise KeyboardInterrupt
+    with RunStore(tmp_path) as store:
+        status, end = store.latest(mon.run_id, "status").data, store.latest(mon.run_id, "run_end").data
+        assert store.run_info(mon.run_id).status == "interrupted"
+    assert (status.state, status.reason, end.state) == (RunState.INTERRUPTED, "interrupted (Ctrl-C)",
+                                                        RunState.INTERRUPTED)

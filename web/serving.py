@@ -25,6 +25,8 @@ class RunningServer:
         """Stop listening and close every Socket.IO connection: Werkzeug's shutdown alone
         leaves open WebSockets served by their threads, which would outlive the server."""
         self._server.shutdown()
+        if self._app is not None and self._app.liveness is not None:
+            self._app.liveness.stop()
         if self._app is not None:  # every client, so they reconnect elsewhere; a close that
             # blocks (a peer that stopped reading) must not hold the caller: a thread, bounded
             closing = threading.Thread(target=self._app.socketio.server.eio.disconnect, daemon=True)

@@ -22,6 +22,7 @@ export class RunHeader {
     this.epoch = null;
     this.started = null;
     this.ended = null;
+    this.heard = null;  // wall of the last event stored: where a lost run's elapsed time stops
     this.speed = null;
     this.recent = [];
     this.button.addEventListener("click", () => this.askToStop());
@@ -35,8 +36,18 @@ export class RunHeader {
     this.speed = p.steps_per_s ?? null;
     this.recent = [];
     this.ended = run.end ? run.end.wall : null;
+    this.heard = run.info.updated;
     this.setState(run.status ? run.status.state : run.info.status, run.status);
     if (run.end) this.setState(run.end.state, run.status);
+    // lost is the server's word on the run's row, newer than any event of the run
+    if (run.info.status === "lost") this.setState("lost", { reason: run.info.lost_reason, wall: run.info.lost_at });
+    this.render();
+  }
+
+  // The server marked the run lost (its training process went silent) or running again
+  // (it came back): {status, reason, at}; no event of the run carries this.
+  liveness(message) {
+    this.setState(message.status, message.status === "lost" ? { reason: message.reason, wall: message.at } : null);
     this.render();
   }
 
@@ -48,6 +59,7 @@ export class RunHeader {
 
   scalars(event) {
     this.step = Math.max(this.step, event.step);
+    this.heard = Math.max(this.heard ?? event.wall, event.wall);
     const values = event.data.values;
     if ("epoch" in values) this.epoch = values.epoch;
     if ("loss" in values) {
@@ -86,7 +98,7 @@ export class RunHeader {
   }
 
   render() {
-    const end = this.ended ?? (ACTIVE.has(this.state) ? Date.now() / 1000 : null);
+    const end = this.ended ?? (ACTIVE.has(this.state) ? Date.now() / 1000 : this.state === "lost" ? this.heard : null);
     const parts = [`step ${this.step.toLocaleString()}`];
     if (this.epoch !== null && this.epoch !== undefined) parts.push(`epoch ${num(this.epoch)}`);
     if (this.speed) parts.push(`${num(this.speed, 3)} steps/s`);

@@ -3,10 +3,12 @@
 // reloads the list, at most once per RELOAD_MS.
 import { getJSON } from "./codec.js";
 import { connect, request } from "./live.js";
-import { RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
+import { RESYNC, RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
 import { clock, duration, el, num } from "./format.js";
 
 const RELOAD_MS = 500;
+// A lost run (its training process went silent) is not active: its duration stops at
+// the last thing heard from it.
 const ACTIVE = new Set(["running", "stopping"]);
 const selected = new Set();
 let runs = [];
@@ -39,6 +41,7 @@ function render() {
     const name = el("td"); name.append(link);
     if (r.name && r.name !== r.run) name.append(el("div", r.name, "muted"));
     const status = el("td"); status.append(el("span", r.status, `badge ${r.status}`));
+    if (r.status === "lost" && r.lost_reason) status.title = `lost at ${clock(r.lost_at)}: ${r.lost_reason}`;
     const end = ACTIVE.has(r.status) ? now : r.updated;
     tr.append(tick, name, status, el("td", r.last_loss === null ? "–" : num(r.last_loss)),
       el("td", r.last_step.toLocaleString()), el("td", r.flags, r.flags ? "flagged" : ""),
@@ -63,6 +66,6 @@ document.getElementById("compare").addEventListener("click", () => {
 connect(async (socket) => {
   await request(socket, WATCH_RUNS, null);
   await reload();
-}).on(RUNS_CHANGED, scheduleReload);
+}).on(RUNS_CHANGED, scheduleReload).on(RESYNC, scheduleReload);  // resync: news were dropped
 setInterval(() => { if (runs.some((r) => ACTIVE.has(r.status))) render(); }, 1000);
 reload().catch(console.error);

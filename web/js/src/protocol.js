@@ -8,4 +8,5 @@ export const WATCH_RUNS = "watch_runs";
 export const EVENTS = "events";
 export const RUNS_CHANGED = "runs_changed";
 export const RESYNC = "resync";
+export const RUN_STATUS = "run_status";
 export const STOP = "stop";

@@ -4,7 +4,7 @@
 import { getJSON, HttpError } from "./codec.js";
 import { bokehModels, setData, stream } from "./models.js";
 import { connect, decodeEvent, request } from "./live.js";
-import { EVENTS, JOIN } from "./protocol.js";
+import { EVENTS, JOIN, RESYNC, RUN_STATUS } from "./protocol.js";
 import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";
 import { LayerPanel, UpdateRatios, bandsUrl, showDeadUnits } from "./layers.js";
@@ -297,6 +297,11 @@ async function main() {
   connect(joinAndLoad).on(EVENTS, (batch) => {
     if (batch.run !== RUN) return;
     if (page === null) early.push(batch); else page.onEvents(batch);
+  }).on(RESYNC, (message) => {  // this page fell behind and the server dropped live events: the store has them
+    console.warn(`babysit: ${message && message.reason}; reloading the run`);
+    if (page !== null) page.load().catch((err) => console.warn(`babysit: reloading failed (${err.message})`));
+  }).on(RUN_STATUS, (message) => {  // lost or back: before the page exists, its history says so
+    if (message.run === RUN && page !== null) page.header.liveness(message);
   });
   await ready;
 }

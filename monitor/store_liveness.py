@@ -1,0 +1,59 @@
+"""Runs the server marked ``lost``: when, why, and the status they get back when heard again.
+
+Why a table of its own and not an event: a run's seqs belong to its training process (the
+server never writes into them), and "lost" is the server's judgement (:mod:`web.liveness`),
+undone as soon as the trainer is heard from again. ``runs.status`` says ``lost``; this
+table keeps when the server decided it (``at``, unix seconds), why (``no heartbeat for
+31 s``) and the status the run had (``was``: running or stopping), which it gets back.
+
+No store version bump: the table is new and nothing else changes, so an older babysit
+opening the file simply ignores it (and lists the run's status as the text ``lost``).
+The functions take the store's connection inside its transaction (see :class:`monitor.store.RunStore`).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS lost_runs (
+    run TEXT PRIMARY KEY, at REAL NOT NULL, reason TEXT NOT NULL, was TEXT NOT NULL);
+"""
+#: The statuses of a run whose training process should still be talking: only these can be lost.
+ACTIVE = ("running", "stopping")
+#: Longest reason kept (a reason is one line on the page).
+MAX_REASON = 500
+
+
+def mark_lost(db: sqlite3.Connection, run: str, reason: str, at: float) -> bool:
+    """Mark ``run`` lost if it is still active; True when it was."""
+    row = db.execute("SELECT status FROM runs WHERE run = ?", (run,)).fetchone()
+    if row is None or row[0] not in ACTIVE:  # it ended (or is lost already) meanwhile: nothing to do
+        return False
+    db.execute("UPDATE runs SET status = 'lost' WHERE run = ?", (run,))
+    db.execute("INSERT OR REPLACE INTO lost_runs (run, at, reason, was) VALUES (?, ?, ?, ?)",
+               (run, at, reason[:MAX_REASON], row[0]))
+    return True
+
+
+def revive(db: sqlite3.Connection, run: str) -> bool:
+    """The run's status from before it was lost, if it is lost; True when it was."""
+    row = db.execute("SELECT was FROM lost_runs WHERE run = ?", (run,)).fetchone()
+    if row is None:
+        return False
+    changed = db.execute("UPDATE runs SET status = ? WHERE run = ? AND status = 'lost'", (row[0], run)).rowcount
+    db.execute("DELETE FROM lost_runs WHERE run = ?", (run,))
+    return changed > 0
+
+
+def lost(query: Callable[..., list[tuple]]) -> dict[str, tuple[float, str]]:
+    """``{run: (at, reason)}`` of every run whose status is lost."""
+    rows = query("SELECT l.run, l.at, l.reason FROM lost_runs l JOIN runs r ON r.run = l.run "
+                 "WHERE r.status = 'lost'")
+    return {run: (at, reason) for run, at, reason in rows}
+
+
+def active(query: Callable[..., list[tuple]]) -> list[tuple[str, str, float]]:
+    """``(run, host, started)`` of every run whose training process should still be talking."""
+    return query(f"SELECT run, host, started FROM runs WHERE status IN ({', '.join('?' * len(ACTIVE))})",
+                 ACTIVE)

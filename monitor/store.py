@@ -9,7 +9,8 @@ concurrent writer makes us wait ``busy_timeout`` instead of failing on a stale s
 Tables: ``events`` is the exact record (payload as :func:`monitor.codec.dumps` text);
 ``scalars`` and ``runs`` are derived from it on append, for fast charts and run lists, and
 so are the run page's tables: ``scalar_blocks`` (:mod:`monitor.store_blocks`) and
-``layer_points``, ``layers``, ``input_points`` (:mod:`monitor.store_layers`). Derived rows
+``layer_points``, ``layers``, ``input_points`` (:mod:`monitor.store_layers`); ``lost_runs``
+(:mod:`monitor.store_liveness`) is the server's, not the record's: runs it marked lost. Derived rows
 come from newly stored events only, so a replay changes nothing. SQLite stores NaN as NULL,
 so a NULL ``scalars.value`` means NaN; ±Inf are stored natively. ``events_by_kind`` makes
 "the latest event of a kind" and "every flag" index look-ups on runs of millions of events.
@@ -22,12 +23,14 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from monitor import codec, store_blocks, store_layers
+from monitor import codec, store_blocks, store_layers, store_liveness
 from monitor.events import Event, Kind
+from monitor.store_faults import StoreHealth, cannot_open, is_disk_fault
 from monitor.store_reads import RunPageReads, decode, decode_or_none
 from monitor.validation import as_enum, check_run_id
 
@@ -36,6 +39,8 @@ STORE_VERSION = 2  # PRAGMA user_version: bump with a migration when the tables 
 #: Versions this babysit opens and upgrades in place (v1 -> v2: the run page's tables).
 MIGRATES_FROM = (1,)
 BUSY_TIMEOUT_MS = 30_000  # other processes may hold the write lock for a large batch
+#: The events that decide a run's status (a start means running) and, for a start, its name and host.
+_LIFECYCLE = (Kind.RUN_START, Kind.STATUS, Kind.RUN_END)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -51,9 +56,11 @@ CREATE TABLE IF NOT EXISTS runs (
     updated REAL NOT NULL, last_step INTEGER NOT NULL, last_loss REAL, loss_step INTEGER,
     flags INTEGER NOT NULL DEFAULT 0, host TEXT NOT NULL DEFAULT '', rank INTEGER NOT NULL DEFAULT 0,
     world INTEGER NOT NULL DEFAULT 1, config TEXT NOT NULL DEFAULT '{}');
-""" + store_blocks.SCHEMA + store_layers.SCHEMA
-_RUN_COLUMNS = ("run, name, status, started, updated, last_step, last_loss, loss_step, flags, "
-                "host, rank, world, config")
+""" + store_blocks.SCHEMA + store_layers.SCHEMA + store_liveness.SCHEMA
+_RUN_COLUMNS = ("runs.run, name, status, started, updated, last_step, last_loss, loss_step, flags, "
+                "host, rank, world, config, lost_runs.at, coalesce(lost_runs.reason, '')")
+# A lost run's when and why (monitor.store_liveness), beside its row.
+_RUNS = "runs LEFT JOIN lost_runs ON lost_runs.run = runs.run AND runs.status = 'lost'"
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class RunInfo:
     rank: int
     world: int
     config: dict[str, Any]
+    lost_at: float | None = None  # status lost: when the server marked it (unix seconds)
+    lost_reason: str = ""  # and why ("no heartbeat for 31 s")
 
 
 class RunStore(RunPageReads):
@@ -89,20 +98,28 @@ class RunStore(RunPageReads):
 
     def __init__(self, logdir: str | Path = "runs"):
         self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
         self.path = self.logdir / DB_FILENAME
+        try:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only or full disk: say which, not a traceback
+            raise cannot_open(self.path, exc) from exc
         self._lock = threading.Lock()
+        #: Whether writes succeed, and why not (``monitor.store_faults``): for ``/api/health``.
+        self.health = StoreHealth(self.path)
         # isolation_level=None: we issue BEGIN ourselves, so a batch is exactly one transaction.
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False, isolation_level=None)
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL: a process crash loses no commit; only power loss may undo the last few.
+            # NORMAL in WAL: a process crash loses no commit; only power loss (or a disk error
+            # that remounts the file system read-only) may undo the last few.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._create_tables()
-        except BaseException:
+        except BaseException as exc:
             self._db.close()
+            if is_disk_fault(exc):
+                raise cannot_open(self.path, exc) from exc
             raise
 
     def _create_tables(self) -> None:
@@ -150,8 +167,12 @@ class RunStore(RunPageReads):
         """Store a batch in one transaction, each ``(run, seq)`` once; return how many were new.
 
         Derived rows (scalars and their blocks, layer and input points, run counters) are
-        written only for newly stored events, so a replayed batch changes nothing. On any failure (a non-Event item included) the whole
+        written only for newly stored events, so a replayed batch changes nothing. On any failure (a
+        non-Event item included) the whole
         batch is rolled back and the exception propagates: the sender keeps it and retries.
+        A failure of the disk (full, read-only, locked, I/O error) raises
+        :class:`~monitor.store_faults.StoreUnavailable` naming the cause in plain words, and
+        ``health`` says so (one log line when the fault begins, one when writes succeed again).
         The batch is written with one statement per table (``executemany``), not one per
         event: a training process commits its losses every fraction of a second, and the
         server ingests many processes at once. ``texts``, when given, are the payloads
@@ -171,8 +192,8 @@ class RunStore(RunPageReads):
             raise ValueError(f"append: {len(texts)} encoded payloads for {len(events)} events")
         rows = [(e.run, e.seq, e.step, e.wall, e.kind.value, text) for e, text in zip(events, texts)]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")  # read-only or locked past busy_timeout fails here
                 fresh = self._new_events(events)
                 self._db.executemany(
                     "INSERT INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
@@ -188,9 +209,15 @@ class RunStore(RunPageReads):
                 for run in dict.fromkeys(e.run for e in new):
                     self._update_run(run, [e for e in new if e.run == run])
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
+            except BaseException as exc:
+                try:
+                    self._rollback()
+                except sqlite3.Error:  # the disk that failed the batch may fail the rollback too
+                    pass
+                if is_disk_fault(exc):
+                    raise self.health.failed(exc, self.path) from exc
                 raise
+        self.health.succeeded()
         return len(new)
 
     def _new_events(self, events: list[Event]) -> set[int]:
@@ -209,20 +236,29 @@ class RunStore(RunPageReads):
         return fresh
 
     def _update_run(self, run: str, new: list[Event]) -> None:
-        """The run's row from its newly stored events: counters once, lifecycle in order."""
+        """The run's row from its newly stored events: counters once, lifecycle by seq."""
         db, first = self._db, new[0]
         db.execute("INSERT OR IGNORE INTO runs (run, name, status, started, updated, last_step) "
                    "VALUES (?, ?, 'running', ?, ?, ?)", (run, run, first.wall, first.wall, first.step))
         db.execute("UPDATE runs SET updated = max(updated, ?), last_step = max(last_step, ?) WHERE run = ?",
                    (max(e.wall for e in new), max(e.step for e in new), run))
-        for e in new:
-            data = e.data
-            if e.kind is Kind.RUN_START:
-                db.execute("UPDATE runs SET name = ?, status = 'running', started = ?, host = ?, rank = ?, "
-                           "world = ?, config = ? WHERE run = ?",
-                           (data.name, e.wall, data.host, data.rank, data.world, codec.dumps(dict(data.config)), run))
-            elif e.kind in (Kind.STATUS, Kind.RUN_END):
-                db.execute("UPDATE runs SET status = ? WHERE run = ?", (data.state.value, run))
+        store_liveness.revive(db, run)  # a lost run's process is back; a status event below still wins
+        # Lifecycle by seq, not by arrival: the row says what the run's latest start and latest
+        # status say, so a late replay of an earlier seq never turns a finished run back to running.
+        lifecycle = [e for e in new if e.kind in _LIFECYCLE]
+        if lifecycle:
+            latest = {kind: db.execute("SELECT max(seq) FROM events WHERE run = ? AND kind = ?",
+                                       (run, kind.value)).fetchone()[0] for kind in _LIFECYCLE}
+            newest = max(lifecycle, key=lambda e: e.seq)
+            if newest.seq == max(seq for seq in latest.values() if seq is not None):
+                state = "running" if newest.kind is Kind.RUN_START else newest.data.state.value
+                db.execute("UPDATE runs SET status = ? WHERE run = ?", (state, run))
+            start = max((e for e in lifecycle if e.kind is Kind.RUN_START), key=lambda e: e.seq, default=None)
+            if start is not None and start.seq == latest[Kind.RUN_START]:
+                data = start.data
+                db.execute("UPDATE runs SET name = ?, started = ?, host = ?, rank = ?, world = ?, config = ? "
+                           "WHERE run = ?", (data.name, start.wall, data.host, data.rank, data.world,
+                                             codec.dumps(dict(data.config)), run))
         flags = sum(e.kind is Kind.FLAG for e in new)
         if flags:
             db.execute("UPDATE runs SET flags = flags + ? WHERE run = ?", (flags, run))
@@ -240,12 +276,47 @@ class RunStore(RunPageReads):
 
     def runs(self) -> list[RunInfo]:
         """Every run, newest first (by start time)."""
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started DESC, run")
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} ORDER BY started DESC, runs.run")
         return [_run_info(row) for row in rows]
 
     def run_info(self, run: str) -> RunInfo | None:
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ?", (check_run_id(run),))
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE runs.run = ?", (check_run_id(run),))
         return _run_info(rows[0]) if rows else None
+
+    # ------------------------------------------------------------------ liveness (web.liveness)
+
+    def mark_lost(self, run: str, reason: str, at: float | None = None) -> bool:
+        """Mark a run whose training process went silent ``lost``, keeping ``reason`` and
+        ``at`` (unix seconds, default now); only a running or stopping run, so a run that
+        ended meanwhile keeps its end. True when it was marked. No event is written: the
+        run's seqs are its trainer's."""
+        return self._transaction(store_liveness.mark_lost, check_run_id(run), str(reason),
+                                 time.time() if at is None else float(at))
+
+    def mark_alive(self, run: str) -> bool:
+        """A lost run whose training process was heard again (a heartbeat) gets back the
+        status it had; True when it was lost. A batch of new events does this by itself."""
+        return self._transaction(store_liveness.revive, check_run_id(run))
+
+    def lost_runs(self) -> dict[str, tuple[float, str]]:
+        """``{run: (at, reason)}`` of the runs marked lost."""
+        return store_liveness.lost(self._query)
+
+    def active_runs(self) -> list[tuple[str, str, float]]:
+        """``(run, host, started)`` of the running and stopping runs: those that can be lost."""
+        return store_liveness.active(self._query)
+
+    def _transaction(self, write, *args):
+        """``write(db, *args)`` in one write transaction; its result."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = write(self._db, *args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return result
 
     def events(self, run: str, kinds: Iterable[Kind | str] | None = None, after_seq: int = -1,
                limit: int | None = None) -> list[Event]:
@@ -291,8 +362,8 @@ class RunStore(RunPageReads):
 
 
 def _run_info(row: tuple) -> RunInfo:
-    *head, config = row
-    info = RunInfo(*head, config=codec.loads(config))
+    *head, config, lost_at, lost_reason = row
+    info = RunInfo(*head, config=codec.loads(config), lost_at=lost_at, lost_reason=lost_reason)
     if info.loss_step is not None and info.last_loss is None:  # SQLite stored the NaN loss as NULL
         info = replace(info, last_loss=math.nan)
     return info

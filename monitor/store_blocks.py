@@ -112,11 +112,16 @@ def totals(query: Query, run: str) -> dict[str, tuple[int, int]]:
 
 def blocks(query: Query, run: str, name: str) -> dict[str, np.ndarray]:
     """The series' blocks in step order: :data:`BLOCK_COLUMNS` as float64 arrays, NULL as NaN
-    (a ``*_seq`` of NaN: the block has no such point)."""
+    (a ``*_seq`` of NaN: the block has no such point), but the ``*_step`` columns: int64,
+    exact up to 2**63-1 (0 where the block has no such point)."""
     rows = query(f"SELECT {', '.join(BLOCK_COLUMNS)} FROM scalar_blocks WHERE run = ? AND name = ? ORDER BY block",
                  (run, name))
     table = np.array(rows, dtype=np.float64).reshape(len(rows), len(BLOCK_COLUMNS))
-    return {column: table[:, i] for i, column in enumerate(BLOCK_COLUMNS)}
+    out = {column: table[:, i] for i, column in enumerate(BLOCK_COLUMNS)}
+    for i, column in enumerate(BLOCK_COLUMNS):
+        if column.endswith("_step"):  # through float64 a step past 2**53 would come back rounded
+            out[column] = np.array([0 if row[i] is None else row[i] for row in rows], dtype=np.int64)
+    return out
 
 
 def last_value(query: Query, run: str, name: str) -> float | None:

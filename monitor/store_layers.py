@@ -37,7 +37,7 @@ LAYER_FIELDS = ("step", "mean", "std", "min", "max", "norm", *QUANTILE_FIELDS, "
                 "dead_frac", "update_ratio", "nan", "inf")
 #: The columns of ``input_points`` (input_stats events) a reader gets.
 INPUT_FIELDS = ("step", "wall", "mean", "std", "min", "max", "nan", "inf")
-_INTEGER_FIELDS = {"step", "nan", "inf"}
+_INTEGER_FIELDS = {"step", "nan", "inf", "nan_mask"}
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS layer_points (
@@ -147,15 +147,14 @@ def layer_points(query: Query, run: str, signal: str, layers: Sequence[str] | No
     names = list(modules) if layers is None else [name for name in dict.fromkeys(layers) if name in modules]
     wanted = ["step", *(f for f in dict.fromkeys(fields) if f != "step")]
     optional = [f for f in wanted if f in OPTIONAL_FIELDS]
-    sql = (f"SELECT {', '.join(wanted)}{', nan_mask' if optional else ''} FROM layer_points "
-           "WHERE run = ? AND signal = ? AND layer = ? ORDER BY step, seq")
+    read = [*wanted, "nan_mask"] if optional else wanted
+    sql = f"SELECT {', '.join(read)} FROM layer_points WHERE run = ? AND signal = ? AND layer = ? ORDER BY step, seq"
     out = []
     for name in names:
-        table = _table(query(sql, (run, signal, name)), len(wanted) + bool(optional))
-        columns = {field: _typed(field, table[:, i]) for i, field in enumerate(wanted)}
+        columns = _columns(query(sql, (run, signal, name)), read)
         absent = {}
         if optional:
-            mask = table[:, -1].astype(np.int64)
+            mask = columns.pop("nan_mask")
             for field in optional:
                 missing = np.isnan(columns[field]) & ((mask >> OPTIONAL_FIELDS.index(field)) & 1 == 0)
                 if missing.any():
@@ -167,14 +166,13 @@ def layer_points(query: Query, run: str, signal: str, layers: Sequence[str] | No
 def input_points(query: Query, run: str) -> dict[str, np.ndarray]:
     """Every input_stats reading of the run in step order: :data:`INPUT_FIELDS` columns."""
     rows = query(f"SELECT {', '.join(INPUT_FIELDS)} FROM input_points WHERE run = ? ORDER BY step, seq", (run,))
-    table = _table(rows, len(INPUT_FIELDS))
-    return {field: _typed(field, table[:, i]) for i, field in enumerate(INPUT_FIELDS)}
+    return _columns(rows, INPUT_FIELDS)
 
 
-def _table(rows: list, width: int) -> np.ndarray:
-    """Rows as one float64 array (NULL becomes NaN); exact for integers below 2**53."""
-    return np.array(rows, dtype=np.float64).reshape(len(rows), width)
-
-
-def _typed(field: str, column: np.ndarray) -> np.ndarray:
-    return column.astype(np.int64) if field in _INTEGER_FIELDS else column
+def _columns(rows: list, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """Rows as one numpy column per field: int64 for the integer fields, exact up to 2**63-1
+    (through float64 a step past 2**53 would come back rounded, and one near 2**63 overflow),
+    float64 for the others, NULL as NaN."""
+    values = list(zip(*rows)) if rows else [()] * len(fields)
+    return {field: np.array(column, dtype=np.int64 if field in _INTEGER_FIELDS else np.float64)
+            for field, column in zip(fields, values)}

@@ -77,8 +77,11 @@ class RunPageReads:
             rows = self._query(sql + " ORDER BY step, seq", params)
         else:
             rows = self._query(sql + " ORDER BY step DESC, seq DESC LIMIT ?", params + [int(last)])[::-1]
-        table = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
-        return {"step": table[:, 0].astype(np.int64), "wall": table[:, 1], "value": table[:, 2]}
+        # steps as int64 straight from the rows: through float64 a step past 2**53 comes back
+        # rounded, and one near 2**63 overflows
+        steps = np.array([row[0] for row in rows], dtype=np.int64)
+        table = np.array([row[1:] for row in rows], dtype=np.float64).reshape(len(rows), 2)
+        return {"step": steps, "wall": table[:, 0], "value": table[:, 1]}
 
     def last_scalar(self, run: str, name: str) -> float | None:
         """The series' value at its highest step (NaN included), or None when there is none."""

@@ -392,3 +392,40 @@ def test_a_file_from_a_newer_babysit_is_refused_with_the_fix(tmp_path):
     db.close()
     with pytest.raises(RuntimeError, match="store version 3, this babysit reads version 2; upgrade babysit"):
         RunStore(tmp_path)
+
+
+# ---------------------------------------------------------------------- lost runs (web.liveness)
+
+def test_a_running_run_marked_lost_keeps_when_and_why_across_a_reopen_and_gets_no_event(tmp_path, make_events):
+    with RunStore(tmp_path) as store:
+        store.append(make_events("r")[:3])
+        assert store.active_runs() == [("r", "gpu-1", 1000.0)]
+        assert store.mark_lost("r", "no heartbeat for 31 s", at=1234.5)
+    with RunStore(tmp_path) as store:
+        info = store.run_info("r")
+        assert (info.status, info.lost_at, info.lost_reason) == ("lost", 1234.5, "no heartbeat for 31 s")
+        assert store.runs()[0] == info and store.lost_runs() == {"r": (1234.5, "no heartbeat for 31 s")}
+        assert store.active_runs() == [] and store.next_seq("r") == 3  # the trainer's seqs, untouched
+
+
+def test_only_a_running_or_stopping_run_can_be_marked_lost(tmp_path, make_events):
+    with RunStore(tmp_path) as store:
+        store.append(make_events("ended"))  # ends diverged
+        store.append(make_events("stopping")[:1] + [Event("stopping", 1, 1, 1001.0, Kind.STATUS, Status("stopping"))])
+        assert not store.mark_lost("ended", "silent") and not store.mark_lost("unknown", "silent")
+        assert store.mark_lost("stopping", "silent") and not store.mark_lost("stopping", "again")
+        assert store.run_info("ended").status == "diverged" and store.run_info("ended").lost_reason == ""
+        assert store.mark_alive("stopping") and store.run_info("stopping").status == "stopping"  # what it had
+        assert not store.mark_alive("stopping") and store.run_info("stopping").lost_at is None
+
+
+def test_new_events_bring_a_lost_run_back_and_a_status_among_them_wins(tmp_path, make_events):
+    with RunStore(tmp_path) as store:
+        store.append(make_events("back")[:3] + make_events("ends")[:3])
+        store.mark_lost("back", "silent")
+        store.mark_lost("ends", "silent")
+        assert store.append([scalars("back", 3, 4, loss=1.0)]) == 1
+        store.append([Event("ends", 3, 4, 1003.0, Kind.STATUS, Status("crashed", "boom"))])
+        assert store.append([scalars("back", 3, 4, loss=1.0)]) == 0  # a replay changes nothing
+        assert (store.run_info("back").status, store.run_info("back").lost_reason) == ("running", "")
+        assert store.run_info("ends").status == "crashed" and store.lost_runs() == {}

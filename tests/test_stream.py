@@ -196,6 +196,7 @@ def test_a_batch_refused_for_good_is_set_aside_once_and_everything_after_it_is_d
     spool.write_bytes(first + unstorable + damaged + b"".join(rest))
     with serving(tmp_path / "server", port), caplog.at_level(logging.WARNING):
         assert stream.replay_spools(url, spool.parent, timeout=20) == {mon.run_id: True}
+        assert stream.replay_spools(url, spool.parent, timeout=20) == {}  # what was set aside is not resent
     assert_complete(stored(tmp_path / "server", mon.run_id), 8)
     assert (spool.parent / f"{mon.run_id}.refused.jsonl").read_bytes() == unstorable + damaged
     reports = [r for r in caplog.records if r.name == "babysit" and "refused a batch for good" in r.getMessage()]

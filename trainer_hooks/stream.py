@@ -1,7 +1,8 @@
 """Streaming a run to ``babysit serve``: a sink for the writer thread, with a spool.
 
 Every batch the writer hands over is first appended to a spool file (one JSON line per
-batch, flushed and fsync'd), then the spool is sent in order over a python-socketio
+batch, flushed and fsync'd; bounded, and held in memory while its disk fails: what is
+dropped at the bound is stated in :mod:`trainer_hooks.spool`), then the spool is sent in order over a python-socketio
 connection, each batch waiting for the server's acknowledgement, which comes only after
 the server committed it. The spool's read position is saved after each acknowledged
 batch, so a batch is re-sent only if its acknowledgement was lost, and the server's
@@ -12,11 +13,20 @@ writer never blocks on the network: a connection is tried at most every
 server refuses for good (a permanent refusal, :mod:`monitor.protocol`) is moved to
 ``<run>.refused.jsonl`` beside the spool, reported once, and the rest goes on: one bad
 batch never holds back the spool behind it. The training thread never sees any of this.
+
+From the first connection on, a daemon thread sends a heartbeat every ``heartbeat``
+seconds (:data:`monitor.protocol.HEARTBEAT_SECONDS`, or ``$BABYSIT_HEARTBEAT_SECONDS``),
+also through a long step that logs nothing, so that the server can tell a quiet run from
+a dead one (:mod:`web.liveness`). It never waits for the writer: while the writer holds the
+connection (connecting, or waiting for an acknowledgement) the beat goes out on the open
+connection beside it (python-socketio's emits are thread-safe) or, with none open, is
+skipped; with the writer idle, it reconnects a dropped connection and sends what the spool
+holds, so a restarted server hears from a quiet run within a heartbeat.
 """
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import threading
 import time
@@ -25,6 +35,8 @@ from typing import Callable, Sequence
 
 from monitor import protocol
 from monitor.events import Event
+from monitor.validation import is_run_id
+from trainer_hooks.spool import Spool, event_text
 
 log = logging.getLogger("babysit")
 
@@ -34,52 +46,85 @@ RETRY_SECONDS = 2.0
 CONNECT_TIMEOUT, ACK_TIMEOUT = 3.0, 30.0
 #: How often a wait for an acknowledgement checks that the connection is still up.
 ACK_POLL_SECONDS = 0.05
+#: The variable that sets the heartbeat's interval in seconds (0: no heartbeat).
+HEARTBEAT_ENV = "BABYSIT_HEARTBEAT_SECONDS"
+#: Longest one call of the writer's spends sending the spool (then it returns to its batches).
+DRAIN_SECONDS = 1.0
 
 
 def batch_text(events: Sequence[Event], texts: Sequence[str]) -> str:
     """The events as the JSON list the server's ``batch`` handler reads; the payloads are
     the writer's encodings, spliced in rather than encoded again."""
-    return "[" + ",".join(
-        '{"run":%s,"seq":%d,"step":%d,"wall":%s,"kind":"%s","data":%s}'
-        % (json.dumps(e.run), e.seq, e.step, json.dumps(e.wall), e.kind.value, text)
-        for e, text in zip(events, texts)) + "]"
+    return "[" + ",".join(event_text(e, text) for e, text in zip(events, texts)) + "]"
+
+
+def heartbeat_seconds(value: float | str | None = None) -> float:
+    """The heartbeat interval: ``value``, else ``$BABYSIT_HEARTBEAT_SECONDS``, else
+    :data:`monitor.protocol.HEARTBEAT_SECONDS`; 0 turns it off (the server then marks a run
+    that logs nothing for its timeout lost). A ValueError names what to pass."""
+    source = "heartbeat"
+    if value is None:
+        value, source = os.environ.get(HEARTBEAT_ENV), HEARTBEAT_ENV
+    if value is None or value == "":
+        return protocol.HEARTBEAT_SECONDS
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"{source}: expected seconds between heartbeats, a number of 0 or more (0: none; default "
+                         f"{protocol.HEARTBEAT_SECONDS:g}), got {value!r}")
+    return seconds
 
 
 class SocketSink:
     """``append(events, texts)`` for :class:`trainer_hooks.writer.Writer`: spool, then send."""
 
     def __init__(self, url: str, run: str, spool_dir: str | os.PathLike, token: str | None = None,
-                 on_stop: Callable[[str, str], None] | None = None):
+                 on_stop: Callable[[str, str], None] | None = None, heartbeat: float | None = None):
         self.url = url.rstrip("/")
         self.run = run
         self.on_stop = on_stop  # (reason, by): a stop command from the server for this run
         self.token = token
         spool_dir = Path(spool_dir)
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = spool_dir / f"{run}.jsonl"
-        self.position_file = spool_dir / f"{run}.sent"
-        self.position = int(self.position_file.read_text()) if self.position_file.exists() else 0
+        self._spool = Spool(spool_dir, run)  # bounded: trainer_hooks.spool says what it drops at the bound
+        self.spool = self._spool.path
         self.refused_file = spool_dir / f"{run}.refused.jsonl"
         self.refused = 0  # batches the server refused for good: kept in refused_file, reported once
         self._client = None
         self._next_try = 0.0
         self._unreachable = False
         self._lock = threading.Lock()
+        self.heartbeat = heartbeat_seconds(heartbeat)  # seconds; 0: none
+        self._beating: threading.Thread | None = None
+        self._quiet = threading.Event()  # set by close: no more heartbeats
+        self._beat_refused = False
 
     # The writer calls append; close is called once the writer has stopped.
     def append(self, events: Sequence[Event], texts: Sequence[str]) -> int:
+        """Spool the batch (what the bound admits) and send what the server takes; never
+        raises for a full or failing disk (:mod:`trainer_hooks.spool`), so the writer's
+        thread, and the detectors behind it, go on."""
         with self._lock:
             if events:
-                with open(self.spool, "a", encoding="utf-8") as f:
-                    f.write(batch_text(events, texts) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._spool.add(events, texts)
             self._drain()
         return len(events)
 
     def pending(self) -> int:
-        """Bytes of the spool not yet acknowledged by the server."""
-        return max(self.spool.stat().st_size - self.position, 0) if self.spool.exists() else 0
+        """Bytes not yet acknowledged by the server (spooled, or held in memory while the
+        spool's disk fails)."""
+        return self._spool.pending()
+
+    @property
+    def dropped(self) -> int:
+        """Events not spooled because the spool was at its bound (also in the run_end)."""
+        return self._spool.dropped_total
+
+    @property
+    def held_bytes(self) -> int:
+        """Unsent bytes held in memory because the spool's disk would not take them."""
+        return self._spool.held_bytes
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Try to send everything spooled (at close); True when nothing is left."""
@@ -93,6 +138,9 @@ class SocketSink:
         return not self.pending()
 
     def close(self) -> None:
+        self._quiet.set()
+        if self._beating is not None:
+            self._beating.join(CONNECT_TIMEOUT + 1.0)  # a beat may be connecting
         with self._lock:
             if self._client is not None:
                 try:
@@ -104,24 +152,23 @@ class SocketSink:
     # ------------------------------------------------------------------ internals
 
     def _drain(self) -> None:
+        """Send the spool, oldest first, for at most ``DRAIN_SECONDS`` per call: this runs on
+        the writer's thread, and a long spool after an outage goes out over many calls rather
+        than holding back the writer's next batch (and its detectors) for minutes."""
         if not self.pending() or not self._connected():
             return
-        with open(self.spool, "rb") as f:
-            f.seek(self.position)
-            for line in f:
-                try:
-                    text = line.decode("utf-8").rstrip("\n")
-                except UnicodeDecodeError:  # a damaged spool line: no server could ever read it
-                    self._set_aside(line, "the spooled line is not UTF-8 text")
-                else:
-                    if not self._send(text):
-                        return
-                self.position += len(line)
-                self._save_position()
-        if self.position >= self.spool.stat().st_size:  # all acknowledged: start afresh
-            self.spool.write_text("")
-            self.position = 0
-            self._save_position()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while (line := self._spool.peek()) is not None:
+            try:
+                text = line.decode("utf-8").rstrip("\n")
+            except UnicodeDecodeError:  # a damaged spool line: no server could ever read it
+                self._set_aside(line, "the spooled line is not UTF-8 text")
+            else:
+                if not self._send(text):
+                    return
+            self._spool.ack()
+            if time.monotonic() > deadline:
+                return
 
     def _send(self, text: str) -> bool:
         try:
@@ -145,10 +192,14 @@ class SocketSink:
     def _set_aside(self, line: str | bytes, error: str) -> None:
         """A batch the server will never store: kept on disk for a person, reported once."""
         raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape") + b"\n"
-        with open(self.refused_file, "ab") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.refused_file, "ab") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # the spool's disk is full too: the batch is lost, said, not raised
+            log.error("babysit: could not keep a batch the server refused for good in %s (%s): %s",
+                      self.refused_file, exc, error[:300])
         self.refused += 1
         if self.refused == 1:
             log.error("babysit: the server at %s refused a batch for good: %s. It is kept in %s; the rest of "
@@ -177,6 +228,7 @@ class SocketSink:
         return reply[0]
 
     def _connected(self) -> bool:
+        self._start_heartbeat()
         if self._client is not None and self._client.connected:
             return True
         if time.monotonic() < self._next_try:
@@ -201,6 +253,49 @@ class SocketSink:
         self._client = client
         return True
 
+    # ------------------------------------------------------------------ heartbeat
+
+    def _start_heartbeat(self) -> None:
+        if self._beating is None and self.heartbeat > 0 and not self._quiet.is_set():
+            self._beating = threading.Thread(target=self._beat_loop, name=f"babysit-heartbeat-{self.run}",
+                                             daemon=True)
+            self._beating.start()
+
+    def _beat_loop(self) -> None:
+        while not self._quiet.wait(self.heartbeat):
+            try:
+                self._beat()
+            except Exception as exc:  # never let the heartbeat die of one failure
+                log.debug("babysit: a heartbeat failed (%s: %s)", type(exc).__name__, exc)
+
+    def _beat(self) -> None:
+        """One heartbeat (see the module doc); never waits for the writer."""
+        client = self._client
+        if client is None or not client.connected:
+            if not self._lock.acquire(blocking=False):
+                return  # the writer is connecting: its batches will speak for the run
+            try:
+                if self._quiet.is_set():
+                    return
+                self._drain()  # what an outage left in the spool goes out now, not at the next log
+                if not self._connected():
+                    return
+                client = self._client
+            finally:
+                self._lock.release()
+        try:
+            client.emit(protocol.HEARTBEAT, {"runs": [self.run]}, namespace=protocol.INGEST_NAMESPACE,
+                        callback=self._beat_answered)
+        except Exception:  # it dropped meanwhile: the next beat or batch reconnects
+            pass
+
+    def _beat_answered(self, *args) -> None:
+        ack = protocol.Ack.from_reply(args[0] if args else None)
+        if not ack.ok and not self._beat_refused:  # once: a server that refuses one refuses them all
+            self._beat_refused = True
+            log.warning("babysit: the server at %s refused a heartbeat (%s); it may mark run %s lost while "
+                        "it logs nothing", self.url, ack.error[:300], self.run)
+
     def _stop_command(self, message) -> None:
         if self.on_stop is not None and isinstance(message, dict) and message.get("run") == self.run:
             self.on_stop(str(message.get("reason", "stopped from the dashboard")), str(message.get("by", "dashboard")))
@@ -210,11 +305,6 @@ class SocketSink:
         if client is not None:
             threading.Thread(target=client.disconnect, daemon=True).start()  # a close may take seconds
         self._next_try = time.monotonic() + RETRY_SECONDS
-
-    def _save_position(self) -> None:
-        tmp = self.position_file.with_suffix(".tmp")
-        tmp.write_text(str(self.position))
-        os.replace(tmp, self.position_file)
 
 
 def replay_spools(url: str, spool_dir: str | os.PathLike, token: str | None = None,
@@ -227,7 +317,9 @@ def replay_spools(url: str, spool_dir: str | os.PathLike, token: str | None = No
     results = {}
     for spool in sorted(Path(spool_dir).glob("*.jsonl")):
         run = spool.stem
-        sink = SocketSink(url, run, spool_dir, token=token)
+        if not is_run_id(run) or run.endswith(".refused"):  # set aside for a person, never resent
+            continue
+        sink = SocketSink(url, run, spool_dir, token=token, heartbeat=0)  # its process is gone: no heartbeat
         if not sink.pending():
             continue
         results[run] = sink.flush(timeout)

@@ -11,7 +11,8 @@ Two Socket.IO namespaces:
   runs it names are alive when there is nothing to send; the server sends ``stop``.
 - ``/dashboard`` (browsers, same origin only): ``join`` / ``leave`` a run's room, which
   then receives ``events``; ``watch_runs`` joins the index, told ``runs_changed``; ``stop``
-  asks a run's trainers to stop; ``resync`` tells a page that fell behind to reload from REST.
+  asks a run's trainers to stop; ``resync`` tells a page that fell behind to reload from REST;
+  ``run_status`` tells a run's room that the server marked it lost or running again.
 
 Every answer is an :class:`Ack`. A refusal says in its ``permanent`` field what to do:
 ``True``, the batch can never be stored (malformed, or values the store cannot hold) and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,9 @@ WATCH_RUNS = "watch_runs"  # browser -> server: join the index, which receives R
 EVENTS = "events"  # server -> browser: {"run", "events": [{seq, step, wall, kind, data (codec text)}]}
 RUNS_CHANGED = "runs_changed"  # server -> browser: {"runs": [run ids]}
 RESYNC = "resync"  # server -> browser: {"reason"}: live events were dropped; reload from REST
+#: server -> browser (the run's room): {"run", "status", "reason", "at"}: the server marked the
+#: run lost (its trainer went silent) or running again (it came back); no event carries this
+RUN_STATUS = "run_status"
 
 #: Largest message the server reads (a batch of events as JSON text); a trainer's batch
 #: of at most 2000 events stays far below it.
@@ -51,6 +56,11 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 #: Seconds between two heartbeats of a trainer that has nothing else to send.
 HEARTBEAT_SECONDS = 5.0
+#: Seconds of silence (no heartbeat, no batch) after which the server marks a run ``lost``
+#: (``babysit serve --lost-after``): six heartbeats, so that a trainer must miss five in a
+#: row, which outlasts a garbage-collection pause, a saturated link or a server restart
+#: (its trainers reconnect within a heartbeat or two), while a killed one shows within half a minute.
+LOST_AFTER_SECONDS = 6 * HEARTBEAT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,41 @@ def trainer_room(run: str) -> str:
     return f"trainer:{run}"
 
 
+#: How a server's address looks in messages.
+SERVER_EXAMPLE = "http://127.0.0.1:5000"
+
+
+def server_url_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as the address of ``babysit serve``, said as what to give
+    instead; None when it is ``http(s)://host[:port]`` with nothing after it (the client
+    adds the Socket.IO path itself). The one rule for ``watch(server=...)``, ``BABYSIT_SERVER`` and ``--server``."""
+    text = text.strip()
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    if parts.scheme in ("http", "https") and parts.hostname and parts.path in ("", "/") and port != 0 \
+            and not (parts.query or parts.fragment or parts.username or parts.password):
+        return None
+    if not text:
+        return f"give the address `babysit serve` prints, e.g. {SERVER_EXAMPLE}"
+    if "://" not in text:
+        return f"add the scheme: http://{text}"
+    if parts.scheme in ("ws", "wss"):
+        return f"use {'https' if parts.scheme == 'wss' else 'http'}:// (Socket.IO upgrades to WebSocket itself)"
+    if parts.scheme in ("http", "https") and parts.hostname and port == 0:
+        return "the port must be a number in 1..65535, as `babysit serve` prints it"
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return f"drop the path: give only scheme://host:port, e.g. {parts.scheme}://{parts.netloc}"
+    return f"give the address `babysit serve` prints, e.g. {SERVER_EXAMPLE}"
+
+
 # ------------------------------------------------------------------ the page's copy
 
 #: What the page's scripts need, exported to ``web/js/src/protocol.js``.
 _FOR_THE_PAGE = ("PROTOCOL_VERSION", "DASHBOARD_NAMESPACE", "JOIN", "LEAVE", "WATCH_RUNS", "EVENTS",
-                 "RUNS_CHANGED", "RESYNC", "STOP")
+                 "RUNS_CHANGED", "RESYNC", "RUN_STATUS", "STOP")
 
 
 def javascript() -> str:

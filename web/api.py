@@ -11,9 +11,10 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from monitor import codec
+from monitor import codec, protocol
 from monitor.events import Kind
 from monitor.export import FORMATS, export_run
 from monitor.validation import SchemaError, check_run_id, check_scalar_name
@@ -27,6 +28,18 @@ def api_blueprint(app) -> Blueprint:
     from web.history import add_history_routes, max_points_arg, scalar_series  # it imports this module
 
     api = Blueprint("api", __name__, url_prefix="/api")
+
+    @api.get("/health")
+    def health():
+        """Whether the server can store what trainers send: the store's state (``ok``, or
+        ``full``, ``read_only``, ``busy``, ``io_error`` with the cause in ``message``, since
+        when and how many writes were refused) and the ingest refusals by kind. 503 while the
+        store refuses writes, so a probe or a proxy sees it; trainers keep their batches."""
+        store = app.store.health.snapshot()
+        ingest = app.socketio.server.namespace_handlers.get(protocol.INGEST_NAMESPACE)
+        return json_response({"ok": store.ok, "store": asdict(store),
+                              "refusals": ingest.refusals.counts() if ingest is not None else {},
+                              "protocol": protocol.PROTOCOL_VERSION}, 200 if store.ok else 503)
 
     @api.get("/runs")
     def runs():
@@ -74,7 +87,32 @@ def api_blueprint(app) -> Blueprint:
                         headers={"Content-Disposition": f'attachment; filename="{run}-{fmt}.zip"'})
 
     add_history_routes(api, app)
+    api.app_errorhandler(HTTPException)(http_error)
     return api
+
+
+#: Longest piece of a request an error quotes back (a path may be kilobytes long).
+QUOTED_CHARS = 100
+
+
+def http_error(exc: HTTPException):
+    """An HTTP error (no such route, a method a route does not take) under ``/api`` as JSON
+    naming the problem, like every other API error; a page's error stays Flask's HTML page."""
+    if not (request.path == "/api" or request.path.startswith("/api/")):
+        return exc
+    path = request.path if len(request.path) <= QUOTED_CHARS else request.path[:QUOTED_CHARS] + "..."
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})) or "GET"
+        error = f"{request.method} is not allowed on {path!r}; use {allowed}"
+    elif isinstance(exc, NotFound):
+        error = f"no API route {path!r}; the routes are {', '.join(sorted(_api_routes()))}"
+    else:
+        error = f"{exc.name}: {exc.description}"
+    return json_response({"error": error}, exc.code or 500)
+
+
+def _api_routes() -> set[str]:
+    return {rule.rule for rule in current_app.url_map.iter_rules() if rule.rule.startswith("/api/")}
 
 
 def known_run(app, run: str) -> Response | None:

@@ -15,8 +15,10 @@ from flask_socketio import SocketIO
 
 from monitor.alert_config import AlertConfig
 from monitor.mailer import AlertMailer
-from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE, MAX_MESSAGE_BYTES
+from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE, LOST_AFTER_SECONDS, MAX_MESSAGE_BYTES
 from monitor.store import RunStore
+from web.liveness import Liveness, check_lost_after
+from web.fanout import for_server
 from web.origins import HostCheck, check_origin, is_loopback, origin_check
 
 
@@ -27,15 +29,19 @@ class ServerConfig:
     soon as ``host`` is not a loopback address (anyone on the network could write).
     ``alerts``: where alert emails go (``monitor.alert_config.alert_config``), None for none.
     ``allowed_origins``: browser origins besides the server's own that may open its sockets
-    (``scheme://host[:port]``, e.g. a reverse proxy's public address; see :mod:`web.origins`)."""
+    (``scheme://host[:port]``, e.g. a reverse proxy's public address; see :mod:`web.origins`).
+    ``lost_after``: seconds of silence from a run's training process after which the run is
+    marked lost (:mod:`web.liveness`)."""
 
     logdir: Path = Path("runs")
     host: str = "127.0.0.1"
     token: str | None = None
     alerts: AlertConfig | None = None
     allowed_origins: tuple[str, ...] = ()
+    lost_after: float = LOST_AFTER_SECONDS
 
     def __post_init__(self):
+        object.__setattr__(self, "lost_after", check_lost_after(self.lost_after))
         object.__setattr__(self, "logdir", Path(self.logdir))
         if isinstance(self.allowed_origins, str):
             raise ValueError("allowed_origins: expected a list of origins, got one string "
@@ -52,14 +58,16 @@ class ServerConfig:
 
 @dataclass
 class App:
-    """The built application: the Flask app, its Socket.IO server, the store they share and
-    the alert mailer (None without alerts; its thread starts at the first alert)."""
+    """The built application: the Flask app, its Socket.IO server, the store they share,
+    the alert mailer (None without alerts; its thread starts at the first alert) and the
+    liveness of runs (its task starts at first use: a trainer's connection, a request)."""
 
     flask: Flask
     socketio: SocketIO
     store: RunStore
     config: ServerConfig
     alerts: AlertMailer | None = None
+    liveness: Liveness | None = None
 
 
 def create_app(config: ServerConfig | None = None) -> App:
@@ -75,8 +83,11 @@ def create_app(config: ServerConfig | None = None) -> App:
     socketio = SocketIO(flask, async_mode="threading", max_http_buffer_size=MAX_MESSAGE_BYTES,
                         cors_allowed_origins=origin_check(config))
     flask.wsgi_app = HostCheck(flask.wsgi_app, config)  # around Socket.IO's middleware too
+    for_server(socketio)  # the bounded fan-out, made before any viewer connects (web.fanout)
     store = RunStore(config.logdir)
     app = App(flask, socketio, store, config, AlertMailer(config.alerts) if config.alerts else None)
+    app.liveness = Liveness(app, config.lost_after)
+    flask.before_request(app.liveness.start)  # a page or REST request is a first use too
     socketio.on_namespace(IngestNamespace(INGEST_NAMESPACE, app))
     socketio.on_namespace(DashboardNamespace(DASHBOARD_NAMESPACE, app))
     flask.register_blueprint(api_blueprint(app))

@@ -12,7 +12,8 @@ take now (disk full, read-only) as transient, and either way the server logs one
 counts it (:class:`Refusals`), and stays as it was. After the commit the events go to the
 browsers that joined the run's room on ``/dashboard``, and to the alert policy
 (``monitor.mailer``: it decides under a lock and returns; emails are sent from its own
-thread, so the ack never waits).
+thread, so the ack never waits). A batch, and a ``heartbeat`` naming runs whose trainers
+have nothing to send, tell :mod:`web.liveness` that those runs are alive.
 """
 from __future__ import annotations
 
@@ -27,12 +28,16 @@ from flask_socketio import Namespace, join_room, leave_room
 from monitor import codec, protocol
 from monitor.events import Event
 from monitor.protocol import INDEX_ROOM, room, trainer_room
+from monitor.store_faults import StoreUnavailable
 from monitor.validation import SchemaError, check_run_id
+from web import fanout
 
 log = logging.getLogger("babysit.server")
 
 #: Most events one batch may hold (a trainer's writer sends at most 2000).
 MAX_BATCH_EVENTS = 20_000
+#: Most runs one heartbeat may name (a trainer's sender names its one run).
+MAX_HEARTBEAT_RUNS = 1000
 
 
 class Refusals:
@@ -43,18 +48,28 @@ class Refusals:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def refuse(self, error: str, *, permanent: bool) -> dict:
+    def refuse(self, error: str, *, permanent: bool, quiet: bool = False) -> dict:
+        """Count a refusal and log its line; ``quiet`` when its cause was already logged once
+        (the store's disk fault: one line when it begins, not one per batch refused meanwhile)."""
         kind = "permanent" if permanent else "transient"
         with self._lock:
             self._counts[kind] += 1
             count = self._counts[kind]
-        log.warning("babysit: refused a batch from %s (%s, %d so far): %s",
-                    _peer(), kind, count, error[:500])
+        if not quiet:
+            log.warning("babysit: refused a batch from %s (%s, %d so far): %s",
+                        _peer(), kind, count, error[:500])
         return protocol.refused(error, permanent=permanent)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {"permanent": self._counts["permanent"], "transient": self._counts["transient"]}
+
+
+def _shape(args: tuple) -> str:
+    """What a message held, for an error (never its whole content)."""
+    if len(args) != 1:
+        return f"{len(args)} arguments"
+    return f"{type(args[0]).__name__} {args[0]!r:.100}"
 
 
 def _peer() -> str:
@@ -78,7 +93,26 @@ class IngestNamespace(Namespace):
                 log.warning("babysit: refused an ingest connection from %s: wrong or missing token",
                             request.remote_addr)
                 return False  # Socket.IO refuses the connection
+        self.app.liveness.start()  # at first use, not in the app factory
         return True
+
+    def on_heartbeat(self, *args):
+        """``{"runs": [run ids]}``: these runs' trainers are alive though they have nothing to
+        send (:mod:`web.liveness`); a lost one is running again. Joins their trainer rooms, so
+        that a trainer reconnected to a restarted server still gets a stop. Always answered."""
+        message = args[0] if len(args) == 1 else None
+        runs = message.get("runs") if isinstance(message, dict) else None
+        if not isinstance(runs, list) or not 0 < len(runs) <= MAX_HEARTBEAT_RUNS:
+            return protocol.refused(f"heartbeat: expected one argument {{\"runs\": [1 to {MAX_HEARTBEAT_RUNS} run "
+                                    f"ids]}}, got {_shape(args)}", permanent=True)
+        try:
+            runs = [check_run_id(run) for run in runs]
+        except SchemaError as exc:
+            return protocol.refused(f"heartbeat: {exc}", permanent=True)
+        for run in dict.fromkeys(runs):
+            join_room(trainer_room(run))
+        self.app.liveness.heard(runs, request.host_url)
+        return protocol.accepted()
 
     def on_batch(self, *args):
         """One batch (see the module doc); every call is answered, none raises."""
@@ -97,9 +131,13 @@ class IngestNamespace(Namespace):
             return protocol.accepted()
         for run in dict.fromkeys(event.run for event in events):
             join_room(trainer_room(run))  # where a stop for this run is sent
+        self.app.liveness.heard((event.run for event in events), request.host_url)  # even if the store fails now
         try:
             stored = self.app.store.append(events, texts)
-        except Exception as exc:  # disk full, locked or read-only database: the sender keeps it
+        except StoreUnavailable as exc:  # the disk is full or read-only: the store logged it once
+            return self.refusals.refuse(f"the server could not store the batch now: {exc}; the sender "
+                                        "keeps it and sends it again", permanent=False, quiet=True)
+        except Exception as exc:  # anything else the store met: the sender keeps it
             return self.refusals.refuse(f"the server could not store the batch now ({type(exc).__name__}: "
                                         f"{exc}); it is kept by the sender and sent again", permanent=False)
         self.fan_out(events, texts)
@@ -110,14 +148,17 @@ class IngestNamespace(Namespace):
         return protocol.accepted(stored, max(event.seq for event in events))
 
     def fan_out(self, events: list[Event], texts: list[str]) -> None:
-        """The committed events to the browsers watching their runs, and the index told."""
+        """The committed events to the browsers watching their runs, and the index told.
+        Each viewer's backlog is bounded (:mod:`web.fanout`): one that falls behind is told
+        to resync and dropped, without holding up the others or this batch's ack."""
+        live = fanout.for_server(self.app.socketio)
         for run in dict.fromkeys(event.run for event in events):
             batch = [{"seq": e.seq, "step": e.step, "wall": e.wall, "kind": e.kind.value, "data": t}
                      for e, t in zip(events, texts) if e.run == run]
-            self.app.socketio.emit(protocol.EVENTS, {"run": run, "events": batch}, to=room(run),
-                                   namespace=protocol.DASHBOARD_NAMESPACE)
-        self.app.socketio.emit(protocol.RUNS_CHANGED, {"runs": list(dict.fromkeys(e.run for e in events))},
-                               to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
+            live.emit(protocol.EVENTS, {"run": run, "events": batch}, to=room(run),
+                      namespace=protocol.DASHBOARD_NAMESPACE)
+        live.emit(protocol.RUNS_CHANGED, {"runs": list(dict.fromkeys(e.run for e in events))},
+                  to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
 
 
 class DashboardNamespace(Namespace):

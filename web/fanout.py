@@ -1,0 +1,211 @@
+"""Live events to a room's viewers, with a bound on what each viewer may have waiting.
+
+Why: in threading mode python-engineio gives every client an unbounded queue of outgoing
+packets and a writer thread that blocks in the socket's ``send`` once the peer stops
+reading (TCP backpressure). A browser tab that froze, or a client that never reads, then
+keeps everything fanned out to it in the server's memory (five such sockets grew a server
+by 7.6 MB/s and held on to it), and a close would wait for that queue to drain.
+
+In one line: each live viewer may have at most 4 MiB (and 1,000 messages) waiting on the
+server; one that falls further behind is told to resync from REST, its backlog is freed at
+once and its connection closed (its socket cut 2 s later if it has not closed).
+
+**The bound.** A viewer may have at most :data:`MAX_PENDING_BYTES` (4 MiB) of encoded
+packets and at most :data:`MAX_PENDING_PACKETS` (1,000) packets waiting in its queue. Bytes
+are what memory is made of (one live batch may hold one event or two thousand); the count
+keeps the check itself cheap (it reads the viewer's queue) and bounds many small packets.
+A packet bigger than the byte bound still goes to a viewer with nothing waiting, so a big
+batch reaches everyone who keeps up. What one viewer can hold is then at most the bound
+(plus one packet) in its queue and the packets its writer had taken from the queue when it
+blocked (no more than the bound either), besides the kernel's socket buffers; the packets
+are shared by all the viewers of a room, so many stuck viewers hold hardly more than one.
+
+**A viewer over the bound is dropped**, without blocking the ingest thread: its queue is
+emptied at once (that memory returns), it is sent ``resync`` and an engine.io close (a
+viewer that is slow but reading reloads from REST and reconnects by itself: the page
+reloads its history on every connection), and if its connection is still open
+:data:`DROP_GRACE_SECONDS` later, its TCP socket is shut down, which wakes the blocked
+writer, frees what it held and ends the connection's threads. Sending only puts packets on
+queues, so the other viewers keep receiving everything and the trainer's ack never waits.
+
+The cut needs the viewer's socket, which :func:`for_server` can only know for connections
+made after it was first called: call it when the app is built. A viewer connected before
+still has its backlog freed and its connection closed; only its stuck writer (and what it
+took) stays until the peer goes.
+
+With a message queue (several server processes, ARCHITECTURE.md) each process would run
+this for its own viewers; today's single process emits to its local rooms directly.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import struct
+import threading
+import weakref
+
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+from socketio import packet as sio_packet
+
+from monitor import protocol
+
+log = logging.getLogger("babysit.server")
+
+#: Most bytes of encoded packets one viewer may have waiting before it is dropped.
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+#: Most packets one viewer may have waiting before it is dropped.
+MAX_PENDING_PACKETS = 1000
+#: Seconds a dropped viewer has to take its ``resync`` and close before its socket is cut.
+DROP_GRACE_SECONDS = 2.0
+
+
+class BoundedFanOut:
+    """Emits to a room's viewers; drops (see the module doc) those over the bound.
+
+    Get the one of a server with :func:`for_server`; ``dropped`` counts the viewers
+    dropped so far, for the operator (each drop is also one log line)."""
+
+    def __init__(self, socketio, *, max_bytes: int = MAX_PENDING_BYTES, max_packets: int = MAX_PENDING_PACKETS,
+                 grace: float = DROP_GRACE_SECONDS):
+        self.server = socketio.server  # python-socketio's Server under Flask-SocketIO
+        self.eio = self.server.eio
+        self.max_bytes, self.max_packets, self.grace = max_bytes, max_packets, grace
+        self.dropped = 0
+        self._lock = threading.RLock()  # one fan-out at a time (a viewer's count is exact when
+        # checked); re-entrant: a disconnect handler run by a drop may emit too
+        self._connections = _track_websockets(self.eio)
+
+    def emit(self, event: str, data, *, to: str, namespace: str) -> int:
+        """``event`` with ``data`` to every viewer in room ``to``; returns how many were dropped."""
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, data]).encode()
+        packets = [eio_packet.Packet(eio_packet.MESSAGE, text)  # encoded once, shared by every viewer
+                   for text in (encoded if isinstance(encoded, list) else [encoded])]
+        size = sum(_size(p) for p in packets)
+        dropped = 0
+        with self._lock:
+            for _sid, eio_sid in list(self.server.manager.get_participants(namespace, to)):
+                client = self.eio.sockets.get(eio_sid)
+                if client is None or client.closed or client.closing:
+                    continue
+                waiting, waiting_bytes = _pending(client.queue)
+                if waiting and (waiting + len(packets) > self.max_packets
+                                or waiting_bytes + size > self.max_bytes):
+                    self._drop(eio_sid, client, waiting, waiting_bytes, namespace)
+                    dropped += 1
+                    continue
+                try:
+                    for p in packets:
+                        client.send(p)
+                except eio_exceptions.SocketIsClosedError:  # it closed meanwhile (its own thread)
+                    continue
+        return dropped
+
+    def _drop(self, eio_sid: str, client, waiting: int, waiting_bytes: int, namespace: str) -> None:
+        freed = _empty(client.queue)  # the backlog goes now, whatever happens to the connection
+        peer = self.server.environ.get(eio_sid, {}).get("REMOTE_ADDR", "?")  # gone once it is closed
+        reason = (f"this viewer fell behind: {waiting} live messages ({waiting_bytes / 1e6:.1f} MB) were "
+                  f"waiting for it, at most {self.max_bytes / 1e6:.1f} MB; they were dropped, reload from REST")
+        resync = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
+                                          data=[protocol.RESYNC, {"reason": reason}]).encode()
+        try:
+            for text in resync if isinstance(resync, list) else [resync]:
+                client.send(eio_packet.Packet(eio_packet.MESSAGE, text))
+            # An engine.io close, not a socket.io disconnect: the page's client then reconnects
+            # by itself. wait=False: never wait for the writer, which may be stuck in send.
+            client.close(wait=False, abort=False)
+        except eio_exceptions.SocketIsClosedError:  # it closed meanwhile: still cut it below
+            pass
+        self.dropped += 1
+        log.warning("babysit: dropped a live viewer at %s (session %s) that fell behind: %d messages, %.1f MB "
+                    "waiting (freed), told to resync; %d dropped so far", peer, eio_sid, freed,
+                    waiting_bytes / 1e6, self.dropped)
+        connection = self._connections.get(eio_sid)
+        if connection is not None:
+            timer = threading.Timer(self.grace, _cut, (self._connections, eio_sid, connection))
+            timer.daemon = True
+            timer.start()
+
+
+def for_server(socketio) -> BoundedFanOut:
+    """The :class:`BoundedFanOut` of a Flask-SocketIO server, made on first use. Making it
+    early (when the app is built) lets it cut the sockets of every viewer, not only of
+    those that connected after it was made."""
+    with _made_lock:
+        made = _made.get(socketio)
+        if made is None:
+            made = _made[socketio] = BoundedFanOut(socketio)
+        return made
+
+
+_made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_made_lock = threading.Lock()
+
+
+def _size(p) -> int:
+    data = getattr(p, "data", None)  # None: the writer's stop sentinel, or a packet with no data
+    return len(data) if isinstance(data, (str, bytes)) else 0
+
+
+def _pending(q: queue.Queue) -> tuple[int, int]:
+    """Packets and bytes waiting in a client's engine.io queue."""
+    with q.mutex:  # the writer takes from it meanwhile: read it as one snapshot
+        return len(q.queue), sum(_size(p) for p in q.queue)
+
+
+def _empty(q: queue.Queue) -> int:
+    """Take everything off a queue (as its consumer would, so a ``join`` still returns)."""
+    freed = 0
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return freed
+        q.task_done()
+        freed += 1
+
+
+def _track_websockets(eio) -> dict:
+    """Remember each WebSocket connection of ``eio`` by session id while it is open, so a
+    dropped viewer's socket can be cut. engine.io keeps no such reference (the connection
+    lives in its handler's frame), so this server's WebSocket driver is replaced by one
+    that records it; other servers in the process keep theirs. Empty outside threading mode."""
+    connections: dict = {}
+    if eio.async_mode != "threading" or not isinstance(eio._async.get("websocket"), type) \
+            or not issubclass(eio._async["websocket"], SimpleWebSocketWSGI):
+        return connections
+
+    class Tracked(eio._async["websocket"]):
+        def __init__(self, handler, server, **kwargs):
+            super().__init__(handler, server, **kwargs)
+            self._sid = getattr(getattr(handler, "__self__", None), "sid", None)  # the engine.io session
+            if self._sid is not None:
+                connections[self._sid] = self
+
+        def __call__(self, environ, start_response):
+            try:
+                return super().__call__(environ, start_response)
+            finally:
+                if connections.get(self._sid) is self:
+                    del connections[self._sid]
+
+    eio._async = {**eio._async, "websocket": Tracked}  # a copy: the module's table is shared
+    return connections
+
+
+def _cut(connections: dict, eio_sid: str, connection) -> None:
+    """Shut a dropped viewer's TCP socket if its connection is still open: the writer blocked
+    in ``send`` gets an error and ends, the reader sees the end, and what they held is freed.
+    Linger 0: the kernel drops the unsent bytes too, instead of keeping them for the peer."""
+    if connections.get(eio_sid) is not connection:
+        return  # it ended by itself (it took the resync and the close)
+    sock = getattr(getattr(connection, "ws", None), "sock", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass

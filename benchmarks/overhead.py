@@ -20,7 +20,8 @@ schedule's first estimate). After each watched block we wait for babysit's write
 to commit what the block logged, outside the clock, and charge the CPU time the writer
 thread spent meanwhile (``mon.writer_seconds``, its own thread clock) to the block: that
 is work which would otherwise spill into the next config's block. (The process clock
-would also count torch's idle OpenMP threads spinning while we wait.) A block's time over its steps is its step time; we report, per
+would also count torch's idle OpenMP threads spinning while we wait.) A block's time over its steps is its
+step time; we report, per
 config, the median over rounds (with the median of its per-round ratios to bare) and the
 mean over all steps (which weighs every sampled step exactly as often as it happened).
 
@@ -294,7 +295,8 @@ def main(argv=None) -> int:
                                             (args.rounds, args.steps, MEMORY_STEPS, MEMORY_REPEATS))
     workloads = ("cnn", "mlp") if args.workload == "all" else (args.workload,)
     where = torch.cuda.get_device_name() if DEVICE != "cpu" else "CPU"
-    print(f"{where}, batch {BATCH}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+    print(f"{where}, batch {BATCH}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs "
           f"(load average {os.getloadavg()[0]:.1f} at start); "
           f"{rounds} rounds x {steps} steps per config, {WARMUP_STEPS} warm-up steps; "
           f"peak RSS: median of {repeats} fresh process(es) per config ({memory_steps} steps)", flush=True)

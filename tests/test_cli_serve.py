@@ -48,7 +48,8 @@ def test_serve_ingests_over_a_websocket_and_stops_cleanly_on_sigterm(tmp_path):
         client.connect(url, namespaces=["/ingest"], transports=["websocket"], wait_timeout=5)
         assert client.transport() == "websocket"
         text = codec.dumps([Event("served", 0, 0, 1.0, Kind.SCALARS, Scalars({"loss": 2.5})).to_dict()])
-        assert client.call("batch", text, namespace="/ingest", timeout=5) == {"ok": True, "stored": 1, "last_seq": 0, "protocol": PROTOCOL_VERSION}
+        assert client.call("batch", text, namespace="/ingest", timeout=5) == {
+            "ok": True, "stored": 1, "last_seq": 0, "protocol": PROTOCOL_VERSION}
         started = time.monotonic()
         client.disconnect()
         assert time.monotonic() - started < 1.0  # a clean WebSocket close, unlike the development server

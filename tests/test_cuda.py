@@ -37,14 +37,14 @@ def test_sampled_and_plain_steps_on_cuda_never_synchronise_the_training_thread(t
     y = torch.randint(0, 10, (16,), device="cuda")
     x[0, 0, 0, 0] = float("nan")  # the masked (non-finite) path too
     mon = watch(model, opt, every=2, logdir=tmp_path)
-    for step in range(3):  # warm-up: lazy CUDA initialisation may synchronise
+    for _ in range(3):  # warm-up: lazy CUDA initialisation may synchronise
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         mon.log(loss=loss)
     with synchronisation_raises():
-        for step in range(4):  # two sampled, two plain
+        for _ in range(4):  # two sampled, two plain
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()

@@ -3,7 +3,6 @@ answers to loopback host names only (DNS rebinding). Regression tests of issue 9
 python-engineio read ``cors_allowed_origins=[]`` as "no check" and any page could stop a run."""
 from __future__ import annotations
 
-import contextlib
 import http.server
 import socket
 import threading

@@ -113,7 +113,8 @@ def test_browsers_in_a_runs_room_receive_its_events_after_the_commit(server):
 
     trainer = client(running.url)
     try:
-        assert browser.call("join", "r3", namespace="/dashboard", timeout=5) == {"ok": True, "stored": 0, "protocol": PROTOCOL_VERSION}
+        assert browser.call("join", "r3", namespace="/dashboard", timeout=5) == {
+            "ok": True, "stored": 0, "protocol": PROTOCOL_VERSION}
         trainer.call("batch", batch("other"), namespace="/ingest", timeout=5)  # another run: not sent here
         trainer.call("batch", batch("r3", seqs=[7]), namespace="/ingest", timeout=5)
         assert arrived.wait(5)

@@ -195,7 +195,7 @@ class Probe:
         for group in _by_device(small):
             grads = _joined([p.grad for p, _, _ in group])
             weights = _joined([p for p, _, _ in group])
-            for (p, name, module), grad, weight in zip(group, grads, weights):
+            for (_, name, module), grad, weight in zip(group, grads, weights):
                 reduced = Reduced(numel=grad.numel(), moments=[], counted=False, sample=grad, whole=True)
                 capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced, vectors=[weight])
         for p, name, module in self.stepped:

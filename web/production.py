@@ -28,7 +28,8 @@ def serve(config: ServerConfig, port: int, threads: int = DEFAULT_THREADS) -> No
 
         from web.serving import serve_in_thread
 
-        warnings.warn("babysit serve: gunicorn does not run on Windows; using Werkzeug's threaded server")
+        warnings.warn("babysit serve: gunicorn does not run on Windows; using Werkzeug's threaded server",
+                      stacklevel=2)
         running = serve_in_thread(create_app(config), config.host, port)
         try:
             while True:

@@ -191,33 +191,22 @@ class RunStore(RunPageReads):
         elif len(texts) != len(events):
             raise ValueError(f"append: {len(texts)} encoded payloads for {len(events)} events")
         rows = [(e.run, e.seq, e.step, e.wall, e.kind.value, text) for e, text in zip(events, texts)]
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")  # read-only or locked past busy_timeout fails here
-                fresh = self._new_events(events)
-                self._db.executemany(
-                    "INSERT INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
-                    [row for row, event in zip(rows, events) if id(event) in fresh])
-                new = [event for event in events if id(event) in fresh]
-                scalar_rows = [(e.run, name, e.step, e.seq, e.wall, value) for e in new if e.kind is Kind.SCALARS
-                               for name, value in e.data.values.items()]
-                self._db.executemany(
-                    "INSERT INTO scalars (run, name, step, seq, wall, value) VALUES (?, ?, ?, ?, ?, ?)",
-                    scalar_rows)
-                store_blocks.insert(self._db, scalar_rows)
-                store_layers.insert(self._db, new)
-                for run in dict.fromkeys(e.run for e in new):
-                    self._update_run(run, [e for e in new if e.run == run])
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                try:
-                    self._rollback()
-                except sqlite3.Error:  # the disk that failed the batch may fail the rollback too
-                    pass
-                if is_disk_fault(exc):
-                    raise self.health.failed(exc, self.path) from exc
-                raise
-        self.health.succeeded()
+        return self._transaction(self._write_batch, events, rows)
+
+    def _write_batch(self, db, events: list[Event], rows: list[tuple]) -> int:
+        """The statements of one batch, inside :meth:`_transaction`; how many events were new."""
+        fresh = self._new_events(events)
+        db.executemany("INSERT INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
+                       [row for row, event in zip(rows, events) if id(event) in fresh])
+        new = [event for event in events if id(event) in fresh]
+        scalar_rows = [(e.run, name, e.step, e.seq, e.wall, value) for e in new if e.kind is Kind.SCALARS
+                       for name, value in e.data.values.items()]
+        db.executemany("INSERT INTO scalars (run, name, step, seq, wall, value) VALUES (?, ?, ?, ?, ?, ?)",
+                       scalar_rows)
+        store_blocks.insert(db, scalar_rows)
+        store_layers.insert(db, new)
+        for run in dict.fromkeys(e.run for e in new):
+            self._update_run(run, [e for e in new if e.run == run])
         return len(new)
 
     def _new_events(self, events: list[Event]) -> set[int]:
@@ -307,16 +296,34 @@ class RunStore(RunPageReads):
         return store_liveness.active(self._query)
 
     def _transaction(self, write, *args):
-        """``write(db, *args)`` in one write transaction; its result."""
+        """``write(db, *args)`` in one write transaction; its result. Every write goes
+        through here: on any failure nothing of it stays, and a failure of the disk (full,
+        read-only, locked, I/O error) raises :class:`~monitor.store_faults.StoreUnavailable`
+        and is reflected in :attr:`health`."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")  # read-only or locked past busy_timeout fails here
                 result = write(self._db, *args)
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
+            except BaseException as exc:
+                try:
+                    self._rollback()
+                except sqlite3.Error:  # the disk that failed the write may fail the rollback too
+                    pass
+                if is_disk_fault(exc):
+                    raise self.health.failed(exc, self.path) from exc
                 raise
+        self.health.succeeded()
         return result
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a background reader then stops)."""
+        try:
+            self._db.total_changes  # noqa: B018 - raises once the connection is closed
+        except sqlite3.ProgrammingError:
+            return True
+        return False
 
     def events(self, run: str, kinds: Iterable[Kind | str] | None = None, after_seq: int = -1,
                limit: int | None = None) -> list[Event]:

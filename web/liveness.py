@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -113,10 +112,10 @@ class Liveness:
     def _loop(self) -> None:
         interval = min(CHECK_SECONDS, self.lost_after / 4)
         while not self._stopping.wait(interval):
+            if self.app.store.closed:  # the server is gone
+                return
             try:
                 self.check()
-            except sqlite3.ProgrammingError:  # the store was closed: the server is gone
-                return
             except Exception as exc:  # a store that fails now (disk, lock): said once, tried again
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self._last_error:

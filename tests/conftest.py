@@ -71,3 +71,18 @@ def _http_get(url: str, timeout: float = 10.0) -> tuple[int, dict, bytes]:
 @pytest.fixture
 def http_get():
     return _http_get
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright, one per test module (skipped without it, a
+    failure in CI: tests/browser.py)."""
+    from browser import CHROMIUM_ARGS, require_chromium
+
+    executable = require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

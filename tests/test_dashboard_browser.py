@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser import CHROMIUM_ARGS, Training, require_chromium, source_length, stop_from_page, wait_until
+from browser import Training, source_length, stop_from_page, wait_until
 from monitor.events import Flag
 from servers import serving
 from trainings import PATHOLOGY_NAMES, pathology_options
@@ -19,17 +19,6 @@ UNTIL_STOPPED = 10_000
 
 FLAG = Flag(kind="dead_relu", severity="critical", message="3 of 4 units of layer 1 never fire <b>now</b>",
             advice="lower the learning rate; try leaky ReLU", layer="1", evidence={"dead_fraction": 0.75})
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

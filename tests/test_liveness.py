@@ -25,7 +25,7 @@ import time
 import pytest
 import socketio
 
-from browser import CHROMIUM_ARGS, require_chromium, wait_until
+from browser import wait_until
 from monitor import cli, codec
 from monitor.alert_config import AlertConfig
 from monitor.events import Event, Kind, RunStart, Scalars, Status
@@ -130,17 +130,6 @@ def hang_up(client) -> None:
 
 def batch(*events) -> str:
     return codec.dumps([e.to_dict() for e in events])
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 # ---------------------------------------------------------------------- trainers

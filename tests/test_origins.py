@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from browser import CHROMIUM_ARGS, Training, require_chromium, wait_until
+from browser import Training, wait_until
 from monitor.store import RunStore
 from servers import serving
 from web.app import ServerConfig
@@ -134,21 +134,10 @@ class PageServer:
         self.httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def hostile_visit(chromium, pages: PageServer, server, run_id) -> dict:
+def hostile_visit(browser, pages: PageServer, server, run_id) -> dict:
     """Open the hostile page from another origin; what it managed, once its socket settled."""
     pages.html = HOSTILE_PAGE % {"server": server.url.removeprefix("http://"), "run": run_id}
-    context = chromium.new_context()
+    context = browser.new_context()
     try:
         page = context.new_page()
         page.goto(pages.origin + "/")
@@ -168,13 +157,13 @@ def pages():
     server.close()
 
 
-def test_a_page_on_another_origin_cannot_join_a_room_stop_a_run_or_read_it(chromium, pages, tmp_path):
+def test_a_page_on_another_origin_cannot_join_a_room_stop_a_run_or_read_it(browser, pages, tmp_path):
     with serving(tmp_path / "server") as server:
         training = Training(server.url, tmp_path / "trainer", steps=10_000, delay=0.02)
         training.start()
         run_id = training.started()
         wait_until(lambda: training.steps_done >= 5, what="the training to stream")
-        report = hostile_visit(chromium, pages, server, run_id)
+        report = hostile_visit(browser, pages, server, run_id)
         assert report["opened"] is False and report["messages"] == [] and report["closed"] is True
         assert report["read"] == "blocked"  # no CORS header: the browser keeps the answer from the page
         steps = training.steps_done
@@ -196,9 +185,9 @@ def test_a_page_on_another_origin_cannot_join_a_room_stop_a_run_or_read_it(chrom
     assert "stopped by evil.example" not in reasons and "test over" in reasons
 
 
-def test_the_same_page_on_a_listed_origin_reaches_the_server(chromium, pages, tmp_path):
+def test_the_same_page_on_a_listed_origin_reaches_the_server(browser, pages, tmp_path):
     """The control: the hostile page's script works, so the refusal above is the server's."""
     with serving(tmp_path / "server", allowed_origins=[pages.origin]) as server:
-        report = hostile_visit(chromium, pages, server, "some-run")
+        report = hostile_visit(browser, pages, server, "some-run")
     assert report["opened"] is True
     assert any(m.startswith('43/dashboard,2[{"ok":true') for m in report["messages"]), report["messages"]

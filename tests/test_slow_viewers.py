@@ -25,7 +25,7 @@ import socketio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
 
-from browser import CHROMIUM_ARGS, require_chromium, source_length, wait_until
+from browser import source_length, wait_until
 from monitor import codec, protocol
 from monitor.events import Event, Kind, LayerStats, QUANTILE_LEVELS, RunStart, Scalars, Signal, TensorSummary
 from monitor.protocol import DASHBOARD_NAMESPACE, INDEX_ROOM, INGEST_NAMESPACE, room
@@ -345,17 +345,6 @@ def test_a_viewer_that_falls_behind_is_told_to_resync_then_closed_and_the_others
 
 
 # ------------------------------------------------------------------ the page's side
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
 
 @pytest.fixture
 def page(browser):

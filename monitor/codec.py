@@ -11,11 +11,12 @@ import base64
 import json
 import math
 import re
+import sys
 from enum import Enum
 from typing import Any, Mapping
 
 from monitor.events import Event
-from monitor.validation import Payload, SchemaError
+from monitor.validation import Payload, SchemaError, fail
 
 _FLOAT_TAG = "$float"
 _BYTES_TAG = "$bytes"
@@ -24,6 +25,8 @@ _TOKENS = {"NaN": '{"%s":"nan"}' % _FLOAT_TAG, "Infinity": '{"%s":"inf"}' % _FLO
            "-Infinity": '{"%s":"-inf"}' % _FLOAT_TAG}
 # A JSON string (left as it is) or one of the bare tokens json.dumps writes for NaN/Inf.
 _STRING_OR_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN')
+#: Longest integer literal Python's parser reads (3.11+: ``sys.get_int_max_str_digits``).
+_MAX_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
 
 
 def dumps(value: Any) -> str:
@@ -59,6 +62,11 @@ def loads(text: str | bytes) -> Any:
         raise SchemaError(f"not JSON text: the bytes are not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
         raise SchemaError("JSON nested too deeply") from None
+    except SchemaError:  # a tag's own message (a ValueError too: let it through as it is)
+        raise
+    except ValueError:  # Python's guard against integer literals of thousands of digits
+        raise SchemaError(f"not valid JSON for babysit: an integer literal of more than {_MAX_DIGITS} digits "
+                          "(no number the schema holds is that long)") from None
 
 
 def _untag(obj: dict) -> Any:
@@ -66,8 +74,8 @@ def _untag(obj: dict) -> Any:
         return obj
     if _FLOAT_TAG in obj:
         tag = obj[_FLOAT_TAG]
-        if tag not in _NON_FINITE:
-            raise SchemaError(f"{_FLOAT_TAG}: expected one of nan, inf, -inf, got {tag!r}")
+        if not isinstance(tag, str) or tag not in _NON_FINITE:  # a list or object is unhashable
+            raise fail(_FLOAT_TAG, "one of nan, inf, -inf", tag)
         return _NON_FINITE[tag]
     if _BYTES_TAG in obj:
         try:

@@ -31,6 +31,18 @@ def fail(where: str, expected: str, value: Any) -> SchemaError:
     return SchemaError(f"{where}: expected {expected}, got {shown}")
 
 
+#: Most names an error lists (unknown fields, say): it names the problem, it does not echo the input.
+MAX_NAMES_SHOWN = 8
+
+
+def shown_names(names) -> str:
+    """Some of ``names``, sorted, for an error: ``['a', 'b']``, or with ``... and 992 more``."""
+    ordered = sorted(names, key=lambda n: (not isinstance(n, str), str(n)))
+    shown = [repr(n) if len(repr(n)) <= 60 else repr(n)[:57] + "..." for n in ordered[:MAX_NAMES_SHOWN]]
+    more = len(ordered) - len(shown)
+    return "[" + ", ".join(shown) + (f", ... and {more} more" if more else "") + "]"
+
+
 def is_text(value: str) -> bool:
     """Whether a str is text that UTF-8 can hold: a lone surrogate (``"\\ud800"``, which
     JSON escapes allow) cannot be stored, shown or sent on."""
@@ -157,7 +169,7 @@ class Payload:
         names = {f.name for f in fields(cls)}
         unknown = set(raw) - names
         if unknown:
-            raise SchemaError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected {sorted(names)}")
+            raise SchemaError(f"{cls.__name__}: unknown field(s) {shown_names(unknown)}; expected {sorted(names)}")
         missing = sorted(f.name for f in fields(cls) if f.name not in raw
                          and f.default is MISSING and f.default_factory is MISSING)
         if missing:

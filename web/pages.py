@@ -84,7 +84,8 @@ def pages_blueprint(app) -> Blueprint:
             runs = [check_run_id(r) for r in runs]
         except SchemaError:
             abort(400)
-        script, divs = compare_components(tuple(runs))
+        # no runs: the page only says how to pick some, and Bokeh warns about a legend of none
+        script, divs = compare_components(tuple(runs)) if runs else ("", {})
         return render("compare.html", runs=runs, bokeh_script=script, plots=divs)
 
     @pages.get("/favicon.ico")

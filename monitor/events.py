@@ -269,6 +269,16 @@ class Flag(Payload):
             set_field(self, "step", as_int("step", self.step))
 
 
+def reported_state(value: Any) -> RunState:
+    """A state a training process reports. ``lost`` is the server's verdict on a silent
+    run, never an event: a trainer that sent it would be saying it cannot be heard."""
+    state = as_enum(RunState, "state", value)
+    if state is RunState.LOST:
+        raise fail("state", "a state a training process reports (lost is the server's verdict, not an event)",
+                   value)
+    return state
+
+
 @dataclass(frozen=True)
 class Status(Payload):
     state: RunState
@@ -276,7 +286,7 @@ class Status(Payload):
     by: str = ""  # who asked: "user", "dashboard", "early_stopping", ...
 
     def __post_init__(self):
-        set_field(self, "state", as_enum(RunState, "state", self.state))
+        set_field(self, "state", reported_state(self.state))
         as_str("reason", self.reason)
         as_str("by", self.by, 256)
 
@@ -290,7 +300,7 @@ class RunEnd(Payload):
     skipped: int = 0  # due samples not taken because the writer was behind (memory bound)
 
     def __post_init__(self):
-        set_field(self, "state", as_enum(RunState, "state", self.state))
+        set_field(self, "state", reported_state(self.state))
         convert_fields(self, as_int, ("steps", "dropped", "skipped"))
         set_field(self, "duration", as_float("duration", self.duration))
 

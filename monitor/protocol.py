@@ -53,6 +53,8 @@ RUN_STATUS = "run_status"
 #: Largest message the server reads (a batch of events as JSON text); a trainer's batch
 #: of at most 2000 events stays far below it.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Most events one batch may hold (a trainer's writer makes batches of at most 2000).
+MAX_BATCH_EVENTS = 20_000
 
 #: Seconds between two heartbeats of a trainer that has nothing else to send.
 HEARTBEAT_SECONDS = 5.0

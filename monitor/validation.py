@@ -148,8 +148,8 @@ def json_like(where: str, value: Any, depth: int = 0) -> Any:
         raise fail(where, "JSON data nested at most 16 deep", "...")
     if value is None or isinstance(value, (bool, float)):
         return value
-    if isinstance(value, int):
-        return as_int(where, value, None)
+    if isinstance(value, int):  # any size: config and evidence are stored as JSON text (a 64-bit
+        return value            # seed like 2**64 - 1 is a fine hyper-parameter)
     if isinstance(value, str):
         return as_str(where, value, MAX_JSON_STRING)
     if isinstance(value, (list, tuple)):

@@ -3,8 +3,9 @@ import math
 
 import pytest
 
+from monitor import codec
 from monitor.codec import decode_event, dumps, encode_event, loads
-from monitor.events import Event, Filters, Kind, LayerStats, Scalars, TensorSummary
+from monitor.events import Event, Filters, Kind, LayerStats, RunEnd, RunStart, Scalars, Status, TensorSummary
 from monitor.validation import SchemaError
 
 
@@ -77,3 +78,15 @@ def test_a_layer_name_with_a_nul_byte_is_rejected_but_markup_is_kept_as_text():
 def test_scalars_accept_nan_and_infinity_values():
     values = Scalars({"loss": math.nan, "grad": math.inf}).values
     assert math.isnan(values["loss"]) and values["grad"] == math.inf
+
+
+def test_a_seed_past_64_bits_in_the_config_is_kept_as_it_was():
+    start = RunStart(name="r", config={"seed": 2**64 - 1}, model=(), host="h", pid=1, rank=0, world=1,
+                     versions={}, sampling={})
+    assert codec.loads(codec.encode_payload(start))["config"]["seed"] == 2**64 - 1
+
+
+@pytest.mark.parametrize("payload", [Status, lambda state: RunEnd(state, steps=1, duration=1.0)])
+def test_a_training_process_cannot_report_its_run_lost(payload):
+    with pytest.raises(SchemaError, match="lost is the server's verdict"):
+        payload("lost")

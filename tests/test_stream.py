@@ -1,12 +1,15 @@
 """watch(server=URL): a real server on a loopback port, a real tiny training streaming to
 it; every event lands exactly once and in order, also across an outage."""
 import contextlib
+import json
 import socket
 import time
 
 import torch
 from torch import nn
 
+from monitor import codec
+from monitor.events import Event, Kind, RunStart, Scalars
 from monitor.protocol import PROTOCOL_VERSION
 from monitor.store import RunStore
 from trainer_hooks import stream, watch
@@ -204,3 +207,37 @@ def test_a_batch_refused_for_good_is_set_aside_once_and_everything_after_it_is_d
     server_lines = [r.getMessage() for r in caplog.records if r.name == "babysit.server"]
     assert len(server_lines) == 1 and "permanent" in server_lines[0]  # the damaged line never left the trainer
     assert not any(r.exc_info for r in caplog.records)  # one line each, no traceback
+
+
+def test_a_batch_split_for_the_wire_keeps_every_event_in_order_and_names_the_oversized_ones():
+    events = [{"run": "r", "seq": i, "data": {"x": "a" * (10 if i != 3 else 500)}} for i in range(8)]
+    pieces, oversized = stream.split_for_wire(json.dumps(events), limit=120)
+    assert all(len(p) <= 120 for p in pieces) and len(pieces) > 1
+    assert [e["seq"] for p in pieces for e in json.loads(p)] == [0, 1, 2, 4, 5, 6, 7]
+    assert [json.loads(o)[0]["seq"] for o in oversized] == [3]
+
+
+def test_a_spooled_batch_larger_than_the_server_reads_at_once_is_delivered_in_pieces(tmp_path, monkeypatch):
+    """Engine.io drops a connection whose message passes its limit: the batch got no answer
+    and was resent for ever, holding back the spool behind it (found by the property tests)."""
+    import web.app
+
+    monkeypatch.setattr(web.app, "MAX_MESSAGE_BYTES", 200_000)
+    monkeypatch.setattr(stream, "WIRE_LIMIT", 150_000)
+    run = "big-batch"
+    scalars = [Event(run, seq, seq, 1000.0 + seq, Kind.SCALARS, Scalars({"loss": 1.0 / (seq + 1)}))
+               for seq in range(4000)]  # about 400 kB as one line
+    config = {f"note{i}": "x" * 60_000 for i in range(3)}  # one event of about 180 kB: never sendable
+    start = Event(run, 4000, 4000, 5000.0, Kind.RUN_START, RunStart(
+        name=run, config=config, model=(), host="h", pid=1, rank=0, world=1, versions={}, sampling={}))
+    events = [*scalars, start]
+    spool_dir = tmp_path / "trainer"
+    with serving(tmp_path / "server") as running:
+        sink = stream.SocketSink(running.url, run, spool_dir, heartbeat=0)
+        try:
+            sink.append(events, [codec.encode_payload(e.data) for e in events])
+            assert sink.flush(30)
+        finally:
+            sink.close()
+    assert [e.seq for e in stored(tmp_path / "server", run)] == list(range(4000))
+    assert sink.refused == 1 and '"seq":4000' in (spool_dir / f"{run}.refused.jsonl").read_text()

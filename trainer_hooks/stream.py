@@ -25,6 +25,7 @@ holds, so a restarted server hears from a quiet run within a heartbeat.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -42,6 +43,9 @@ log = logging.getLogger("babysit")
 
 #: Seconds between attempts to reach an unreachable server.
 RETRY_SECONDS = 2.0
+#: Characters of batch text sent as one message: the server's limit less room for
+#: Socket.IO's framing (spooled text is ASCII: JSON escapes the rest, so characters are bytes).
+WIRE_LIMIT = protocol.MAX_MESSAGE_BYTES - 64 * 1024
 #: Seconds to wait for a connection, and for one batch's acknowledgement.
 CONNECT_TIMEOUT, ACK_TIMEOUT = 3.0, 30.0
 #: How often a wait for an acknowledgement checks that the connection is still up.
@@ -171,6 +175,22 @@ class SocketSink:
                 return
 
     def _send(self, text: str) -> bool:
+        """Send one spooled batch; True when it is done with (stored, or set aside for good).
+        A batch larger than the server reads in one message (engine.io would drop the
+        connection and the batch would be resent for ever) goes out in pieces; the server's
+        ``(run, seq)`` key stores each event once if a piece has to be sent again."""
+        if len(text) <= WIRE_LIMIT and text.count('"seq":') <= protocol.MAX_BATCH_EVENTS:
+            return self._send_one(text)
+        try:
+            pieces, oversized = split_for_wire(text, WIRE_LIMIT)
+        except ValueError:
+            self._set_aside(text, "a spooled batch too large for one message that is not a JSON list of events")
+            return True
+        for event in oversized:
+            self._set_aside(event, f"one event of more than {WIRE_LIMIT} bytes, the most the server reads at once")
+        return all(self._send_one(piece) for piece in pieces)
+
+    def _send_one(self, text: str) -> bool:
         try:
             ack = self._call(text)
         except Exception as exc:  # disconnected, timed out: keep the batch, try again later
@@ -305,6 +325,30 @@ class SocketSink:
         if client is not None:
             threading.Thread(target=client.disconnect, daemon=True).start()  # a close may take seconds
         self._next_try = time.monotonic() + RETRY_SECONDS
+
+
+def split_for_wire(text: str, limit: int) -> tuple[list[str], list[str]]:
+    """A batch's JSON list as pieces of at most ``limit`` characters and
+    :data:`~monitor.protocol.MAX_BATCH_EVENTS` events each, in order, and the events that are
+    larger than ``limit`` on their own (as one-event batches). The events' own text is kept
+    as it was (tags, integers), so each piece is stored as the whole would be."""
+    events = json.loads(text)
+    if not isinstance(events, list):
+        raise ValueError("not a list of events")
+    pieces, oversized, current, size = [], [], [], 2
+    for event in events:
+        part = json.dumps(event, separators=(",", ":"))
+        if len(part) + 2 > limit:
+            oversized.append(f"[{part}]")
+            continue
+        if current and (size + len(part) + 1 > limit or len(current) == protocol.MAX_BATCH_EVENTS):
+            pieces.append("[" + ",".join(current) + "]")
+            current, size = [], 2
+        current.append(part)
+        size += len(part) + 1
+    if current:
+        pieces.append("[" + ",".join(current) + "]")
+    return pieces, oversized
 
 
 def replay_spools(url: str, spool_dir: str | os.PathLike, token: str | None = None,

@@ -34,8 +34,6 @@ from web import fanout
 
 log = logging.getLogger("babysit.server")
 
-#: Most events one batch may hold (a trainer's writer sends at most 2000).
-MAX_BATCH_EVENTS = 20_000
 #: Most runs one heartbeat may name (a trainer's sender names its one run).
 MAX_HEARTBEAT_RUNS = 1000
 
@@ -215,8 +213,8 @@ def parse_batch(text) -> list[Event]:
     raw = codec.loads(text)
     if not isinstance(raw, list):
         raise SchemaError(f"batch: expected a list of events, got {type(raw).__name__}")
-    if len(raw) > MAX_BATCH_EVENTS:
-        raise SchemaError(f"batch: {len(raw)} events, at most {MAX_BATCH_EVENTS} per batch")
+    if len(raw) > protocol.MAX_BATCH_EVENTS:
+        raise SchemaError(f"batch: {len(raw)} events, at most {protocol.MAX_BATCH_EVENTS} per batch")
     events = []
     for position, item in enumerate(raw):
         try:

@@ -37,3 +37,9 @@ def test_importing_any_module_of_the_analysis_and_web_packages_does_not_import_t
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 
+
+
+def test_ruff_finds_nothing_in_the_tree():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:]

@@ -43,6 +43,8 @@ log = logging.getLogger("babysit")
 
 #: Seconds between attempts to reach an unreachable server.
 RETRY_SECONDS = 2.0
+#: Seconds close() waits for the connection to close (the data is acknowledged by then).
+CLOSE_WAIT_SECONDS = 0.5
 #: Characters of batch text sent as one message: the server's limit less room for
 #: Socket.IO's framing (spooled text is ASCII: JSON escapes the rest, so characters are bytes).
 WIRE_LIMIT = protocol.MAX_MESSAGE_BYTES - 64 * 1024
@@ -146,12 +148,12 @@ class SocketSink:
         if self._beating is not None:
             self._beating.join(CONNECT_TIMEOUT + 1.0)  # a beat may be connecting
         with self._lock:
-            if self._client is not None:
-                try:
-                    self._client.disconnect()
-                except Exception:
-                    pass
-                self._client = None
+            client, self._client = self._client, None
+        if client is not None:  # everything sent was acknowledged: the close need not be waited
+            # for (websocket-client waits up to 3 s for the server's closing frame)
+            closing = threading.Thread(target=_quietly_disconnect, args=(client,), daemon=True)
+            closing.start()
+            closing.join(CLOSE_WAIT_SECONDS)
 
     # ------------------------------------------------------------------ internals
 
@@ -325,6 +327,13 @@ class SocketSink:
         if client is not None:
             threading.Thread(target=client.disconnect, daemon=True).start()  # a close may take seconds
         self._next_try = time.monotonic() + RETRY_SECONDS
+
+
+def _quietly_disconnect(client) -> None:
+    try:
+        client.disconnect()
+    except Exception:  # a connection that is already gone
+        pass
 
 
 def split_for_wire(text: str, limit: int) -> tuple[list[str], list[str]]:

@@ -150,21 +150,29 @@ def test_with_a_token_a_stop_without_it_is_refused(tmp_path):
     assert accepted["ok"] is True and hostile["ok"] is False and "run" in hostile["error"]
 
 
-def test_a_spool_left_by_a_process_that_ended_offline_is_replayed_by_babysit_replay(tmp_path, monkeypatch, capsys):
+def train_offline(tmp_path, monkeypatch):
+    """A run of 8 steps streaming to a server that is not up while it lives: its spool is
+    left under ``tmp_path / "trainer"``. Returns the handle and the server's port."""
     import pytest
 
-    from monitor import cli
     from trainer_hooks import BabysitWarning
     from trainer_hooks import handle
 
     monkeypatch.setattr(stream, "RETRY_SECONDS", 0.1)
     monkeypatch.setattr(handle, "CLOSE_SEND_SECONDS", 0.5)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     model, opt = tiny()
     with pytest.warns(BabysitWarning, match="kept in"):
-        with watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer") as mon:
-            train(model, opt, mon, 8)  # the server never answers while this process lives
+        with watch(model, opt, every=4, server=f"http://127.0.0.1:{port}", logdir=tmp_path / "trainer") as mon:
+            train(model, opt, mon, 8)
+    return mon, port
+
+
+def test_a_spool_left_by_a_process_that_ended_offline_is_replayed_by_babysit_replay(tmp_path, monkeypatch, capsys):
+    from monitor import cli
+
+    mon, port = train_offline(tmp_path, monkeypatch)
+    url = f"http://127.0.0.1:{port}"
     with serving(tmp_path / "server", port):
         assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0
         assert cli.main(["replay", "--server", url, "--logdir", str(tmp_path / "trainer")]) == 0  # idempotent
@@ -178,19 +186,8 @@ def test_a_batch_refused_for_good_is_set_aside_once_and_everything_after_it_is_d
     holding back the whole spool behind it."""
     import logging
 
-    import pytest
-
-    from trainer_hooks import BabysitWarning
-    from trainer_hooks import handle
-
-    monkeypatch.setattr(stream, "RETRY_SECONDS", 0.1)
-    monkeypatch.setattr(handle, "CLOSE_SEND_SECONDS", 0.5)
-    port = free_port()
+    mon, port = train_offline(tmp_path, monkeypatch)
     url = f"http://127.0.0.1:{port}"
-    model, opt = tiny()
-    with pytest.warns(BabysitWarning, match="kept in"):
-        with watch(model, opt, every=4, server=url, logdir=tmp_path / "trainer") as mon:
-            train(model, opt, mon, 8)  # spooled: the server is not up yet
     spool = tmp_path / "trainer" / "spool" / f"{mon.run_id}.jsonl"
     first, *rest = spool.read_bytes().splitlines(keepends=True)
     unstorable = ('[{"run":"%s","seq":%d,"step":0,"wall":1.0,"kind":"scalars","data":{"values":{"loss":1.0}}}]\n'

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 from monitor import protocol
 from monitor.events import Event
 from monitor.validation import is_run_id
-from trainer_hooks.spool import Spool, event_text
+from trainer_hooks.spool import Spool
 
 log = logging.getLogger("babysit")
 
@@ -56,12 +56,6 @@ ACK_POLL_SECONDS = 0.05
 HEARTBEAT_ENV = "BABYSIT_HEARTBEAT_SECONDS"
 #: Longest one call of the writer's spends sending the spool (then it returns to its batches).
 DRAIN_SECONDS = 1.0
-
-
-def batch_text(events: Sequence[Event], texts: Sequence[str]) -> str:
-    """The events as the JSON list the server's ``batch`` handler reads; the payloads are
-    the writer's encodings, spliced in rather than encoded again."""
-    return "[" + ",".join(event_text(e, text) for e, text in zip(events, texts)) + "]"
 
 
 def heartbeat_seconds(value: float | str | None = None) -> float:

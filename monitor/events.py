@@ -1,4 +1,4 @@
-"""The event schema (v1): the one record format between training, store, server and page.
+"""The event schema (v2): the one record format between training, store, server and page.
 
 Every event carries ``run``, ``seq`` (per-run, monotonic), ``step``, ``wall`` (unix
 seconds), ``kind`` and a typed ``data`` payload. Payloads are frozen dataclasses, one per
@@ -18,7 +18,10 @@ from monitor.validation import (
     json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name, shown_names,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this reader accepts in a run's ``run_start``: v2 added ``vitals`` events,
+#: so a v1 run is a v2 run without them.
+READABLE_SCHEMAS = (1, 2)
 
 #: TensorBoard's distribution bands: the normal CDF at -1.5, -1, -0.5, 0, 0.5, 1, 1.5 sigma.
 #: Together with the exact min and max they draw the familiar percentile-band plot.
@@ -33,6 +36,7 @@ class Kind(str, Enum):
     FLAG = "flag"
     STATUS = "status"
     RUN_END = "run_end"
+    VITALS = "vitals"
 
 
 class Signal(str, Enum):
@@ -193,8 +197,8 @@ class RunStart(Payload):
         set_field(self, "world", as_int("world", self.world, 1))
         set_field(self, "versions", json_like("versions", self.versions))
         set_field(self, "sampling", json_like("sampling", self.sampling))
-        if self.schema != SCHEMA_VERSION:
-            raise fail("schema", f"version {SCHEMA_VERSION}", self.schema)
+        if self.schema not in READABLE_SCHEMAS:
+            raise fail("schema", f"a version among {READABLE_SCHEMAS}", self.schema)
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,37 @@ class RunEnd(Payload):
         set_field(self, "duration", as_float("duration", self.duration))
 
 
+@dataclass(frozen=True)
+class Vitals(Payload):
+    """Vital signs of one training step, taken on every step (not only sampled ones), so
+    that what they show never depends on the sampling interval.
+
+    ``grad_norm`` is the global L2 norm of the gradients the optimizer stepped with (the
+    number ``clip_grad_norm_`` reads); ``norms`` the L2 norm of each layer's own gradients
+    (weights and biases together), in the order of the ``run_start`` model summary's rows
+    that have parameters (its ``(total)`` row left out); ``layers`` the indices of those rows
+    when only some had a gradient at this step, and empty when all did (the usual case, so
+    the names are not repeated on every step).
+    """
+
+    grad_norm: float
+    norms: tuple[float, ...] = ()
+    layers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        set_field(self, "grad_norm", as_float("grad_norm", self.grad_norm))
+        set_field(self, "norms", floats("norms", self.norms))
+        set_field(self, "layers", tuple(as_int("layers", v, 0) for v in as_list("layers", self.layers)))
+        if self.layers and len(self.layers) != len(self.norms):
+            raise fail("layers", f"{len(self.norms)} row indices like norms (or none: every row)", self.layers)
+
+    def by_layer(self, model: tuple["ModuleInfo", ...]) -> dict[str, float]:
+        """The layer norms by layer name, given the run's model summary (``RunStart.model``)."""
+        rows = [m.name for m in model if m.name != "(total)"]
+        which = self.layers or range(len(self.norms))
+        return {rows[i]: norm for i, norm in zip(which, self.norms) if i < len(rows)}
+
+
 PAYLOADS: dict[Kind, type[Payload]] = {
     Kind.RUN_START: RunStart,
     Kind.SCALARS: Scalars,
@@ -314,6 +349,7 @@ PAYLOADS: dict[Kind, type[Payload]] = {
     Kind.FLAG: Flag,
     Kind.STATUS: Status,
     Kind.RUN_END: RunEnd,
+    Kind.VITALS: Vitals,
 }
 
 

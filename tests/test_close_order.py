@@ -29,8 +29,10 @@ def test_a_flag_raised_by_the_evaluation_that_stops_the_run_is_stored_before_its
     assert [flag.kind for flag in mon.flags] == ["overfitting"]
     events = RunStore(tmp_path).events(mon.run_id)
     kinds = [event.kind.value for event in events]
-    assert kinds[-3:] == ["flag", "status", "run_end"], kinds
-    assert events[-2].data.state.value == "stopped"
+    # the flag follows the evaluation that raised it, before the stop it explains and the end
+    assert kinds[-5:] == ["scalars", "flag", "status", "status", "run_end"], kinds
+    assert events[-5].data.values == {"val_loss": 1.5}
+    assert [e.data.state.value for e in events[-3:-1]] == ["stopping", "stopped"]
 
 
 def test_a_flag_to_stop_on_raised_by_the_last_losses_decides_how_the_run_ends(tmp_path):

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from trainer_hooks.schedule import INITIAL_EVERY, MAX_EVERY, AutoInterval, FixedInterval
+from trainer_hooks.schedule import (INITIAL_EVERY, MAX_DEBT, MAX_EVERY, MAX_LOOK, START_STEPS, AutoInterval,
+                                    FixedInterval)
 
 
 def drive(schedule, plain: float, extra: float, steps: int) -> list[int]:
@@ -26,13 +27,58 @@ def test_a_fixed_interval_must_be_a_whole_number_of_steps(every):
         FixedInterval(every)
 
 
-def test_the_automatic_interval_keeps_the_sampling_cost_near_its_budget():
+def test_the_automatic_schedule_samples_the_start_then_doubles_its_gaps_up_to_the_budget_interval():
     schedule = AutoInterval(budget=0.01)
+    sampled = drive(schedule, plain=0.010, extra=0.005, steps=400)  # a sample costs half a step
+    assert sampled[:START_STEPS] == list(range(START_STEPS))
+    gaps = [b - a for a, b in zip(sampled[START_STEPS - 1:], sampled[START_STEPS:])]
+    assert gaps[:4] == [1, 2, 4, 8] and set(gaps[-3:]) == {50}
+
+
+def test_the_automatic_interval_keeps_the_sampling_cost_near_its_budget():
+    schedule = AutoInterval(budget=0.01, start_steps=1)
     sampled = drive(schedule, plain=0.010, extra=0.005, steps=2000)  # a sample costs half a step
-    assert sampled[:2] == [0, INITIAL_EVERY]
+    assert sampled[0] == 0
     assert schedule.every == 50  # 0.005 / (0.01 * 0.010)
     cost = len(sampled) * 0.005 / (2000 * 0.010)
     assert cost < 0.015
+
+
+def test_a_closer_look_samples_the_steps_asked_for_and_is_repaid_from_the_next_regular_gaps():
+    schedule = AutoInterval(budget=0.01, start_steps=1)
+    drive(schedule, plain=0.010, extra=0.005, steps=1000)
+    before = drive_sampled(schedule, 1000, 0.010, 0.005, 1000)
+    assert schedule.look(2000, 5)
+    after = drive_sampled(schedule, 2000, 0.010, 0.005, 1000)
+    assert after[:5] == [2000, 2001, 2002, 2003, 2004]
+    assert len(after) <= len(before) + 1  # over the next interval the budget holds
+    assert schedule.debt == 0
+
+
+def test_a_detector_that_keeps_asking_gets_at_most_the_owed_samples_it_may_borrow():
+    schedule = AutoInterval(budget=0.01, start_steps=1)
+    drive(schedule, plain=0.010, extra=0.005, steps=1000)
+    taken = 0
+    for step in range(1000, 1400):
+        schedule.look(step, MAX_LOOK)  # a suspicion that never confirms
+        due = schedule.due(step)
+        taken += due
+        schedule.observe(step, 0.010 + (0.005 if due else 0.0), due)
+    assert taken <= MAX_DEBT + 400 // schedule.every + 1
+
+
+def test_a_fixed_interval_grants_no_closer_look():
+    schedule = FixedInterval(10)
+    assert not schedule.look(3, 5) and drive(schedule, 0.01, 0.0, 12) == [0, 10]
+
+
+def drive_sampled(schedule, start, plain, extra, steps):
+    sampled = []
+    for step in range(start, start + steps):
+        due = schedule.due(step)
+        sampled += [step] if due else []
+        schedule.observe(step, plain + (extra if due else 0.0), due)
+    return sampled
 
 
 def test_the_automatic_interval_samples_every_step_when_sampling_is_cheap():

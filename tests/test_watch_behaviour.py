@@ -47,7 +47,14 @@ def aten_ops(fn) -> dict[str, int]:
     return {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
 
 
-def test_a_step_that_is_not_sampled_runs_exactly_the_ops_of_a_bare_step(tmp_path):
+#: What an unsampled step adds to a bare one: the vital signs, the gradients' norms by one
+#: multi-tensor kernel stacked into one vector (detach and its views are not kernels).
+VITALS_OPS = {"aten::_foreach_norm", "aten::stack", "aten::cat", "aten::unsqueeze", "aten::detach",
+              "aten::as_strided", "aten::empty", "aten::resize_", "aten::to", "aten::_to_copy",
+              "aten::empty_strided", "aten::copy_", "aten::linalg_vector_norm"}
+
+
+def test_a_step_that_is_not_sampled_runs_the_ops_of_a_bare_step_and_the_vital_signs_only(tmp_path):
     bare, watched = tiny_cnn(), tiny_cnn()
     bare_opt = torch.optim.SGD(bare.parameters(), lr=0.1)
     opt = torch.optim.SGD(watched.parameters(), lr=0.1)
@@ -58,7 +65,9 @@ def test_a_step_that_is_not_sampled_runs_exactly_the_ops_of_a_bare_step(tmp_path
         watched_ops = aten_ops(lambda: train_step(watched, opt, x, y))
         bare_ops = aten_ops(lambda: train_step(bare, bare_opt, x, y))
         assert mon.step == 2
-    assert watched_ops == bare_ops
+    extra = {op for op in watched_ops if watched_ops[op] != bare_ops.get(op)}
+    assert "aten::_foreach_norm" in extra and extra <= VITALS_OPS, extra
+    assert all(watched_ops.get(op, 0) >= n for op, n in bare_ops.items())  # nothing of the bare step is skipped
     assert "aten::_local_scalar_dense" not in watched_ops  # no value read back to the host
 
 

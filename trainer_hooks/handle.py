@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor.detectors import default_detectors, diagnose
+from monitor.detectors import default_detectors
+from monitor.diagnosis import Diagnosis
 from monitor.early_stopping import StopCause, StopReason
 from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
 from monitor.store import DB_FILENAME, RunStore
@@ -36,16 +37,14 @@ from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, chec
 from trainer_hooks.probe import Probe
 from trainer_hooks.schedule import make_schedule
 from trainer_hooks.stream import SocketSink
-from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, CaptureRecord,
-                                  EventRecord, ScalarRecord, Writer)
+from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, NUDGE_STEPS,
+                                  CaptureRecord, EventRecord, ScalarRecord, StopRecord, VitalsRecord, Writer)
 
 #: Seconds close() gives a server to take what is still spooled.
 CLOSE_SEND_SECONDS = 15.0
-#: Most seconds a sampled step waits for the detectors to have seen every earlier record,
-#: when an early-stopping policy stops on flags (a stuck disk must not stall training).
-STOP_CHECK_SECONDS = 1.0
 #: Most seconds close() waits for the detectors to have seen the last records, so that
-#: what they raise (and a stop it asks for) comes before the run's end; a stuck disk
+#: what they raise (and a stop it asks for) comes before the run's end. The detect stage
+#: does not wait for the sink, so a stuck disk does not hold it; a detector that hangs
 #: must not hold the end of a run for longer.
 CLOSE_DETECT_SECONDS = 5.0
 #: Scalar names that describe where training is, not how it goes: logging them alone
@@ -107,7 +106,6 @@ class Monitor:
         self._restored = False
         self._agreement = StopAgreement(options.agree_every) if distributed_world() > 1 else None
         self._agreed = False
-        self._writer_caught_up = True  # whether the last wait for the detectors ended in time
         self._warned: set[str] = set()
         self._lr_logged: Any = None  # the learning rate last recorded for the user (see _record_lr)
         self._lr_held: ScalarRecord | None = None
@@ -132,7 +130,8 @@ class Monitor:
                                     on_stop=lambda reason, by: self.stop(reason, by))
         self.server = server
         self.detectors = default_detectors() if options.detectors is None else list(options.detectors)
-        self._writer = Writer(self.run_id, self._sink, on_events=self._diagnose if self.detectors else None,
+        self._diagnosis = Diagnosis(self.detectors, self.early_stopping)
+        self._writer = Writer(self.run_id, self._sink, detect=self._detect, explain=self._explain_stop,
                               first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0,
                               flush_seconds=FLUSH_SECONDS if server is None else LIVE_FLUSH_SECONDS)
         self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, options.config, self.schedule,
@@ -185,7 +184,9 @@ class Monitor:
             self._stop = Status(RunState.STOPPING, reason.message, by or reason.cause.value)
         print(f"babysit: stopping run {self.run_id} at step {reason.step} ({reason.cause.value}): {reason.message}",
               file=sys.stderr, flush=True)
-        self._put(EventRecord(reason.step, time.time(), Kind.STATUS, self._stop))
+        wall = time.time()
+        self._put(StopRecord(reason.step, wall, reason))  # the detectors say why, before the status
+        self._put(EventRecord(reason.step, wall, Kind.STATUS, self._stop))
 
     def add_flag(self, flag: Flag, step: int | None = None) -> None:
         """Record a diagnosis (at ``step``, default the flag's own, else the current one):
@@ -196,15 +197,19 @@ class Monitor:
         step = step if step is not None else flag.step if flag.step is not None else self._step
         if flag.step != step:
             flag = dataclasses.replace(flag, step=step)
-        self.flags.append(flag)
-        where = f" [{flag.layer}]" if flag.layer else ""
-        print(f"babysit: {flag.severity.value} {flag.kind}{where} at step {step}: {flag.message}",
-              file=sys.stderr, flush=True)
-        self._put(EventRecord(step, time.time(), Kind.FLAG, flag))  # never waits: this may be the writer
+        self._note(flag)
+        self._put(EventRecord(step, time.time(), Kind.FLAG, flag))
         if self.early_stopping is not None:
             reason = self.early_stopping.update_flag(flag, step)
             if reason is not None:
                 self._request_stop(reason)
+
+    def _note(self, flag: Flag) -> None:
+        """Keep a flag in :attr:`flags` and print it as one line on stderr."""
+        self.flags.append(flag)
+        where = f" [{flag.layer}]" if flag.layer else ""
+        print(f"babysit: {flag.severity.value} {flag.kind}{where} at step {flag.step}: {flag.message}",
+              file=sys.stderr, flush=True)
 
     def log(self, *unnamed: Any, **scalars: Any) -> None:
         """Record loss and metrics for the current step; tensors are read later, off this thread.
@@ -267,11 +272,11 @@ class Monitor:
         _watched.pop(self.model, None)
         self._finish_capture()
         self._record_lr()  # hand over the one held back
-        # The detectors run on the writer thread: without this wait a flag raised by the
-        # last records (the evaluation that stopped the run) landed after run_end or
-        # before it depending on when the writer woke, and a stop it asked for came too
-        # late to decide how the run ended (the run stayed "stopping").
-        self._writer.flush(CLOSE_DETECT_SECONDS)
+        # The detectors run on the writer's detect stage: without this wait a flag raised
+        # by the last records (the evaluation that stopped the run, and the flags that
+        # explain the stop) landed after run_end or before it depending on when the stage
+        # woke, and a stop it asked for came too late to decide how the run ended.
+        self._writer.detected(CLOSE_DETECT_SECONDS)
         if self._agreement is not None:
             self._agreement.finish()  # every rank launched the round in flight: complete it
         if self._stop is not None:
@@ -335,22 +340,18 @@ class Monitor:
     def _end_step(self) -> None:
         now = time.perf_counter()
         self._record_lr()
-        if self._capture is not None and self.early_stopping is not None and self.early_stopping.stop_on:
-            self._catch_up_detectors()
+        vitals = self.probe.vitals
+        if vitals is not None:
+            self.probe.vitals = None
+            self._put(VitalsRecord(self._step, time.time(), *vitals))
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
         self._step += 1
+        if self._step % NUDGE_STEPS == 0:
+            self._writer.nudge()  # the detectors see this step's evidence within NUDGE_STEPS steps
         if self._agreement is not None and self._agreement.due(self._step):
             self._agree()
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
-
-    def _catch_up_detectors(self) -> None:
-        """On a sampled step, let the detectors see every earlier record (the losses logged
-        since the last sample), so a flag to stop on stops the run within one sampled step.
-        A writer that could not catch up in STOP_CHECK_SECONDS (a failing disk, a sink
-        retrying) is not waited for again until it has: training never stalls on it."""
-        if self._writer_caught_up or self._writer.idle:
-            self._writer_caught_up = self._writer.flush(STOP_CHECK_SECONDS)
 
     def _agree(self) -> None:
         """A round of the ranks' stop agreement; a stop another rank asked for becomes ours."""
@@ -359,10 +360,24 @@ class Monitor:
                                           self._step))
             self._agreed = True
 
-    def _diagnose(self, events) -> None:
-        """The writer thread's listener: run the detectors over what it just stored."""
-        for event, flag in diagnose(self.detectors, events):
-            self.add_flag(flag, event.step)
+    def _detect(self, event) -> list[Flag]:
+        """The writer's detect stage, on each decoded event before it is committed: the
+        flags join the event's batch; a stop and a closer look act at once."""
+        verdict = self._diagnosis.event(event)
+        for flag in verdict.flags:
+            self._note(flag)
+        if verdict.look:
+            self.schedule.look(self._step, verdict.look)
+        if verdict.stop is not None:
+            self._request_stop(verdict.stop)
+        return list(verdict.flags)
+
+    def _explain_stop(self, reason: StopReason) -> list[Flag]:
+        """The detect stage, once it has seen everything before a stop: the flags that say why."""
+        flags = list(self._diagnosis.stopped(reason).flags)
+        for flag in flags:
+            self._note(flag)
+        return flags
 
     def _record_lr(self) -> None:
         """The learning rate (first parameter group) as scalar ``lr``, whenever it changes:

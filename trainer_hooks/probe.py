@@ -4,8 +4,9 @@ Forward hooks are registered process-wide (``register_module_forward_hook``) and
 on the watched modules, instead of living in each module's hook dictionaries. So no
 babysit object is pickled by ``torch.save(model)``, a saved model loads without babysit
 (also with ``weights_only=True``), ``copy.deepcopy`` copies no hooks, and no attribute
-is ever set on a user's module. On a step that is not sampled every hook returns after
-one attribute test. Gradients with respect to layer outputs come from tensor hooks
+is ever set on a user's module. On a step that is not sampled every forward hook returns
+after one attribute test, and the optimizer's pre-step hook takes the vital signs only
+(the gradients' norms, one multi-tensor kernel: :meth:`Probe._vitals`). Gradients with respect to layer outputs come from tensor hooks
 placed on the outputs of the sampled forward pass only, so no backward hook exists on
 other steps, and in-place activations that follow a layer are handled by autograd
 (the hook sees the gradient of the value the layer produced). Output gradients are
@@ -92,6 +93,12 @@ class Probe:
         self.param_indices: dict[int, torch.Tensor] = {}  # sample positions of large parameters
         self.stepped: list[tuple[torch.Tensor, str, str]] = []  # parameters the current step updates
         self.input_shape: tuple[int, ...] | None = None
+        # The vital signs of the step being taken (see _vitals), for the Monitor to hand on.
+        self.vitals: tuple[torch.Tensor, tuple[int, ...]] | None = None
+        layer_rows = {name: i for i, name in enumerate(
+            n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False)))}
+        self.param_rows = {id(p): layer_rows.get(n.rpartition(".")[0], -1) for n, p in model.named_parameters()}
+        self._layout: tuple | None = None  # the optimizer's parameters with their rows, and its shape
         self.on_root_forward = lambda args: None  # set by the Monitor
         self.on_optimizer_step = lambda: None
         self._handles = [
@@ -181,7 +188,31 @@ class Probe:
             for j, p in enumerate(group["params"]):
                 yield p, self.param_names.get(id(p), (f"group{i}.param{j}", "Parameter"))
 
+    def _vitals(self) -> tuple[torch.Tensor, tuple[int, ...]] | None:
+        """Every step's vital signs: the L2 norm of each parameter's gradient, by one
+        multi-tensor kernel into one small vector that stays on the device (the writer
+        copies a batch of them with the losses; this thread never syncs), and the
+        model-summary row of each parameter's layer."""
+        groups = self.optimizer.param_groups
+        shape = tuple(len(g["params"]) for g in groups)
+        if self._layout is None or self._layout[0] != shape:
+            self._layout = (shape, [(p, self.param_rows.get(id(p), -1)) for g in groups for p in g["params"]])
+        grads, rows = [], []
+        for p, row in self._layout[1]:
+            g = p.grad
+            if g is not None and not g.is_sparse and g.is_floating_point() and g.numel():
+                grads.append(g)
+                rows.append(row)
+        if not grads:
+            return None
+        device = grads[0].device
+        norms = _norms([g.detach() for g in grads])
+        if any(n.device != device for n in norms):  # model parallel: bring them to the first device
+            norms = [n.to(device, non_blocking=True) for n in norms]
+        return torch.stack(norms), tuple(rows)
+
     def _step_pre(self, optimizer, args, kwargs):
+        self.vitals = self._vitals()
         capture = self.capture
         if capture is None:
             return

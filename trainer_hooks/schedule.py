@@ -1,8 +1,26 @@
-"""Which steps are sampled: a fixed interval, or one sized to an overhead budget.
+"""Which steps are sampled: a fixed interval, or a schedule led by what diagnosis needs
+inside an overhead budget.
 
-Scalars (the loss) are recorded on every step whatever the schedule; the schedule only
-decides when the per-layer statistics are taken. Step 0 is always sampled, so the first
-loss, the initial distributions and the initial filters are on record.
+Scalars (the loss) and the vital signs (gradient norms) are recorded on every step
+whatever the schedule; the schedule only decides when the full per-layer statistics are
+taken. Step 0 is always sampled, so the first loss, the initial distributions and the
+initial filters are on record.
+
+The automatic schedule (``every=None``, the default) has three parts:
+
+* **the start**: the first :data:`START_STEPS` steps are all sampled. Problems present at
+  initialisation (dead units, saturation, vanishing or exploding gradients, an input that
+  is not normalised, a broken first loss) are there from step 0, and the detectors want a
+  few samples in a row to confirm them: a person checks exactly these in the first
+  minutes (CS231n, "babysitting the learning process"; Karpathy's recipe). It is paid once.
+* **the ramp**: then the gaps double (2, 4, 8, ... steps) until they reach the budget
+  interval: training changes fastest early;
+* **the budget interval**: as often as :data:`OVERHEAD_BUDGET` of the measured step time
+  allows (see :class:`AutoInterval`), at least every :data:`MAX_EVERY` steps;
+* and at any time, **a closer look**: a detector that sees a suspicious reading asks for
+  the next few steps (:meth:`AutoInterval.look`), at most :data:`MAX_LOOK` at once. Those
+  samples are owed to the budget and repaid by doubling the next regular gaps; while
+  :data:`MAX_DEBT` samples are owed, requests wait.
 """
 from __future__ import annotations
 
@@ -20,6 +38,14 @@ from typing import Callable
 OVERHEAD_BUDGET = 0.005
 #: Interval used until a few plain and sampled steps have been timed.
 INITIAL_EVERY = 10
+#: Steps sampled one after another at the start of training (see the module).
+START_STEPS = 24
+#: The first gap of the ramp after the start, in steps; it doubles at each sample.
+RAMP_FIRST_GAP = 2
+#: Most steps one request of a detector adds to the closer look.
+MAX_LOOK = 16
+#: Most requested samples owed to the budget; beyond it requests wait until some are repaid.
+MAX_DEBT = 32
 #: Never sample less often than this, however cheap the steps: a run that goes wrong
 #: in a thousand steps should still be seen going wrong.
 MAX_EVERY = 1000
@@ -47,12 +73,17 @@ class FixedInterval:
     def observe(self, step: int, seconds: float, sampled: bool) -> None:
         pass
 
+    def look(self, step: int, steps: int) -> bool:
+        """A fixed interval is what the user chose: a detector's request is not granted."""
+        return False
+
     def describe(self) -> dict:
         return {"mode": "fixed", "every": self.every}
 
 
 class AutoInterval:
-    """Sample as often as the budget allows, measured on this very run.
+    """The start, the ramp, then as often as the budget allows, measured on this very run,
+    and closer looks on request (see the module).
 
     The cost of a sample is what the sampled step and the :data:`AFTERMATH_STEPS` steps
     after it took beyond as many plain steps (the median plain step time): the sampled
@@ -63,29 +94,58 @@ class AutoInterval:
     encoding), which the training thread does not see but pays for on a machine with
     few cores. The interval is the smallest that keeps that cost under ``budget`` of the
     plain step time: ``every = ceil(cost / (budget * plain))``. Step 0 is warm-up and is
-    not timed; the first estimate comes at the second sampled step.
+    not timed; the first estimate comes once the ramp leaves plain steps between samples.
+
+    ``due`` is a pure read (it may be asked several times per step, and from the
+    training thread only); ``look`` may be called from the writer's detect stage.
     """
 
     def __init__(self, budget: float = OVERHEAD_BUDGET, max_every: int = MAX_EVERY,
-                 background: Callable[[], float] | None = None):
+                 background: Callable[[], float] | None = None, start_steps: int = START_STEPS):
         if not 0 < budget < 1:
             raise ValueError(f"overhead budget: expected a fraction in (0, 1), got {budget!r}")
         self.budget = budget
         self.max_every = max_every
         self.background = background
+        self.start_steps = start_steps
         self.every = INITIAL_EVERY
+        self.gap = RAMP_FIRST_GAP  # the ramp's next gap, until it reaches every
         self.next_due = 0
+        self.look_until = 0  # steps before this one are sampled on a detector's request
+        self.debt = 0  # requested samples not yet repaid
+        self.granted = 0  # requested samples taken, over the run
         self.plain_times: deque[float] = deque(maxlen=PLAIN_WINDOW)
         self.extra_times: deque[float] = deque(maxlen=SAMPLED_WINDOW)
         self.interval: list[float] | None = None  # the last sampled step's time and its aftermath's
 
     def due(self, step: int) -> bool:
-        return step >= self.next_due
+        return (step < self.start_steps or step >= self.next_due
+                or (step < self.look_until and self.debt < MAX_DEBT))
+
+    def look(self, step: int, steps: int) -> bool:
+        """A detector asks for ``steps`` steps from ``step`` on to be sampled; granted (True)
+        unless :data:`MAX_DEBT` samples are owed already."""
+        if steps < 1 or self.debt >= MAX_DEBT:
+            return False
+        self.look_until = max(self.look_until, step + min(steps, MAX_LOOK))
+        return True
 
     def observe(self, step: int, seconds: float, sampled: bool) -> None:
         """Called once per finished step with its wall time and whether it was sampled."""
+        if sampled and step >= self.start_steps:
+            if step >= self.next_due:  # a regular sample: the next one, owed samples repaid first
+                gap = min(self.gap, self.every)
+                self.gap = min(self.gap * 2, self.max_every)
+                if self.debt:
+                    self.debt -= 1
+                    gap *= 2
+                self.next_due = step + gap
+            else:  # a closer look a detector asked for
+                self.debt += 1
+                self.granted += 1
+        elif sampled:
+            self.next_due = step + 1
         if step == 0:  # warm-up: allocator growth, lazy initialisation
-            self.next_due = self.every
             return
         if not sampled:
             self.plain_times.append(seconds)
@@ -105,10 +165,9 @@ class AutoInterval:
             wanted = math.ceil(extra / (self.budget * plain) - 1e-6) if plain > 0 else self.max_every
             self.every = min(max(wanted, 1), self.max_every)
         self.interval = [seconds]
-        self.next_due = step + self.every
 
     def describe(self) -> dict:
-        return {"mode": "auto", "budget": self.budget, "every": self.every}
+        return {"mode": "auto", "budget": self.budget, "every": self.every, "start": self.start_steps}
 
 
 def make_schedule(every: int | None, budget: float = OVERHEAD_BUDGET,

@@ -1,14 +1,30 @@
-"""The writer thread: the only place where device values reach the host and records
-become events.
+"""The writer: a pipeline of pure stages between the training thread and the sink.
 
-The training thread hands over records with :meth:`Writer.put`, which never blocks
-and never wakes the thread: a deque append, while the thread wakes on its own every
-``FLUSH_SECONDS`` and commits what has accumulated in one transaction. When the
-bounded buffer is full the record is dropped and counted (TensorBoard's blocking put
-stalls training instead). The thread copies tensors to the host (the
-one copy per sampled step, and one per batch of logged losses), decodes statistics,
-stamps events with the run's sequence numbers and appends them to the sink in batches.
-A failing sink is retried with back-off; it never raises into training.
+    training thread --put--> records --[detect stage: decode, detect, decide]--> events --[sink stage: commit]
+
+The training thread hands over records with :meth:`Writer.put`, a deque append that
+never blocks and never waits; when the bounded buffer is full the record is dropped and
+counted (TensorBoard's blocking put stalls training instead). Every
+:data:`NUDGE_STEPS` steps it also nudges the detect stage (:meth:`Writer.nudge`, a flag
+set), which otherwise wakes every :data:`DETECT_SECONDS`.
+
+* The **detect stage** (one thread) is the only place where device values reach the
+  host: one copy per sampled step, one per device for the batch's losses and vital
+  signs. It decodes statistics, stamps events with the run's sequence numbers and runs
+  the detectors and the stop decision on each event (``detect``); the flags they raise
+  are stamped right after the event that raised them and join the same outgoing batch.
+* The **sink stage** (another thread) commits those batches, every ``flush_seconds``
+  (a local store four times a second; a stream to a dashboard every 20 ms). A failing
+  sink is retried with back-off; it never raises into training and never holds up the
+  detect stage, so a locked SQLite file or a server that is down delays no flag and no
+  stop. What waits for it is bounded (:data:`OUTBOX_LIMIT` events; beyond, dropped and
+  counted).
+
+The bound between evidence and ``mon.should_stop``: a record put at step ``s`` is seen
+by the detect stage at most :data:`NUDGE_STEPS` steps (or :data:`DETECT_SECONDS`) later,
+plus the time it spends on the records queued ahead of it (each sampled step's decode, a
+few milliseconds); a stop it decides is visible to the very next read of
+``should_stop``. The training thread never waits for either stage.
 """
 from __future__ import annotations
 
@@ -20,10 +36,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from monitor import codec
-from monitor.events import Event, Kind, Scalars
+from monitor.early_stopping import StopReason
+from monitor.events import Event, Flag, Kind, Scalars, Vitals
 from trainer_hooks.capture import Packed, decode
 
 log = logging.getLogger("babysit")
@@ -31,17 +49,28 @@ log = logging.getLogger("babysit")
 #: Records the queue may hold before new ones are dropped (each is small: a few
 #: numbers, or one packed tensor of a sampled step).
 QUEUE_LIMIT = 100_000
-#: Sampled steps waiting for the writer beyond which no new sample is taken: each holds
-#: its packed statistics (a few hundred kB), so this bounds memory when the writer
+#: Sampled steps waiting for the detect stage beyond which no new sample is taken: each
+#: holds its packed statistics (a few hundred kB), so this bounds memory when the writer
 #: cannot keep up, and makes the sampling back off instead of the training.
 CAPTURE_BACKLOG_LIMIT = 32
-#: Most records turned into events and committed in one batch.
+#: Most records turned into events in one batch of the detect stage.
 BATCH_LIMIT = 2_000
-#: How long the thread waits for more records before committing what it has: a local
+#: Seconds between two wake-ups of the detect stage when the training thread does not
+#: nudge it (slow steps): a flag is raised within this of its evidence being put.
+DETECT_SECONDS = 0.02
+#: Steps between two nudges of the detect stage by the training thread (fast steps): the
+#: bound, in steps, on how long the evidence of a flag waits before the detectors see it.
+NUDGE_STEPS = 8
+#: How long the sink stage waits for more events before committing what it has: a local
 #: store commits four times a second; a stream to a dashboard (``watch(server=...)``)
 #: every 20 ms, so that a logged loss reaches the browser within about 50 ms.
 FLUSH_SECONDS = 0.25
 LIVE_FLUSH_SECONDS = 0.02
+#: Events decoded and waiting for the sink beyond which new ones are dropped and counted
+#: (a sink stuck for good must not grow memory without bound; detection goes on).
+OUTBOX_LIMIT = 200_000
+#: Most events committed in one transaction.
+COMMIT_LIMIT = 5_000
 #: Recent sampled steps whose host-side cost :meth:`Writer.capture_cost` reports.
 CAPTURE_COSTS_KEPT = 5
 #: Back-off for a failing sink: first wait, and the most it waits between tries.
@@ -74,36 +103,71 @@ class EventRecord:
     data: Any
 
 
+@dataclass(frozen=True)
+class VitalsRecord:
+    """One step's gradient norms, still on their device: ``norms[i]`` is the L2 norm of a
+    parameter's gradient, ``rows[i]`` the model-summary row of its layer (-1: none)."""
+
+    step: int
+    wall: float
+    norms: torch.Tensor  # 1-d
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """The run was asked to stop: once the detect stage has seen everything before, the
+    detectors say why from their own evidence (``explain``)."""
+
+    step: int
+    wall: float
+    reason: StopReason
+
+
 class Writer:
     def __init__(self, run: str, sink: Sink, *, first_seq: int = 0,
-                 on_events: Callable[[list[Event]], None] | None = None, flush_seconds: float = FLUSH_SECONDS):
+                 detect: Callable[[Event], list[Flag]] | None = None,
+                 explain: Callable[[StopReason], list[Flag]] | None = None,
+                 flush_seconds: float = FLUSH_SECONDS, detect_seconds: float = DETECT_SECONDS):
         self.run = run
         self.flush_seconds = flush_seconds
+        self.detect_seconds = detect_seconds
         self.sink = sink
         self.seq = first_seq
         self.dropped = 0
         self.failed = 0  # records that could not be decoded (a bug, logged)
-        self.cpu_seconds = 0.0  # CPU time this thread has spent on records (retry waits excluded)
-        self.on_events = on_events
+        self.detect = detect
+        self.explain = explain
         self._records: deque = deque()
         self._limit = QUEUE_LIMIT
-        self._accepted = 0  # records put; compared with _done by flush()
-        self._done = 0
+        self._accepted = 0  # records put; compared with _detected and _done
+        self._detected = 0  # records through the detect stage
+        self._done = 0  # records whose events are committed (or dropped)
         self._captures_put = 0
         self._captures_done = 0
+        self._outbox: deque[tuple[list[Event], list[str], int]] = deque()  # (events, texts, records)
+        self._outbox_events = 0
+        self._flush_target = 0  # records a flush() waits to see committed: the sink is woken for them
         self._stopping = False
-        self._wake = threading.Event()
-        self._progress = threading.Condition()  # notified whenever records are done
+        self._detect_finished = False
         self._finished = False
+        self._wake = threading.Event()  # the detect stage's
+        self._sink_wake = threading.Event()
+        self._progress = threading.Condition()  # notified whenever records are detected or done
         self._capture_seconds: deque[float] = deque(maxlen=CAPTURE_COSTS_KEPT)
-        self._thread = threading.Thread(target=self._loop, name=f"babysit-writer-{run}", daemon=True)
-        self._thread.start()
+        self._cpu = {"detect": 0.0, "sink": 0.0}
+        self._detect_thread = threading.Thread(target=self._detect_loop, name=f"babysit-detect-{run}", daemon=True)
+        self._sink_thread = threading.Thread(target=self._sink_loop, name=f"babysit-sink-{run}", daemon=True)
+        self._detect_thread.start()
+        self._sink_thread.start()
+
+    # ------------------------------------------------------------------ training thread side
 
     def put(self, record, wait: bool = False) -> bool:
         """Hand a record over; when the buffer is full, drop and count it, unless ``wait``
         (used by close, whose lifecycle records must land and which may take its time)."""
         while len(self._records) >= self._limit:
-            if not wait or not self._thread.is_alive():
+            if not wait or not self._detect_thread.is_alive():
                 self.dropped += 1
                 return False
             self._wake.set()
@@ -114,65 +178,109 @@ class Writer:
         self._records.append(record)  # atomic under the GIL; no lock, no wake-up
         return True
 
+    def nudge(self) -> None:
+        """Wake the detect stage if it sleeps (a flag read, and a set only when it is clear)."""
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def detected(self, timeout: float = 30.0) -> bool:
+        """Wait until the detect stage has seen everything put so far (the sink may lag)."""
+        return self._wait(lambda: self._detected, lambda: self._detect_finished, self._detect_thread, timeout)
+
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything put so far is committed and its listener (the detectors)
-        has run, or ``timeout`` passes."""
+        """Wait until everything put so far is detected and committed, or ``timeout`` passes."""
+        self._flush_target = max(self._flush_target, self._accepted)  # the detect stage wakes the sink for it
+        self._sink_wake.set()
+        return self._wait(lambda: self._done, lambda: self._finished, self._sink_thread, timeout)
+
+    def _wait(self, count: Callable[[], int], finished: Callable[[], bool], thread: threading.Thread,
+              timeout: float) -> bool:
         target = self._accepted
         self._wake.set()
         with self._progress:
-            self._progress.wait_for(lambda: self._done >= target or self._finished or not self._thread.is_alive(),
-                                    timeout)
-        return self._done >= target
+            self._progress.wait_for(lambda: count() >= target or finished() or not thread.is_alive(), timeout)
+        return count() >= target
 
     @property
     def idle(self) -> bool:
-        """Whether everything put so far is done."""
+        """Whether everything put so far is committed."""
         return self._done >= self._accepted
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time both stages have spent on records (the sink's retry waits excluded)."""
+        return self._cpu["detect"] + self._cpu["sink"]
+
+    @property
+    def capture_backlog(self) -> int:
+        """Sampled steps handed over and not yet decoded."""
+        return self._captures_put - self._captures_done
+
+    def capture_cost(self) -> float:
+        """Median CPU seconds the detect stage spent turning a recent sampled step into
+        events and text: the part of a sample's cost the training thread does not see (the
+        automatic schedule adds it to what it measures)."""
+        recent = list(self._capture_seconds)
+        return statistics.median(recent) if recent else 0.0
 
     def close(self, timeout: float = 60.0) -> None:
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        self._sink_wake.set()
+        deadline = time.monotonic() + timeout
+        self._detect_thread.join(timeout)
+        self._sink_thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._detect_thread.is_alive() or self._sink_thread.is_alive():
             log.warning("babysit: the writer did not finish within %.0f s; some events may be missing", timeout)
 
-    # ------------------------------------------------------------------ thread side
+    # ------------------------------------------------------------------ detect stage
 
-    def _loop(self) -> None:
+    def _detect_loop(self) -> None:
         while True:
-            self._wake.wait(self.flush_seconds)
+            self._wake.wait(self.detect_seconds)
             self._wake.clear()
             stopping = self._stopping  # read before draining: nothing put before close is missed
             while self._records:
                 started = time.thread_time()
                 records = [self._records.popleft() for _ in range(min(len(self._records), BATCH_LIMIT))]
                 try:
-                    batch = self._to_events(records)
+                    events, texts = self._to_events(records)
                 except Exception:  # e.g. a device error while reading values: count, never die
                     self.failed += len(records)
                     log.exception("babysit: could not read a batch of %d records", len(records))
-                    batch = ([], [])
-                self._commit(batch)
-                self.cpu_seconds += time.thread_time() - started
-                self._captures_done += sum(isinstance(r, CaptureRecord) for r in records)  # stored or failed
+                    events, texts = [], []
+                self._captures_done += sum(isinstance(r, CaptureRecord) for r in records)  # decoded or failed
+                self._to_outbox(events, texts, len(records))
+                self._cpu["detect"] += time.thread_time() - started
                 with self._progress:
-                    self._done += len(records)
+                    self._detected += len(records)
                     self._progress.notify_all()
+                if self._done < self._flush_target:
+                    self._sink_wake.set()
             if stopping:
                 with self._progress:
-                    self._finished = True  # a flush waiting on a writer that ends returns now
+                    self._detect_finished = True
                     self._progress.notify_all()
+                self._sink_wake.set()
                 return
 
+    def _to_outbox(self, events: list[Event], texts: list[str], records: int) -> None:
+        if self._outbox_events + len(events) > OUTBOX_LIMIT:  # the sink is stuck: keep detecting
+            self.dropped += len(events)
+            events, texts = [], []
+        self._outbox_events += len(events)
+        self._outbox.append((events, texts, records))
+
     def _to_events(self, records: list) -> tuple[list[Event], list[str]]:
-        """Events (stamped with the run's next seqs) and their encoded payloads."""
-        scalar_values = _resolve_scalars([r for r in records if isinstance(r, ScalarRecord)])
+        """Events (stamped with the run's next seqs), each followed by the flags the
+        detectors raise on it, and their encoded payloads."""
+        host = _to_host(records)
         events, texts = [], []
         for record in records:
             started = time.thread_time() if isinstance(record, CaptureRecord) else 0.0
             try:
                 made = [Event(self.run, self.seq + i, record.step, record.wall, kind, data)
-                        for i, (kind, data) in enumerate(self._payloads(record, scalar_values))]
+                        for i, (kind, data) in enumerate(self._payloads(record, host))]
                 encoded = [codec.encode_payload(event.data) for event in made]
             except Exception:  # a bug or a hostile name must not stop the other records
                 self.failed += 1
@@ -181,6 +289,10 @@ class Writer:
             self.seq += len(made)
             events += made
             texts += encoded
+            for flag in self._flags(record, made):
+                events.append(Event(self.run, self.seq, flag.step, time.time(), Kind.FLAG, flag))
+                self.seq += 1
+                texts.append(codec.encode_payload(flag))
             if isinstance(record, CaptureRecord):
                 self._capture_seconds.append(time.thread_time() - started)
                 # Hand the GIL over after each sampled step's long decode: a training
@@ -189,21 +301,25 @@ class Writer:
                 time.sleep(0)
         return events, texts
 
-    @property
-    def capture_backlog(self) -> int:
-        """Sampled steps handed over and not yet turned into events."""
-        return self._captures_put - self._captures_done
+    def _flags(self, record, made: list[Event]) -> list[Flag]:
+        """What the detectors and the stop decision say about one record's events."""
+        flags: list[Flag] = []
+        try:
+            if isinstance(record, StopRecord):
+                if self.explain is not None:
+                    flags += self.explain(record.reason)
+            elif self.detect is not None:
+                for event in made:
+                    flags += self.detect(event)
+        except Exception:
+            log.exception("babysit: a detector failed at step %s", record.step)
+        return flags
 
-    def capture_cost(self) -> float:
-        """Median CPU seconds this thread spent turning a recent sampled step into stored
-        text: the part of a sample's cost the training thread does not see (the
-        automatic schedule adds it to what it measures)."""
-        recent = list(self._capture_seconds)
-        return statistics.median(recent) if recent else 0.0
-
-    def _payloads(self, record, scalar_values):
+    def _payloads(self, record, host: dict[int, Any]):
         if isinstance(record, ScalarRecord):
-            yield Kind.SCALARS, Scalars(scalar_values[id(record)])
+            yield Kind.SCALARS, Scalars(host[id(record)])
+        elif isinstance(record, VitalsRecord):
+            yield Kind.VITALS, _vitals(host[id(record)], record.rows)
         elif isinstance(record, CaptureRecord):
             decoded = decode(record.packed)
             if decoded.input_stats is not None:
@@ -212,43 +328,96 @@ class Writer:
                 yield Kind.LAYER_STATS, decoded.layer_stats
             if decoded.filters is not None:
                 yield Kind.FILTERS, decoded.filters
-        else:
+        elif isinstance(record, EventRecord):
             yield record.kind, record.data
 
-    def _commit(self, batch: tuple[list[Event], list[str]]) -> None:
-        events, texts = batch
+    # ------------------------------------------------------------------ sink stage
+
+    def _sink_loop(self) -> None:
+        while True:
+            self._sink_wake.wait(self.flush_seconds)
+            self._sink_wake.clear()
+            finished = self._detect_finished  # read before draining: nothing detected before is missed
+            while self._outbox:
+                started = time.thread_time()
+                events, texts, records = [], [], 0
+                while self._outbox and (not events or len(events) + len(self._outbox[0][0]) <= COMMIT_LIMIT):
+                    more, more_texts, count = self._outbox.popleft()
+                    events += more
+                    texts += more_texts
+                    records += count
+                self._cpu["sink"] += time.thread_time() - started
+                self._commit(events, texts)
+                self._outbox_events -= len(events)
+                with self._progress:
+                    self._done += records
+                    self._progress.notify_all()
+            if finished:
+                with self._progress:
+                    self._finished = True  # a flush waiting on a writer that ends returns now
+                    self._progress.notify_all()
+                return
+
+    def _commit(self, events: list[Event], texts: list[str]) -> None:
         wait = RETRY_FIRST
         while True:
+            started = time.thread_time()
             try:
                 self.sink.append(events, texts)
-                break
+                self._cpu["sink"] += time.thread_time() - started
+                return
             except Exception as exc:  # disk full, locked database, ...: keep the batch
+                self._cpu["sink"] += time.thread_time() - started
                 log.warning("babysit: could not store %d events (%s); retrying in %.1f s", len(events), exc, wait)
                 time.sleep(wait)
                 wait = min(wait * 2, RETRY_MAX)
-        if self.on_events is not None:
-            try:
-                self.on_events(events)
-            except Exception:
-                log.exception("babysit: an event listener failed")
 
 
-def _resolve_scalars(records: list[ScalarRecord]) -> dict[int, dict[str, float]]:
-    """Bring every tensor value of a batch to the host: CPU values are read directly,
-    accelerator values with one copy per device and dtype (never one sync per value)."""
-    groups: dict[tuple, list[tuple[dict, str, torch.Tensor]]] = {}
-    out: dict[int, dict[str, float]] = {}
+def _vitals(norms: np.ndarray, rows: tuple[int, ...]) -> Vitals:
+    """A step's :class:`Vitals` from its parameters' gradient norms: the global norm over
+    all of them, and per layer the norm of its own (sums of squares in float64)."""
+    squares = np.square(norms.astype(np.float64))
+    index = np.asarray(rows, dtype=np.int64)
+    known = index >= 0
+    layers = np.unique(index[known])
+    per_layer = np.zeros(int(layers[-1]) + 1 if layers.size else 0)
+    np.add.at(per_layer, index[known], squares[known])
+    every = layers.size == per_layer.size
+    return Vitals.unchecked(grad_norm=float(np.sqrt(squares.sum())),
+                            norms=tuple(np.sqrt(per_layer[layers]).tolist()),
+                            layers=() if every else tuple(layers.tolist()))
+
+
+def _to_host(records: list) -> dict[int, Any]:
+    """Every device value of a batch on the host, by record: CPU tensors are read directly,
+    accelerator ones with one copy per device and dtype (never one sync per value). A
+    scalar record becomes its dict of floats, a vitals record a numpy vector."""
+    groups: dict[tuple, list[tuple[int, str | None, torch.Tensor]]] = {}
+    out: dict[int, Any] = {}
     for record in records:
-        values = out[id(record)] = dict(record.values)  # keeps the user's order of names
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                if value.device.type == "cpu":
-                    values[name] = float(value)
-                else:
-                    groups.setdefault((value.device, value.dtype), []).append((values, name, value))
+        if isinstance(record, ScalarRecord):
+            values = out[id(record)] = dict(record.values)  # keeps the user's order of names
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    if value.device.type == "cpu":
+                        values[name] = float(value)
+                    else:
+                        groups.setdefault((value.device, value.dtype), []).append((id(record), name, value))
+        elif isinstance(record, VitalsRecord):
+            norms = record.norms.detach()
+            if norms.device.type == "cpu":
+                out[id(record)] = norms.numpy()
+            else:
+                groups.setdefault((norms.device, norms.dtype), []).append((id(record), None, norms))
     for (device, _), entries in groups.items():
-        host = torch.float32 if device.type == "mps" else torch.float64
-        numbers = torch.stack([v.reshape(()) for _, _, v in entries]).to(host).cpu().tolist()
-        for (values, name, _), number in zip(entries, numbers):
-            values[name] = number
+        host_dtype = torch.float32 if device.type == "mps" else torch.float64
+        flat = torch.cat([v.reshape(-1) for _, _, v in entries]).to(host_dtype).cpu().numpy()
+        offset = 0
+        for key, name, value in entries:
+            n = value.numel()
+            if name is None:
+                out[key] = flat[offset:offset + n]
+            else:
+                out[key][name] = float(flat[offset])
+            offset += n
     return out

@@ -15,6 +15,20 @@ from monitor.events import Event, Flag
 
 
 class Detector(Protocol):
+    """What every detector is. Two optional methods let it take part in the run beyond
+    raising flags (the training process calls them when they exist):
+
+    * ``look_closer() -> int``: asked after each event; a detector that has seen a
+      suspicious reading it cannot yet confirm answers how many of the next steps it
+      wants sampled (0: none). The schedule grants it within the overhead budget, so a
+      suspicion is confirmed or dropped in a few steps instead of a few intervals.
+    * ``explain_stop(cause: str, metric: str | None, step: int) -> list[Flag]``: asked
+      when the run is stopped (``cause`` a ``monitor.early_stopping.StopCause`` value,
+      ``metric`` the early-stopping metric for its stops), after it has seen every
+      event before the stop: the flags that say why, from its own evidence (an
+      overfitting run ended by early stopping carries its ``overfitting`` flag).
+    """
+
     def update(self, event: Event) -> list[Flag]: ...
 
 

@@ -25,7 +25,7 @@ QUANTILE_COLUMNS = tuple(f"q{round(level * 10_000):04d}" for level in QUANTILE_L
 
 _OPTIONAL = ("sat_frac", "units", "dead_units", "window", "weight_norm", "update_ratio")
 _FLOATS = ("wall", "mean", "std", "min", "max", "norm", "zero_frac", "hist_lo", "hist_hi",
-           "value", *_OPTIONAL, *QUANTILE_COLUMNS)
+           "value", "grad_norm", *_OPTIONAL, *QUANTILE_COLUMNS)
 _INTS = ("step", "numel", "nan", "inf", "sample")
 
 COLUMNS = {
@@ -38,6 +38,7 @@ COLUMNS = {
                     "channel_mean", "channel_std"),
     "filters": ("step", "wall", "layer", "image"),
     "status": ("step", "wall", "state", "reason", "by"),
+    "vitals": ("step", "wall", "layer", "grad_norm"),
 }
 
 
@@ -53,6 +54,7 @@ class RunFrames:
     input_stats: pd.DataFrame
     filters: pd.DataFrame
     status: pd.DataFrame
+    vitals: pd.DataFrame  # every step's gradient norms, long form: layer ``(global)`` is the global norm
 
     def series(self, name: str) -> pd.Series:
         """One metric (``loss``, ``val_acc``, ...) as a float Series indexed by step."""
@@ -95,6 +97,7 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
         filters=_frame("filters", (_stamp(e, layer=e.data.layer, image=_image(e.data))
                                    for e in by_kind[Kind.FILTERS])),
         status=_frame("status", (_stamp(e, **e.data.to_dict()) for e in by_kind[Kind.STATUS])),
+        vitals=_frame("vitals", _vitals_rows(by_kind[Kind.VITALS], start[0].data.model if start else ())),
     )
 
 
@@ -118,6 +121,17 @@ def _summary_row(event: Event, summary) -> dict[str, Any]:
     quantiles = row.pop("quantiles") or [np.nan] * len(QUANTILE_COLUMNS)  # none sampled: NaN bands
     row.update(zip(QUANTILE_COLUMNS, quantiles))
     return row
+
+
+#: The ``layer`` of the global gradient norm's rows in the vitals frame.
+GLOBAL = "(global)"
+
+
+def _vitals_rows(events: list[Event], model) -> Iterable[dict[str, Any]]:
+    for e in events:
+        yield _stamp(e, layer=GLOBAL, grad_norm=e.data.grad_norm)
+        for layer, norm in e.data.by_layer(model).items():
+            yield _stamp(e, layer=layer, grad_norm=norm)
 
 
 def _image(filters) -> np.ndarray:

@@ -315,3 +315,28 @@ def test_ctrl_c_in_a_watched_training_ends_its_run_interrupted_not_stopped(tmp_p
         assert store.run_info(mon.run_id).status == "interrupted"
     assert (status.state, status.reason, end.state) == (RunState.INTERRUPTED, "interrupted (Ctrl-C)",
                                                         RunState.INTERRUPTED)
+
+
+def test_every_step_carries_the_global_and_per_layer_gradient_norms_torch_computes(tmp_path):
+    """The vital signs are taken on every step, sampled or not, and are the norms that
+    clip_grad_norm_ would read: global over every gradient, and per layer over its own."""
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    expected = []
+    with watch(model, opt, every=4, logdir=tmp_path) as mon:
+        for step in range(6):
+            x, y = batch(step)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            layers = {name: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()])).item()
+                      for name, m in model.named_modules() if name and list(m.parameters(recurse=False))}
+            expected.append((torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()])).item(), layers))
+            opt.step()
+            mon.log(loss=loss)
+    vitals = monitor.load_run(mon.run_id, tmp_path).vitals
+    assert sorted(vitals.step.unique()) == list(range(6))
+    for step, (total, layers) in enumerate(expected):
+        rows = vitals[vitals.step == step].set_index("layer").grad_norm
+        assert rows["(global)"] == pytest.approx(total, rel=1e-5)
+        assert rows.drop("(global)").to_dict() == pytest.approx(layers, rel=1e-5)

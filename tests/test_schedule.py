@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from trainer_hooks.schedule import (INITIAL_EVERY, MAX_DEBT, MAX_EVERY, MAX_LOOK, START_STEPS, AutoInterval,
+from trainer_hooks.schedule import (MAX_DEBT, MAX_EVERY, MAX_LOOK, START_STEPS, AutoInterval,
                                     FixedInterval)
 
 

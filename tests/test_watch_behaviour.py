@@ -331,7 +331,8 @@ def test_every_step_carries_the_global_and_per_layer_gradient_norms_torch_comput
             loss.backward()
             layers = {name: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()])).item()
                       for name, m in model.named_modules() if name and list(m.parameters(recurse=False))}
-            expected.append((torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()])).item(), layers))
+            total = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()])).item()
+            expected.append((total, layers))
             opt.step()
             mon.log(loss=loss)
     vitals = monitor.load_run(mon.run_id, tmp_path).vitals

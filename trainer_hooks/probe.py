@@ -6,7 +6,8 @@ babysit object is pickled by ``torch.save(model)``, a saved model loads without 
 (also with ``weights_only=True``), ``copy.deepcopy`` copies no hooks, and no attribute
 is ever set on a user's module. On a step that is not sampled every forward hook returns
 after one attribute test, and the optimizer's pre-step hook takes the vital signs only
-(the gradients' norms, one multi-tensor kernel: :meth:`Probe._vitals`). Gradients with respect to layer outputs come from tensor hooks
+(the gradients' norms, one multi-tensor kernel: :meth:`Probe._vitals`). Gradients with
+respect to layer outputs come from tensor hooks
 placed on the outputs of the sampled forward pass only, so no backward hook exists on
 other steps, and in-place activations that follow a layer are handled by autograd
 (the hook sees the gradient of the value the layer produced). Output gradients are

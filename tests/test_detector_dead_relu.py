@@ -43,11 +43,42 @@ def test_a_layer_mostly_dead_over_full_windows_is_flagged_once_after_the_patienc
     events = samples(*[relu(dead=44, window=w) for w in range(1, 9)], *[relu(dead=44)] * 10)
     [flag] = flags_of(events)
     assert flag.kind == "dead_relu" and flag.severity.value == "warning" and flag.layer == "9"
-    # window 8 first at sample 7, full (stopped growing) from sample 8: the 3rd full sample is sample 10
-    assert flag.evidence["step"] == 20 and flag.evidence["samples"] == 3
+    # window 8 first at sample 7, full (stopped growing) from sample 8: the 3rd full sample is sample 10,
+    # whose evidence reaches back to the first batch of sample 8's window (step 2): 18 steps
+    assert flag.evidence["step"] == 20 and flag.evidence["samples"] == 3 and flag.evidence["steps"] == 18
     assert flag.evidence["dead_units"] == 44 and flag.evidence["units"] == 64 and flag.evidence["window"] == 8
     assert "44 of 64 units (69%) of layer 9 (ReLU)" in flag.message and "last 8 sampled batches" in flag.message
     assert "leaky" in flag.advice.lower() and "Kaiming" in flag.advice and "BatchNorm" in flag.advice
+
+
+def every_step(dead_counts, every, units=64, window=8):
+    """Samples every ``every`` steps of a layer whose units are dead in the counts given per
+    sample (the window fills over the first ``window`` samples)."""
+    return [Event("r", i, every * i, 1.0, Kind.LAYER_STATS,
+                  LayerStats((relu(dead=d, units=units, window=min(i + 1, window)),)))
+            for i, d in enumerate(dead_counts)]
+
+
+def test_a_layer_dead_from_initialisation_is_flagged_by_step_11_when_every_step_is_sampled():
+    [flag] = flags_of(every_step([50] * 25, every=1))
+    assert flag.evidence["step"] == 11 and flag.evidence["samples"] == 4 and flag.layer == "9"
+
+
+def test_the_same_dying_layer_gives_the_same_flag_at_every_1_and_every_10():
+    def verdict(every):
+        return [(f.kind, f.layer, f.severity.value) for f in flags_of(every_step([50] * (300 // every), every))]
+    assert verdict(1) == verdict(10) == [("dead_relu", "9", "warning")]
+
+
+def test_a_layer_over_the_bar_asks_for_the_next_steps_to_be_sampled():
+    detector = DeadRelu()
+    for event in every_step([50] * 3, every=1):
+        detector.update(event)
+    assert detector.look_closer() == detector.min_steps  # its window is still filling, all over the bar
+    healthy = DeadRelu()
+    for event in every_step([10] * 12, every=1):
+        healthy.update(event)
+    assert healthy.look_closer() == 0
 
 
 def test_units_silent_while_the_window_still_grows_are_not_yet_dead():

@@ -1,5 +1,6 @@
 """The divergence detector: scripted sequences (no training), then a real tiny training."""
 import math
+import random
 
 import pytest
 import torch
@@ -38,8 +39,51 @@ def test_an_infinite_loss_is_flagged():
 def test_a_loss_that_climbs_two_orders_of_magnitude_for_a_while_is_flagged_once():
     values = [2.3, 1.0, 0.5] + [60.0 * 1.2 ** i for i in range(20)]  # 120x to 3800x: below a burst
     [flag] = flags_of(values)
-    assert flag.evidence["min_loss"] == 0.5 and flag.evidence["factor"] > 100
-    assert flag.evidence["step"] == 12  # above 100 x 0.5 from step 3 on; the 10th in a row is step 12
+    # the running median of 5 bottoms out at 1.0 (step 2) and is above 3x that and the start from step 5
+    assert flag.evidence["min_loss"] == 1.0 and flag.evidence["factor"] > 3 and flag.evidence["step"] == 14
+
+
+def test_a_loss_growing_geometrically_is_flagged_well_before_it_is_ten_times_its_minimum():
+    falling = [2.3 * 0.98 ** i for i in range(76)]  # down to 0.5
+    values = falling + [falling[-1] * 1.047 ** i for i in range(1, 340)]  # then x2 every 15 steps, to 2.4e6
+    [flag] = flags_of(values)
+    assert flag.evidence["factor"] < 10 and values[flag.evidence["step"]] / min(values) < 10
+    assert "the loss is exploding" in flag.message and "above its start" in flag.message
+
+
+def test_a_loss_that_climbs_far_above_its_start_and_stays_there_is_divergence():
+    # a tiny transformer at a learning rate 1000x too high: 4.2 at chance, 3.0, then 45 within 140 steps
+    rng = random.Random(0)
+    values = [4.2 - 1.2 * i / 20 for i in range(20)] + [3.0 * 15 ** (i / 140) for i in range(140)]
+    values += [45 * (1 + rng.uniform(-0.1, 0.1)) for _ in range(200)]
+    [flag] = flags_of(values)
+    assert flag.evidence["smoothed"] < 10 * flag.evidence["min_loss"] and flag.evidence["step"] < 160
+
+
+def test_a_noisy_converging_loss_and_short_spikes_are_not_divergence():
+    rng = random.Random(1)
+    noisy = [max(2.3 * math.exp(-i / 300), 0.02) * math.exp(rng.gauss(0, 0.7)) for i in range(5000)]
+    assert flags_of(noisy) == []
+    spikes = [2.3 * 0.99 ** i for i in range(300)]
+    for start in (100, 200):
+        spikes[start:start + 4] = [10 * v for v in spikes[start:start + 4]]  # four steps 10x up: a spike
+    assert flags_of(spikes) == []
+
+
+def test_a_stop_on_a_non_finite_metric_is_explained_as_divergence_once():
+    detector = Divergence()
+    events = losses([2.3, 2.0, 1.8]) + [Event("r", 3, 3, 4.0, Kind.SCALARS, Scalars({"val_loss": math.nan}))]
+    assert diagnose([detector], events) == []
+    [flag] = detector.explain_stop("early_stopping", "val_loss", 3)
+    assert flag.kind == "divergence" and "val_loss is NaN at step 3" in flag.message
+    assert flag.evidence["stop_cause"] == "early_stopping"
+    assert detector.explain_stop("early_stopping", "val_loss", 3) == []  # once
+    finite = Divergence()
+    diagnose([finite], losses([2.3, 2.0]) + [Event("r", 2, 2, 3.0, Kind.SCALARS, Scalars({"val_loss": 1.9}))])
+    assert finite.explain_stop("early_stopping", "val_loss", 2) == []  # a plain early stop
+    flagged = Divergence()
+    diagnose([flagged], losses([2.3, math.nan]) + [Event("r", 2, 1, 3.0, Kind.SCALARS, Scalars({"val_loss": math.nan}))])
+    assert flagged.explain_stop("early_stopping", "val_loss", 1) == []  # already said
 
 
 def test_one_spike_is_not_divergence():
@@ -70,7 +114,7 @@ def test_nonfinite_activations_name_the_first_layer_where_they_appear():
                                      LayerStats((summary("conv1", nan=0, inf=0),)))) == []
 
 
-@pytest.mark.parametrize("options", [{"climb_factor": 1.0}, {"patience": 0}, {"burst_factor": 10.0}])
+@pytest.mark.parametrize("options", [{"climb_factor": 1.0}, {"patience": 0}, {"burst_factor": 2.0}, {"smooth": 0}])
 def test_thresholds_that_cannot_work_are_refused(options):
     with pytest.raises(ValueError):
         Divergence(**options)

@@ -36,32 +36,35 @@ def flags_of(history, **options):
     return [(event, flag) for event, flag in diagnose([Overfitting(**options)], epochs(history))]
 
 
-# train losses start at 2.0: the rise that counts is 2 % of it, 0.04
-OVERFIT = [([2.0, 1.5], 1.6), ([1.0, 0.8], 1.0), ([0.5, 0.4], 0.6), ([0.2, 0.1], 0.7), ([0.05, 0.05], 0.8),
-           ([0.02, 0.01], 0.9), ([0.01, 0.005], 1.0)]
+# the validation loss bottoms out at 0.6 (epoch 3), then climbs steadily while training goes on falling
+OVERFIT = [([2.0, 1.5], 1.6), ([1.0, 0.8], 1.0), ([0.5, 0.4], 0.7), ([0.3, 0.2], 0.6), ([0.15, 0.1], 0.62),
+           ([0.08, 0.06], 0.66), ([0.05, 0.04], 0.7), ([0.03, 0.02], 0.75), ([0.02, 0.01], 0.8),
+           ([0.01, 0.005], 0.85), ([0.004, 0.003], 0.9)]
 
 
 def test_a_rising_validation_loss_with_a_falling_training_loss_is_flagged_once_with_the_best_epoch_and_gap():
     [(event, flag)] = flags_of(OVERFIT)
     assert flag.kind == "overfitting" and flag.severity.value == "warning" and flag.layer is None
-    assert event.step == 11 and flag.evidence["step"] == 11  # the 6th evaluation: the 3rd above the best
+    # 0.7 at epoch 6 is 17 % above the best, but within the scatter of the curve so far; 0.75, 0.8, 0.85 are not
+    assert event.step == 19 and flag.evidence["step"] == 19
     ev = flag.evidence
-    assert (ev["best"], ev["best_epoch"], ev["best_step"]) == (0.6, 2.0, 5)
-    assert ev["value"] == 0.9 and ev["epoch"] == 5.0 and ev["evaluations"] == 3
-    assert ev["train_loss"] == pytest.approx(0.015) and ev["train_loss_at_best"] == pytest.approx(0.45)
-    assert ev["gap"] == pytest.approx(0.885)
-    assert "val_loss has risen for 3 evaluations (0.9 at epoch 5, best 0.6 at epoch 2)" in flag.message
+    assert (ev["best"], ev["best_epoch"], ev["best_step"]) == (0.6, 3.0, 7)
+    assert ev["value"] == 0.85 and ev["epoch"] == 9.0 and ev["evaluations"] == 3
+    assert ev["train_loss"] == pytest.approx(0.0075) and ev["train_loss_at_best"] == pytest.approx(0.25)
+    assert ev["gap"] == pytest.approx(0.8425) and ev["relative_rise"] == pytest.approx(0.85 / 0.6 - 1)
+    assert "val_loss has risen for 3 evaluations (0.85 at epoch 9, 42% above its best 0.6 at epoch 3)" in flag.message
     assert "restore_best_weights" in flag.advice and "augment" in flag.advice and "weight decay" in flag.advice
 
 
 def test_patience_counts_evaluations():
     [(event, flag)] = flags_of(OVERFIT, patience=2)
-    assert event.step == 9 and flag.evidence["evaluations"] == 2
-    assert flags_of(OVERFIT, patience=5) == []  # only four evaluations rise after the best
+    assert event.step == 17 and flag.evidence["evaluations"] == 2
+    assert flags_of(OVERFIT, patience=5) == []  # only four evaluations stand out
 
 
 def test_a_validation_loss_that_rises_with_the_training_loss_is_not_overfitting():
-    unstable = [(t, v) for (_, v), t in zip(OVERFIT, [[2.0], [1.0], [0.5], [0.6], [0.7], [0.8], [0.9]])]
+    unstable = [(t, v) for (_, v), t in zip(OVERFIT, [[2.0], [1.0], [0.7], [0.6], [0.7], [0.8], [0.9], [1.0], [1.1],
+                                                      [1.2], [1.3]])]
     assert flags_of(unstable) == []
 
 
@@ -69,22 +72,47 @@ def test_a_flat_training_loss_under_a_noisy_validation_loss_is_not_overfitting()
     # random labels: the training loss barely moves (1.12 to 1.11) while validation wobbles up by 0.05
     history = [([1.1, 1.12], 1.22), ([1.12], 1.211), ([1.115], 1.25), ([1.11], 1.26), ([1.11], 1.263), ([1.11], 1.27)]
     assert flags_of(history) == []
-    assert len(flags_of(history, min_fall=0.0)) == 1
+    assert len(flags_of(history, min_fall=0.0, min_rise=0.02, noise=0.0)) == 1
 
 
 def test_a_validation_loss_that_wobbles_near_its_best_is_not_overfitting():
-    # the healthy demo: the loss converged near 0.03 and wobbles by 0.02 (1 % of the first loss 2.3)
+    # the healthy demo: the loss converged near 0.03 and wobbles by 0.01-0.02, 30-70 % of itself
     history = [([2.3, 0.8], 0.265), ([0.2], 0.234), ([0.1], 0.073), ([0.02], 0.0274), ([0.004], 0.0471),
                ([0.0024], 0.0258), ([0.0009], 0.0349), ([0.0006], 0.0312), ([0.0004], 0.04), ([0.0003], 0.045)]
     assert flags_of(history) == []
-    assert len(flags_of(history, min_rise=0.0)) == 1  # with no margin, the same wobble is a rise
+    assert len(flags_of(history, noise=0.0)) == 1  # without the scatter, the same wobble is a rise
 
 
 def test_an_evaluation_back_near_the_best_restarts_the_count():
-    # 0.7, 0.8, then 0.62 (within 0.04 of the best 0.6), then 0.9, 1.0, 1.1
-    history = OVERFIT[:5] + [([0.01], 0.62)] + OVERFIT[5:] + [([0.001], 1.1)]
+    # 0.75, 0.8, then 0.61 (within 10 % of the best 0.6), then 0.85, 0.9, 0.95
+    history = OVERFIT[:9] + [([0.01], 0.61)] + OVERFIT[9:] + [([0.001], 0.95)]
     [(event, flag)] = flags_of(history)
-    assert flag.evidence["value"] == 1.1 and flag.evidence["evaluations"] == 3
+    assert flag.evidence["value"] == 0.95 and flag.evidence["evaluations"] == 3
+
+
+def test_a_validation_loss_that_keeps_a_small_relative_rise_after_learning_a_lot_is_flagged_early():
+    # best 0.05 at epoch 11 (the first loss 2.3), 10 % above it from epoch 33, 20 % from epoch 89;
+    # training loss down to 5e-5. A rise in units of the first loss (the old rule) waited until epoch 81.
+    history = [([2.3 * 0.7 ** e], 0.05 + 2.0 * 0.6 ** e) for e in range(11)] + [([2.3 * 0.7 ** 11], 0.05)]
+    history += [([2.3 * 0.7 ** e + 5e-5], 0.05 * (1 + 0.1 * (e - 11) / 22)) for e in range(12, 120)]
+    [(event, flag)] = flags_of(history)
+    assert 33 <= flag.evidence["epoch"] <= 40 and flag.evidence["best_epoch"] == 11
+
+
+def test_a_stop_by_early_stopping_while_training_still_falls_is_explained_as_overfitting():
+    detector = Overfitting()
+    events = epochs(OVERFIT[:6])  # best at epoch 3, then 0.62 and 0.66: early stopping's patience ran out
+    assert diagnose([detector], events) == []
+    [flag] = detector.explain_stop("early_stopping", "val_loss", events[-1].step)
+    assert flag.kind == "overfitting" and flag.evidence["stopped"] and flag.evidence["best_epoch"] == 3.0
+    assert flag.message.startswith("early stopping ended the run: val_loss stopped improving (0.66 at epoch 5")
+    assert detector.explain_stop("early_stopping", "val_loss", events[-1].step) == []  # once
+    other = Overfitting()
+    diagnose([other], events)
+    assert other.explain_stop("user", None, 11) == [] and other.explain_stop("early_stopping", "val_acc", 11) == []
+    flat = Overfitting()
+    diagnose([flat], epochs([([1.1], 1.2), ([1.1], 1.1), ([1.1], 1.15), ([1.09], 1.16)]))
+    assert flat.explain_stop("early_stopping", "val_loss", 7) == []  # the training loss did not fall
 
 
 def test_nan_values_are_skipped_without_crashing():
@@ -107,23 +135,22 @@ def test_the_metrics_can_be_renamed():
 
 
 @pytest.mark.parametrize("options", [{"patience": 0}, {"patience": 1.5}, {"min_rise": -0.1}, {"min_rise": math.nan},
-                                     {"min_rise": "big"}, {"min_fall": 1.0}, {"min_fall": -0.5},
+                                     {"min_rise": "big"}, {"min_fall": 1.0}, {"min_fall": -0.5}, {"noise": -1.0},
                                      {"monitor": ""}, {"monitor": "loss"}])
 def test_options_that_cannot_work_are_refused_naming_the_option(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         Overfitting(**options)
 
 
-def test_the_demo_on_100_images_is_flagged_when_its_validation_loss_turns(tmp_path):
+def test_the_demo_on_100_images_is_not_flagged_for_a_bump_it_recovers_from(tmp_path):
+    # its validation loss falls from 2.3 to 0.46 (epoch 10), bumps to 0.61 (epoch 13) while the
+    # curve still jumps by 0.2-0.6 between evaluations, then settles at 0.40, below that best: the
+    # bump was within the curve's scatter (the rule before this one flagged it at epoch 13)
     mon = train_demo_cnn(tmp_path, [Overfitting()], epochs=60, train_size=100)
-    [flag] = mon.flags
-    assert flag.kind == "overfitting"
-    ev = flag.evidence  # measured: best 0.42-0.46 at epoch 10-11, flagged three epochs later
-    assert 5 <= ev["best_epoch"] <= 20 and ev["epoch"] >= ev["best_epoch"] + 3 and ev["step"] == 4 * ev["epoch"] + 3
-    assert 0.3 < ev["best"] < 0.5 < ev["value"] and ev["train_loss"] < 0.05 and ev["gap"] > 0.4
+    assert mon.flags == []
     with RunStore(tmp_path) as store:
         stored = store.events(mon.run_id)
-    assert [f for _, f in diagnose([Overfitting()], stored)] == mon.flags
+    assert [f for _, f in diagnose([Overfitting()], stored)] == []
 
 
 def all_five():

@@ -40,8 +40,10 @@ def flags_of(events, **options):
 def test_a_layer_pinned_at_its_bounds_for_the_patience_is_flagged_once():
     [flag] = flags_of(samples(*[act(sat=0.1)] * 3, *[act(sat=0.88)] * 20))
     assert flag.kind == "saturation" and flag.severity.value == "warning" and flag.layer == "1"
-    assert flag.evidence["step"] == 14 and flag.evidence["samples"] == 5 and flag.evidence["sat_frac"] == 0.88
-    assert "88% of the outputs of layer 1 (Tanh)" in flag.message
+    # saturated from step 6 (every 2nd step sampled): confirmed 10 steps later, on the 6th sample
+    assert flag.evidence["step"] == 16 and flag.evidence["samples"] == 6 and flag.evidence["steps"] == 10
+    assert flag.evidence["sat_frac"] == 0.88
+    assert "88% of the outputs of layer 1 (Tanh)" in flag.message and "over 10 steps (6 samples)" in flag.message
     assert "Xavier" in flag.advice and "BatchNorm" in flag.advice and "ReLU" in flag.advice
     assert "Normalise the inputs" in flag.advice
 
@@ -56,12 +58,40 @@ def test_the_saturation_of_a_confident_healthy_network_does_not_fire():
 
 
 def test_almost_every_output_pinned_is_critical_and_follows_a_warning_once():
-    flags = flags_of(samples(*[act(sat=0.7)] * 5, *[act(sat=0.99)] * 5, *[act(sat=0.7)] * 5, *[act(sat=1.0)] * 5))
+    flags = flags_of(samples(*[act(sat=0.7)] * 8, *[act(sat=0.99)] * 5, *[act(sat=0.7)] * 5, *[act(sat=1.0)] * 5))
     assert [f.severity.value for f in flags] == ["warning", "critical"]
 
 
+def sampled_every(every, steps, sat):
+    return [Event("r", i, step, 1.0, Kind.LAYER_STATS, LayerStats((act(sat=sat(step)), output())))
+            for i, step in enumerate(range(0, steps, every))]
+
+
+def test_a_layer_saturated_from_initialisation_is_flagged_at_step_10_when_every_step_is_sampled():
+    [flag] = flags_of(sampled_every(1, 25, lambda step: 0.8))
+    assert flag.evidence["step"] == 10 and flag.layer == "1"
+
+
+def test_the_same_run_gives_the_same_flags_at_every_1_and_every_10():
+    def verdict(every, sat):
+        return [(f.kind, f.layer, f.severity.value) for f in flags_of(sampled_every(every, 400, sat))]
+    pinned = lambda step: 0.8 if step >= 100 else 0.2  # noqa: E731 - saturates at step 100 and stays
+    blips = lambda step: 0.9 if step % 50 < 5 else 0.2  # noqa: E731 - five saturated steps every 50
+    assert verdict(1, pinned) == verdict(10, pinned) == [("saturation", "1", "warning")]
+    assert verdict(1, blips) == verdict(10, blips) == []
+
+
+def test_a_saturated_layer_asks_for_the_next_steps_to_be_sampled_until_confirmed():
+    detector = Saturation()
+    detector.update(sampled_every(1, 1, lambda step: 0.8)[0])
+    assert detector.look_closer() == detector.min_steps
+    for event in sampled_every(1, 12, lambda step: 0.8)[1:]:
+        detector.update(event)
+    assert detector.look_closer() == 0
+
+
 def test_the_output_nonlinearity_is_left_alone_unless_asked():
-    events = samples(*[(act("1", sat=0.1), act("2", sat=0.99, module="Sigmoid"))] * 6)
+    events = samples(*[(act("1", sat=0.1), act("2", sat=0.99, module="Sigmoid"))] * 8)
     assert flags_of(events) == []
     [flag] = flags_of(events, skip_output=False)
     assert flag.layer == "2" and flag.severity.value == "critical"

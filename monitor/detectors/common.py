@@ -1,5 +1,6 @@
-"""What several detectors share: option checks, per-layer streaks and severities, and the
-smoothed loss that tells a network that learned from one that is stuck."""
+"""What several detectors share: option checks, persistence that means the same at any
+sampling interval, per-layer severities, and the smoothed loss that tells a network that
+learned from one that is stuck."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,16 @@ from monitor.events import Severity
 
 #: Span of the loss's exponential moving average, in logged values (alpha = 2 / (span + 1)).
 SPAN = 20
+#: Fewest training steps a condition must hold, from the first sample that shows it to the
+#: one that confirms it, before a layer rule flags. Persistence counted in samples means
+#: 3 steps at ``every=1`` (consecutive batches are correlated: a transient) and 900 at an
+#: interval of 300; counted in steps it means the same at any interval. Ten steps: an
+#: init-time problem is confirmed by step 10 while every step is sampled at the start, and
+#: a detector that sees a suspicious sample asks for the next ten to be sampled.
+MIN_STEPS = 10
+#: Fewest samples showing the condition (with no sample against it in between): one odd
+#: batch never decides, however far apart the samples are.
+MIN_SAMPLES = 3
 
 
 def require(name: str, value, test, expected: str) -> None:
@@ -80,6 +91,53 @@ class Streaks:
 
     def at_least(self, window: int) -> set[str]:
         return {layer for layer, n in self.counts.items() if n >= window}
+
+
+@dataclass
+class Persistence:
+    """Per key (a layer, a direction): since which step a condition has held on every
+    sample of it, and on how many samples. Confirmed once it has held on at least
+    ``min_samples`` samples spanning at least ``min_steps`` steps, so that more samples
+    never make a flag easier: at ``every=1`` the span decides, at a coarse interval the
+    count does. A sample against the condition starts it over; a key absent from a sample
+    keeps its state."""
+
+    min_samples: int = MIN_SAMPLES
+    min_steps: int = MIN_STEPS
+    since: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, step: int, out: bool, since: int | None = None) -> bool:
+        """One more sample of ``key`` at ``step``; ``since``: the earliest step this sample's
+        evidence covers (a window of batches), default ``step``. Whether it is confirmed now."""
+        if not out:
+            for held in (self.since, self.samples, self.last):
+                held.pop(key, None)
+            return False
+        start = step if since is None else min(since, step)
+        self.since[key] = min(self.since.get(key, start), start)
+        if self.last.get(key) != step:  # two readings of one step (a sample and its vital signs) are one sample
+            self.samples[key] = self.samples.get(key, 0) + 1
+        self.last[key] = step
+        return self.confirmed(key, step)
+
+    def confirmed(self, key: str, step: int) -> bool:
+        return (self.samples.get(key, 0) >= self.min_samples
+                and step - self.since.get(key, step) >= self.min_steps)
+
+    def span(self, key: str, step: int) -> int:
+        """Steps the condition has held for ``key`` up to ``step`` (0 when it does not hold)."""
+        return step - self.since[key] if key in self.since else 0
+
+    def pending(self, done=()) -> bool:
+        """Whether some key (not in ``done``) holds the condition but is not yet confirmed."""
+        return any(key not in done for key in self.since)
+
+
+def require_persistence(min_samples, min_steps) -> None:
+    require("min_samples", min_samples, is_count, "an integer >= 1 (samples)")
+    require("min_steps", min_steps, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (steps)")
 
 
 @dataclass

@@ -17,8 +17,14 @@ Rules (activation summaries of modules whose output is exactly 0 for negative in
 * a summary counts only once its window is full: the layer's ``window`` stopped growing
   (equal to its previous one: the hooks' ring of batches is filled) and is at least
   ``min_window`` sampled batches (fewer batches are too little evidence);
-* a layer is flagged when more than ``dead_fraction`` of its units are dead on
-  ``patience`` full samples in a row (one odd stretch of batches does not fire);
+* a layer is flagged when more than ``dead_fraction`` of its units are dead on every full
+  sample over at least ``min_steps`` steps, counted from the first batch of the first
+  such window, and on at least ``patience`` full samples (one odd stretch of batches
+  does not fire). Counting steps, not samples in a row, gives the same verdict at any
+  sampling interval (:class:`~monitor.detectors.common.Persistence`); a layer over the
+  bar but not yet confirmed asks for the next steps to be sampled
+  (:meth:`DeadRelu.look_closer`). A layer dead from initialisation, sampled at every step,
+  fills its window of 8 batches by step 8 and is flagged at step 11 (the third full sample);
 * warning; critical when at least ``critical_fraction`` of the layer is dead (the layer
   passes (almost) nothing on: the network below it no longer trains);
 * once per layer per run, except that a layer flagged as a warning is flagged again if it
@@ -30,14 +36,16 @@ The default ``dead_fraction`` is 0.6, not SageMaker's 0.5: the demo's healthy Co
 positive over 8 sampled batches (5 seeds, SGD and Adam), within two units of 50 %, while
 a dying layer goes to 70-100 % (lr 0.3: 73 %; init_bias -2 or -5: 100 %).
 
-Sample flag: ``dead_relu (critical) at step 18 [9]: 64 of 64 units (100 %) of layer 9
-(ReLU) were never positive on any of the last 8 sampled batches, for 3 samples in a row``.
+Sample flag: ``dead_relu (critical) at step 11 [9]: 64 of 64 units (100 %) of layer 9
+(ReLU) were never positive on any of the last 8 sampled batches, over 10 steps (4 samples)``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import LayerSeverity, Streaks, is_count, require, require_bars
+from collections import deque
+
+from monitor.detectors.common import MIN_STEPS, LayerSeverity, Persistence, is_count, require, require_bars
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "dead_relu"
@@ -45,7 +53,8 @@ KIND = "dead_relu"
 DEAD_FRACTION = 0.6
 #: Share of dead units from which the flag is critical: (nearly) the whole layer is dead.
 CRITICAL_FRACTION = 0.9
-#: Full-window samples in a row that must pass the threshold before the layer is flagged.
+#: Fewest full-window samples over the threshold before the layer is flagged (with no
+#: sample under it in between, and over at least ``min_steps`` steps).
 PATIENCE = 3
 #: Fewest sampled batches a unit must stay silent over to be counted (the window's size).
 MIN_WINDOW = 4
@@ -67,19 +76,29 @@ class DeadRelu:
     critical_fraction: float = CRITICAL_FRACTION
     patience: int = PATIENCE
     min_window: int = MIN_WINDOW
+    min_steps: int = MIN_STEPS
     modules: tuple[str, ...] = RELU_FAMILY
     _windows: dict[str, int] = field(default_factory=dict)  # layer -> its last window
-    _streaks: Streaks = field(default_factory=Streaks)  # full samples in a row over the bar
+    _steps: dict[str, deque] = field(default_factory=dict)  # layer -> the steps of its recent samples
+    _held: Persistence = field(init=False)  # full samples over the bar, and since which step
     _flagged: LayerSeverity = field(default_factory=LayerSeverity)
+    _filling: set = field(default_factory=set)  # layers whose window, still filling, is all over the bar
 
     def __post_init__(self):
         require_bars("dead_fraction", self.dead_fraction, self.critical_fraction)
         require("patience", self.patience, is_count, "at least 1 sample")
         require("min_window", self.min_window, is_count, "at least 1 sampled batch")
+        require("min_steps", self.min_steps, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (steps)")
+        self._held = Persistence(self.patience, self.min_steps)
         if isinstance(self.modules, str) or not self.modules or not all(isinstance(m, str) for m in self.modules):
             raise ValueError(f"modules: expected a non-empty tuple of module class names such as "
                              f"('ReLU', 'ReLU6'), got {self.modules!r}")
         self.modules = tuple(self.modules)
+
+    def look_closer(self) -> int:
+        """Steps to sample next: ``min_steps`` while a layer is over the bar (or its window,
+        still filling, is all over it) but not yet confirmed."""
+        return self.min_steps if self._held.pending(self._flagged.flagged) or bool(self._filling) else 0
 
     def update(self, event: Event) -> list[Flag]:
         if event.kind is not Kind.LAYER_STATS:
@@ -93,17 +112,27 @@ class DeadRelu:
 
     def _layer(self, step: int, s) -> list[Flag]:
         previous, self._windows[s.layer] = self._windows.get(s.layer), s.window
+        steps = self._steps.setdefault(s.layer, deque(maxlen=256))
+        steps.append(step)
         full = s.window == previous and s.window >= self.min_window  # the ring of batches stopped growing
         fraction = s.dead_units / s.units
-        streak = self._streaks.add(s.layer, full and fraction > self.dead_fraction)
+        if not full and fraction > self.dead_fraction and s.layer not in self._flagged.flagged:
+            self._filling.add(s.layer)
+        else:
+            self._filling.discard(s.layer)
+        # the window's evidence reaches back to its first batch
+        since = steps[-s.window] if len(steps) >= s.window else steps[0]
+        confirmed = self._held.add(s.layer, step, full and fraction > self.dead_fraction, since)
         severity = Severity.CRITICAL if fraction >= self.critical_fraction else Severity.WARNING
-        if streak < self.patience or not self._flagged.first(s.layer, severity):
+        if not confirmed or not self._flagged.first(s.layer, severity):
             return []
+        samples, span = self._held.samples[s.layer], self._held.span(s.layer, step)
         return [Flag(
             KIND, severity,
             f"{s.dead_units} of {s.units} units ({fraction:.0%}) of layer {s.layer} ({s.module}) were never "
-            f"positive on any of the last {s.window} sampled batches, for {streak} samples in a row: they get "
-            f"no gradient and will not recover", ADVICE, layer=s.layer,
+            f"positive on any of the last {s.window} sampled batches, over {span} steps ({samples} samples): "
+            f"they get no gradient and will not recover", ADVICE, layer=s.layer,
             evidence={"layer": s.layer, "module": s.module, "dead_units": s.dead_units, "units": s.units,
-                      "dead_fraction": fraction, "window": s.window, "samples": streak, "step": step,
+                      "dead_fraction": fraction, "window": s.window, "samples": samples, "steps": span, "step": step,
+                      "min_steps": self.min_steps, "patience": self.patience,
                       "threshold": self.dead_fraction, "critical_fraction": self.critical_fraction})]

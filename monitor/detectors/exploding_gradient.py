@@ -1,50 +1,62 @@
-"""Exploding gradient: the gradient grows on its way back to the first layers.
+"""Exploding gradient: gradients far too large for the weights they update.
 
-Heuristic (Glorot & Bengio 2010; He et al. 2015; CS231n, "gradient distributions per
-layer"): when each layer multiplies the back-propagated gradient by more than one (weights
-initialised too large, no normalisation, a deep plain stack), the early layers receive
-orders of magnitude more of it than the output layer; their steps are then far too large
-for the learning rate, and the loss soon turns NaN (which the divergence rule flags). This
-rule catches the growth before that. Like :mod:`vanishing_gradient`, it compares each
-layer's per-element RMS gradient to the output layer's at every sampled step (read only
-while the output layer's RMS is above ``min_output``: a converged network's output
-gradient is negligible and a ratio to it measures noise), and holds it against an
-absolute ``ceiling`` as well (a gradient element of 1e6 moves a weight by 1e3 per step at
-a learning rate of 1e-3: no training survives it). With mixed precision, output gradients
-carry the GradScaler's loss scale (2**16 at first): raise ``ceiling`` or use
-``signal="param_grad"`` (the optimizer sees unscaled gradients). Layers that feed a
-normalisation layer are judged at its output (see :func:`layer_gradients`).
+Three references, none of which assumes that some layer is healthy:
 
-Healthy runs measured: no layer of the demo CNN goes above its output layer's RMS; a
-12-layer ReLU MLP with weights scaled up 6x puts its first layer at 4e3 times it while its
-loss (2e4) stays finite.
+* **The weights' own norm** (You et al. 2017, LARS: the ratio ||g|| / ||w|| per layer, which
+  they measured between 1e-3 and 0.2 in healthy AlexNet layers; CS231n's update/weight
+  ratio of ~1e-3 is ``lr * ||g|| / ||w||`` for plain SGD). The network's gradient norm
+  above ``max_relative`` (10) times its weights' norm means one SGD step at lr 0.01 moves
+  the weights by a tenth of their size, a hundred times what is healthy, at every step.
+  Read over the whole network (the number ``clip_grad_norm_`` reads over the weights'
+  norm), so a single zero-initialised layer, whose tiny norm gives any ratio, does not
+  decide. A deep ReLU MLP at 3x the Kaiming std: about 50; its healthy twin: 0.003-0.03.
+* **The run's own early history** (Pascanu, Mikolov & Bengio 2013, who set the clipping
+  threshold from the average gradient norm over many updates): the global gradient norm
+  above ``growth`` (100) times its median over the first ``reference_steps`` (20) steps has
+  grown by two orders of magnitude, which no schedule does.
+* **The output layer's gradient** (Glorot & Bengio 2010; CS231n, "gradient distributions
+  per layer"), for the gradient that grows on its way back: a layer's per-element RMS
+  gradient above ``max_ratio`` (1e3) times the output layer's, read only while the output
+  layer's RMS is above ``min_output`` (a converged network's is negligible). Layers that
+  feed a normalisation layer are judged at its output (see :func:`layer_gradients`).
 
-Rule, flagged once per run (warning): a layer's RMS gradient stays above ``max_ratio``
-times the output layer's (or above ``ceiling``) for ``window`` samples in a row. The flag
-names the earliest such layer (nearest the input, where the gradient is largest) and lists
-them all in the evidence.
+The first two read the every-step vital signs (``vitals``: the global and per-layer
+gradient norms; the weights' norms come from the latest sampled ``layer_stats``), so they
+see every step whatever the sampling interval; a run without vital signs (an older store)
+is read from the sampled parameter gradients instead. The third reads sampled steps.
+Each condition must hold over at least ``min_steps`` steps and ``min_samples`` samples
+(:class:`~monitor.detectors.common.Persistence`), the same at any interval; a problem
+present at initialisation is confirmed at step 10.
 
-Sample flag: ``exploding_gradient (warning) at step 8: gradients explode: layer 0 (Linear)
-gets 4.2e+03 times the output layer 22's gradient (RMS 80 vs 0.019), 5 samples in a row;
-2 layers above 1000 times the output layer's or 1e+06: 0, 2``.
+Rule, flagged once per run (warning), by the first reference to confirm. The flag names
+the earliest layer past the bar (for the first two: the earliest layer whose own
+gradient is above ``max_relative`` times its weights' norm, else the one with the largest
+such ratio), and the evidence gives the numbers.
+
+Sample flag: ``exploding_gradient (warning) at step 10 [fc0]: gradients explode: the
+gradient norm (4.14e+03) is 54.5 times the weights' norm (76), for 10 steps (11 samples);
+layer fc0 (Linear) gets 77.1 times its weights' norm``.
 """
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import Streaks, is_count, require
+from monitor.detectors.common import MIN_SAMPLES, MIN_STEPS, Persistence, require, require_persistence
 from monitor.detectors.gradient_flow import SIGNALS, gradient_flag, layer_gradients, persistent
 from monitor.detectors.vanishing_gradient import FLOOR
-from monitor.events import Event, Flag, Kind, Signal
+from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "exploding_gradient"
 #: A layer above this multiple of the output layer's RMS gradient is blowing up (three orders of magnitude).
 MAX_RATIO = 1e3
-#: Per-element RMS gradient above which a layer explodes, whatever the output gets.
-CEILING = 1e6
-#: Sampled steps in a row a layer must stay above before it is flagged.
-WINDOW = 5
+#: The network's gradient norm above this multiple of its weights' norm is too large for them (see the module).
+MAX_RELATIVE = 10.0
+#: The global gradient norm above this multiple of its early median has exploded (two orders of magnitude).
+GROWTH = 100.0
+#: Steps from the first gradient over which the early median (the run's own reference) is taken.
+REFERENCE_STEPS = 20
 
 ADVICE = ("Clip gradients (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before optimizer.step()); "
           "lower the learning rate; initialise with Kaiming (ReLU) or Xavier (tanh) init instead of large "
@@ -53,42 +65,144 @@ ADVICE = ("Clip gradients (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.
 
 @dataclass
 class ExplodingGradient:
-    """``update(event) -> list[Flag]`` over layer gradients; see the module."""
+    """``update(event) -> list[Flag]`` over vital signs and layer gradients; see the module."""
 
+    max_relative: float = MAX_RELATIVE
+    growth: float = GROWTH
+    reference_steps: int = REFERENCE_STEPS
     max_ratio: float = MAX_RATIO
-    ceiling: float = CEILING
-    window: int = WINDOW
     min_output: float = FLOOR
+    min_samples: int = MIN_SAMPLES
+    min_steps: int = MIN_STEPS
     signal: str = Signal.OUTPUT_GRAD.value
-    _streaks: Streaks = field(default_factory=Streaks)
+    _rows: list[str] | None = None  # the model summary's rows with parameters, in the vitals' order
+    _modules: dict[str, str] = field(default_factory=dict)  # row -> module class
+    _weights: dict[str, float] = field(default_factory=dict)  # row -> ||w|| at the latest sample
+    _vitals: bool = False  # vital signs seen: the sampled parameter gradients are not needed
+    _first_step: int | None = None
+    _early: list[float] = field(default_factory=list)  # global gradient norms of the first steps
+    _held: Persistence = field(init=False)  # keys "relative", "growth"
+    _layers: Persistence = field(init=False)  # per layer, against the output layer
     _fired: bool = False
 
     def __post_init__(self):
+        require("max_relative", self.max_relative, lambda v: 0 < v < math.inf, "a finite ratio above 0")
+        require("growth", self.growth, lambda v: 1 < v < math.inf, "a finite factor above 1")
+        require("reference_steps", self.reference_steps, lambda v: isinstance(v, int) and v >= 1,
+                "an integer >= 1 (steps)")
         require("max_ratio", self.max_ratio, lambda v: 1 < v < math.inf, "a finite ratio above 1")
-        require("ceiling", self.ceiling, lambda v: 0 < v < math.inf, "a finite RMS gradient above 0")
-        require("window", self.window, is_count, "an integer >= 1 (samples)")
         require("min_output", self.min_output, lambda v: 0 <= v < math.inf, "a finite RMS gradient >= 0")
+        require_persistence(self.min_samples, self.min_steps)
         require("signal", self.signal, lambda v: v in SIGNALS, f"one of {', '.join(SIGNALS)}")
         self.signal = Signal(self.signal).value
+        self._held = Persistence(self.min_samples, self.min_steps)
+        self._layers = Persistence(self.min_samples, self.min_steps)
+
+    def look_closer(self) -> int:
+        """Steps to sample next: ``min_steps`` while a layer is past the output-layer bar but
+        not yet confirmed (the vital signs need no sampling)."""
+        return self.min_steps if not self._fired and self._layers.pending() else 0
 
     def update(self, event: Event) -> list[Flag]:
-        if self._fired or event.kind is not Kind.LAYER_STATS:
+        if self._fired:
             return []
+        if event.kind is Kind.RUN_START:
+            rows = [m for m in event.data.model if m.name != "(total)" and m.params > 0]
+            self._rows = [m.name for m in rows]
+            self._modules = {m.name: m.module for m in rows}
+            return []
+        if event.kind is Kind.VITALS:
+            self._vitals = True
+            norms = (event.data.by_layer(tuple(_Row(n) for n in self._rows)) if self._rows is not None
+                     else {str(i): v for i, v in zip(event.data.layers or range(len(event.data.norms)),
+                                                     event.data.norms)})
+            return self._relative(event, norms, event.data.grad_norm)
+        if event.kind is not Kind.LAYER_STATS:
+            return []
+        params = [s for s in event.data.summaries if s.signal is Signal.PARAM_GRAD]
+        grads: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        for s in params:
+            row = s.layer.rpartition(".")[0] or s.layer
+            self._modules.setdefault(row, s.module)
+            if s.weight_norm is not None and math.isfinite(s.weight_norm):
+                weights[row] = weights.get(row, 0.0) + s.weight_norm ** 2
+            if math.isfinite(s.norm):
+                grads[row] = grads.get(row, 0.0) + s.norm ** 2
+        self._weights.update({row: math.sqrt(v) for row, v in weights.items()})
+        flags = self._against_output(event)
+        if not flags and not self._vitals and grads:
+            flags = self._relative(event, {row: math.sqrt(v) for row, v in grads.items()},
+                                   math.sqrt(sum(grads.values())))
+        return flags
+
+    def _relative(self, event: Event, norms: dict[str, float], total: float) -> list[Flag]:
+        """The first two references, at one step's gradient norms (per layer and global)."""
+        if not math.isfinite(total):
+            return []  # a NaN or Inf gradient is the divergence rule's business
+        step = event.step
+        if self._first_step is None:
+            self._first_step = step
+        if step - self._first_step < self.reference_steps:
+            self._early.append(total)
+            reference = None
+        else:
+            reference = statistics.median(self._early) if self._early else None
+        weight_norm = math.sqrt(sum(w * w for w in self._weights.values()))
+        relative = total / weight_norm if weight_norm > 0 else None
+        hit = None
+        if self._held.add("relative", step, relative is not None and relative > self.max_relative):
+            hit = "relative"
+        if self._held.add("growth", step, bool(reference) and total > self.growth * reference) and hit is None:
+            hit = "growth"
+        if hit is None:
+            return []
+        self._fired = True
+        ratios = {row: norms[row] / w for row, w in self._weights.items()
+                  if row in norms and w > 0 and math.isfinite(norms[row])}
+        order = self._rows or list(self._weights)
+        ranked = [row for row in order if row in ratios]
+        layer = next((row for row in ranked if ratios[row] > self.max_relative),
+                     max(ranked, key=ratios.get) if ranked else None)
+        samples, steps = self._held.samples[hit], self._held.span(hit, step)
+        if hit == "relative":
+            what = (f"the gradient norm ({total:.3g}) is {relative:.3g} times the weights' norm "
+                    f"({weight_norm:.3g})")
+        else:
+            what = (f"the gradient norm ({total:.3g}) is {total / reference:.3g} times its median over the first "
+                    f"{self.reference_steps} steps ({reference:.3g})")
+        where = (f"; layer {layer} ({self._modules.get(layer, '?')}) gets {ratios[layer]:.3g} times its weights' "
+                 f"norm" if layer is not None else "")
+        message = f"gradients explode: {what}, for {steps} steps ({samples} samples){where}"
+        return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=layer, evidence={
+            "step": step, "reference": hit, "grad_norm": total, "weight_norm": weight_norm,
+            "relative": relative, "early_median": reference, "samples": samples, "steps": steps,
+            "layer_ratios": {row: ratios[row] for row in ranked}, "max_relative": self.max_relative,
+            "growth": self.growth, "reference_steps": self.reference_steps, "min_samples": self.min_samples,
+            "min_steps": self.min_steps, "source": "vitals" if self._vitals else "layer_stats"})]
+
+    def _against_output(self, event: Event) -> list[Flag]:
+        """The third reference: each layer's RMS gradient against the output layer's."""
         grads = layer_gradients(event, self.signal)
         if not grads:
             return []
         output = grads[-1]
         # a converged network's output gradient is tiny: ratios to it would only measure noise
         ratio = {g.layer: g.rms / output.rms if output.rms > self.min_output else None for g in grads}
-        why = {g.layer: "ratio" if ratio[g.layer] is not None and ratio[g.layer] > self.max_ratio
-               else "ceiling" if g.rms > self.ceiling else None for g in grads}
-        hits = persistent(self._streaks, grads, why, self.window)
+        why = {g.layer: "ratio" if ratio[g.layer] is not None and ratio[g.layer] > self.max_ratio else None
+               for g in grads}
+        hits = persistent(self._layers, event.step, grads, why)
         if not hits:
             return []
         self._fired = True
         return [gradient_flag(
-            KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._streaks.counts[hits[0].layer],
-            verb="explode", relation="times", beyond=f"above the ceiling {self.ceiling:g}",
-            bounds=f"above {self.max_ratio:g} times the output layer's or {self.ceiling:g}",
-            evidence={"max_ratio": self.max_ratio, "ceiling": self.ceiling, "min_output": self.min_output,
-                      "window": self.window})]
+            KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._layers,
+            verb="explode", relation="times", beyond="", bounds=f"above {self.max_ratio:g} times the output layer's",
+            evidence={"reference": "output_layer", "max_ratio": self.max_ratio, "min_output": self.min_output})]
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Just what :meth:`Vitals.by_layer` reads of a model summary row: its name."""
+
+    name: str

@@ -56,20 +56,18 @@ def fmt_layers(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def persistent(streaks, grads: list[LayerGradient], why: dict, window: int) -> list[LayerGradient]:
-    """Count each layer's streak of samples beyond a bound (``why`` not None); the layers
-    whose streak reached ``window``, in forward order."""
-    streaks.update({layer: reason is not None for layer, reason in why.items()})
-    lasting = streaks.at_least(window)
-    return [g for g in grads if g.layer in lasting]
+def persistent(persistence, step: int, grads: list[LayerGradient], why: dict) -> list[LayerGradient]:
+    """Hold each layer's condition (``why`` not None) in ``persistence``; the layers for which
+    it is confirmed at ``step``, in forward order."""
+    return [g for g in grads if persistence.add(g.layer, step, why[g.layer] is not None)]
 
 
 def gradient_flag(kind: str, advice: str, event: Event, signal: str, grads: list[LayerGradient],
-                  hits: list[LayerGradient], ratio: dict, why: dict, streak: int, *, verb: str, relation: str,
+                  hits: list[LayerGradient], ratio: dict, why: dict, persistence, *, verb: str, relation: str,
                   beyond: str, bounds: str, evidence: dict) -> Flag:
     """The flag of a gradient detector, naming the earliest layer beyond its bound: by its
     ratio to the output layer's gradient (``relation``: "times" or "of"), or by its own RMS
-    (``beyond``: "above the ceiling 1e+06"). Every such layer is in the evidence with its
+    (``beyond``: "below the floor 1e-08"). Every such layer is in the evidence with its
     RMS, its ratio and which bound it broke (``why``)."""
     first, output = hits[0], grads[-1]
     if why[first.layer] == "ratio":
@@ -78,9 +76,12 @@ def gradient_flag(kind: str, advice: str, event: Event, signal: str, grads: list
     else:
         where = f"has an RMS gradient of {first.rms:.2g}, {beyond}"
     plural = "s" if len(hits) > 1 else ""
-    message = (f"gradients {verb}: layer {first.layer} ({first.module}) {where}, {streak} samples in a row; "
-               f"{len(hits)} layer{plural} {bounds}: {fmt_layers([g.layer for g in hits])}")
+    samples, steps = persistence.samples[first.layer], persistence.span(first.layer, event.step)
+    message = (f"gradients {verb}: layer {first.layer} ({first.module}) {where}, for {steps} steps "
+               f"({samples} samples); {len(hits)} layer{plural} {bounds}: {fmt_layers([g.layer for g in hits])}")
     return Flag(kind, Severity.WARNING, message, advice, layer=first.layer, evidence={
         "step": event.step, "signal": signal, "output_layer": output.layer, "output_rms": output.rms,
+        "samples": samples, "steps": steps, "min_samples": persistence.min_samples,
+        "min_steps": persistence.min_steps,
         "layers": [{"layer": g.layer, "module": g.module, "rms": g.rms, "ratio": ratio[g.layer], "why": why[g.layer]}
                    for g in hits], **evidence})

@@ -12,8 +12,12 @@ margin of a bound (for tanh, |y| above about 0.98).
 
 Rules:
 
-* a layer is flagged when ``sat_frac`` is above ``sat_fraction`` on ``patience`` sampled
-  batches in a row (one batch of extreme inputs does not fire);
+* a layer is flagged when ``sat_frac`` is above ``sat_fraction`` on every sample over at
+  least ``min_steps`` steps and ``patience`` samples (one batch of extreme inputs does not
+  fire; counted in steps, the verdict is the same at any sampling interval, see
+  :class:`~monitor.detectors.common.Persistence`); a layer over the bar but not yet
+  confirmed asks for the next steps to be sampled (:meth:`Saturation.look_closer`), and
+  one saturated from initialisation is flagged at step 10 while every step is sampled;
 * warning; critical when it is at least ``critical_fraction`` (almost no gradient passes);
 * the model's output nonlinearity is left alone (``skip_output``): the last activation
   summary of the forward pass, when it is a saturating module, is a sigmoid of a binary
@@ -26,14 +30,14 @@ The default ``sat_fraction`` is 0.6: healthy tanh MLPs on our blobs task stay at
 0.02 with SGD and reach 0.45 in their last hidden layer with Adam at lr 0.01 once they are
 confident; weights or inputs scaled up 3-5x put the first layer at 0.6-0.9 from the start.
 
-Sample flag: ``saturation (warning) at step 8 [1]: 89 % of the outputs of layer 1 (Tanh)
-were pinned near a bound of its range on 5 sampled batches in a row``.
+Sample flag: ``saturation (warning) at step 10 [1]: 89 % of the outputs of layer 1 (Tanh)
+were pinned near a bound of its range over 10 steps (11 samples)``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import LayerSeverity, Streaks, is_count, require, require_bars
+from monitor.detectors.common import MIN_SAMPLES, MIN_STEPS, LayerSeverity, Persistence, is_count, require, require_bars
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "saturation"
@@ -41,8 +45,8 @@ KIND = "saturation"
 SAT_FRACTION = 0.6
 #: Share from which the flag is critical: (almost) every output is pinned.
 CRITICAL_FRACTION = 0.95
-#: Sampled batches in a row that must pass the threshold before the layer is flagged.
-PATIENCE = 5
+#: Fewest samples over the threshold (none under it in between, over ``min_steps`` steps) before the flag.
+PATIENCE = MIN_SAMPLES
 
 ADVICE = ("Saturated tanh/sigmoid units have a local gradient near 0, so the layers below them barely learn. "
           "Usual causes: pre-activations too large, from inputs that are not normalised or weights initialised "
@@ -59,15 +63,22 @@ class Saturation:
     sat_fraction: float = SAT_FRACTION
     critical_fraction: float = CRITICAL_FRACTION
     patience: int = PATIENCE
+    min_steps: int = MIN_STEPS
     skip_output: bool = True
-    _streaks: Streaks = field(default_factory=Streaks)  # samples in a row over the bar
+    _held: Persistence = field(init=False)  # samples over the bar, and since which step
     _flagged: LayerSeverity = field(default_factory=LayerSeverity)
 
     def __post_init__(self):
         require_bars("sat_fraction", self.sat_fraction, self.critical_fraction)
         require("patience", self.patience, is_count, "at least 1 sampled batch")
+        require("min_steps", self.min_steps, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (steps)")
+        self._held = Persistence(self.patience, self.min_steps)
         if not isinstance(self.skip_output, bool):
             raise ValueError(f"skip_output: expected True or False, got {self.skip_output!r}")
+
+    def look_closer(self) -> int:
+        """Steps to sample next: ``min_steps`` while a layer is over the bar but not yet confirmed."""
+        return self.min_steps if self._held.pending(self._flagged.flagged) else 0
 
     def update(self, event: Event) -> list[Flag]:
         if event.kind is not Kind.LAYER_STATS:
@@ -83,14 +94,15 @@ class Saturation:
         return flags
 
     def _layer(self, step: int, s) -> list[Flag]:
-        streak = self._streaks.add(s.layer, s.sat_frac > self.sat_fraction)
+        confirmed = self._held.add(s.layer, step, s.sat_frac > self.sat_fraction)
         severity = Severity.CRITICAL if s.sat_frac >= self.critical_fraction else Severity.WARNING
-        if streak < self.patience or not self._flagged.first(s.layer, severity):
+        if not confirmed or not self._flagged.first(s.layer, severity):
             return []
+        samples, span = self._held.samples[s.layer], self._held.span(s.layer, step)
         return [Flag(
             KIND, severity,
             f"{s.sat_frac:.0%} of the outputs of layer {s.layer} ({s.module}) were pinned near a bound of its "
-            f"range on {streak} sampled batches in a row: they pass almost no gradient", ADVICE, layer=s.layer,
-            evidence={"layer": s.layer, "module": s.module, "sat_frac": s.sat_frac, "samples": streak,
-                      "step": step, "mean": s.mean, "std": s.std, "threshold": self.sat_fraction,
+            f"range over {span} steps ({samples} samples): they pass almost no gradient", ADVICE, layer=s.layer,
+            evidence={"layer": s.layer, "module": s.module, "sat_frac": s.sat_frac, "samples": samples,
+                      "steps": span, "min_steps": self.min_steps, "step": step, "mean": s.mean, "std": s.std, "threshold": self.sat_fraction,
                       "critical_fraction": self.critical_fraction})]

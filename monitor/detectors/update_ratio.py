@@ -6,8 +6,12 @@ rate is probably too low; much higher, too high. The hooks measure it per parame
 each sampled step (``update_ratio`` = ||w_after - w_before|| / ||w_before||); this rule
 judges the median over the weight tensors, leaving out biases and normalisation layers
 (their small norms give large ratios that say nothing of the learning rate), so one
-layer cannot decide for the network, and flags it when it stays out of band for
-``window`` samples in a row (early training is expected to move fast).
+layer cannot decide for the network, and flags it when it stays out of band on every
+sample over at least ``min_steps`` steps and ``min_samples`` samples (early training is
+expected to move fast for a few steps). Persistence is counted in steps, so the verdict
+is the same at any sampling interval (:class:`~monitor.detectors.common.Persistence`); a
+median out of band but not yet confirmed asks for the next steps to be sampled
+(:meth:`UpdateRatio.look_closer`).
 
 The band is two orders of magnitude either side of 1e-3. Healthy runs measured: the demo
 CNN with SGD+momentum runs at 4e-2 in its first epoch and falls to 1e-4 as it converges;
@@ -18,15 +22,15 @@ logged, the ratio alone decides).
 
 Rules, each direction flagged once per run (warning):
 
-* too low: the median ratio stays below ``low`` (1e-5) for ``window`` samples while the
+* too low: the median ratio stays below ``low`` (1e-5) over the persistence while the
   loss has not come down (the demo at ``lr=1e-6``: 2e-6);
-* too high: the median ratio stays above ``high`` (1e-1) for ``window`` samples (the demo
+* too high: the median ratio stays above ``high`` (1e-1) over the persistence (the demo
   at ``lr=2``, 40x its rate: 0.7 to 2 in its first steps, before its ReLUs die). A
   BatchNorm network hides a too-high rate from this rule after a while: its weights grow
   until the ratio settles (the demo under Adam at ``lr=0.1`` runs at 7e-3).
 
-Sample flag (the demo at ``lr=1e-6``): ``update_ratio (warning) at step 8: weights change
-1.5e-06 of their norm per step (median over 4 weight tensors, 5 samples in a row), far below
+Sample flag (the demo at ``lr=1e-6``): ``update_ratio (warning) at step 10: weights change
+1.5e-06 of their norm per step (median over 4 weight tensors, for 10 steps, 11 samples), far below
 ~0.001: the learning rate is probably too low (layer 0.weight is at 5e-07)``.
 """
 from __future__ import annotations
@@ -36,7 +40,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import SmoothedLoss, is_count, require
+from monitor.detectors.common import (MIN_SAMPLES, MIN_STEPS, Persistence, SmoothedLoss, require,
+                                     require_persistence)
 from monitor.events import Event, Flag, Kind, Severity, Signal, TensorSummary
 
 KIND = "update_ratio"
@@ -46,8 +51,8 @@ TARGET = 1e-3
 LOW = 1e-5
 #: Median update/weight ratio above which steps are too large (two orders of magnitude over 1e-3).
 HIGH = 1e-1
-#: Sampled steps in a row the median must stay out of band.
-WINDOW = 5
+#: How many recent out-of-band medians the evidence lists.
+RECENT = 5
 #: "Too low" counts only while the smoothed loss is above this fraction of its first value.
 STUCK_LEVEL = 0.5
 
@@ -73,20 +78,26 @@ class UpdateRatio:
 
     low: float = LOW
     high: float = HIGH
-    window: int = WINDOW
+    min_samples: int = MIN_SAMPLES
+    min_steps: int = MIN_STEPS
     stuck_level: float = STUCK_LEVEL
     scalar: str = "loss"
     _loss: SmoothedLoss = field(default_factory=SmoothedLoss)
     _streak: dict[str, deque] = field(init=False)  # the medians of the current run out of band, per side
-    _count: dict[str, int] = field(default_factory=lambda: {"low": 0, "high": 0})
+    _held: Persistence = field(init=False)  # per direction
     _fired: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         require("low", self.low, lambda v: 0 < v < TARGET, f"a ratio in (0, {TARGET:g})")
         require("high", self.high, lambda v: TARGET < v < math.inf, f"a finite ratio above {TARGET:g}")
-        require("window", self.window, is_count, "an integer >= 1 (samples)")
+        require_persistence(self.min_samples, self.min_steps)
         require("stuck_level", self.stuck_level, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
-        self._streak = {"low": deque(maxlen=self.window), "high": deque(maxlen=self.window)}
+        self._streak = {"low": deque(maxlen=RECENT), "high": deque(maxlen=RECENT)}
+        self._held = Persistence(self.min_samples, self.min_steps)
+
+    def look_closer(self) -> int:
+        """Steps to sample next: ``min_steps`` while the median is out of band but not yet confirmed."""
+        return self.min_steps if self._held.pending(self._fired) else 0
 
     def update(self, event: Event) -> list[Flag]:
         if event.kind is Kind.SCALARS:
@@ -104,13 +115,12 @@ class UpdateRatio:
         flags = []
         for direction, out in (("low", median < self.low and stuck), ("high", median > self.high)):
             streak = self._streak[direction]
+            confirmed = self._held.add(direction, event.step, out)
             if not out:
                 streak.clear()
-                self._count[direction] = 0
                 continue
             streak.append(median)
-            self._count[direction] += 1
-            if self._count[direction] >= self.window and direction not in self._fired:
+            if confirmed and direction not in self._fired:
                 self._fired.add(direction)
                 flags.append(self._flag(event, direction, median, ratios, level))
         return flags
@@ -120,12 +130,14 @@ class UpdateRatio:
         low = direction == "low"
         bound = self.low if low else self.high
         worst = (min if low else max)(ratios, key=ratios.get)
+        samples, steps = self._held.samples[direction], self._held.span(direction, event.step)
         message = (f"weights change {median:.2g} of their norm per step (median over {len(ratios)} weight "
-                   f"tensors, {self._count[direction]} samples in a row), far "
+                   f"tensors, for {steps} steps, {samples} samples), far "
                    f"{'below' if low else 'above'} ~{TARGET:g}: the learning rate is probably too "
                    f"{'low' if low else 'high'} (layer {worst} is at {ratios[worst]:.2g})")
         return Flag(KIND, Severity.WARNING, message, ADVICE_LOW if low else ADVICE_HIGH,
                     evidence={"direction": direction, "step": event.step, "median": median, "bound": bound,
-                              "target": TARGET, "window": self.window, "samples": self._count[direction],
+                              "target": TARGET, "samples": samples, "steps": steps,
+                              "min_samples": self.min_samples, "min_steps": self.min_steps,
                               "recent_medians": list(self._streak[direction]), "extreme_layer": worst,
                               "ratios": dict(ratios), "loss_level": level, "stuck_level": self.stuck_level})

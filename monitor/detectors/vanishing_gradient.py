@@ -20,21 +20,30 @@ gradients everywhere, so the absolute ``floor`` applies only while the smoothed 
 still above ``stuck_level`` of its first value (with no loss logged, it applies alone), and
 ratios are read only while the output layer's own RMS is above ``floor``.
 
-Rule, flagged once per run (warning): a layer's RMS gradient stays below ``min_ratio``
-times the output layer's (or below ``floor``) for ``window`` samples in a row. The flag
-names the earliest such layer (nearest the input, where the gradient is weakest) and
-lists them all in the evidence.
+The ratio to the output layer is a sound reference here: a vanishing gradient is one that
+dies out *on its way back*, and the output layer, nearest the loss, is where it starts
+(when the output itself gets nothing, only the floor can speak).
 
-Sample flag: ``vanishing_gradient (warning) at step 8: gradients vanish: layer 0 (Linear)
-gets 8.8e-09 of the output layer 18's gradient (RMS 1.2e-10 vs 0.014), 5 samples in a row;
-6 layers below 0.001 of the output layer's or 1e-08: 0, 2, 4, 6, 8, 10``.
+Rule, flagged once per run (warning): a layer's RMS gradient stays below ``min_ratio``
+times the output layer's (or below ``floor``) on every sample over at least
+``min_steps`` steps and ``min_samples`` samples (:class:`~monitor.detectors.common.Persistence`:
+the same verdict at any sampling interval; a layer past the bar but not yet confirmed
+asks for the next ``min_steps`` steps to be sampled, :meth:`VanishingGradient.look_closer`).
+A problem present at initialisation is flagged at step 10 while every step is sampled.
+The flag names the earliest such layer (nearest the input, where the gradient is
+weakest) and lists them all in the evidence.
+
+Sample flag: ``vanishing_gradient (warning) at step 10: gradients vanish: layer 0 (Linear)
+gets 8.8e-09 of the output layer 18's gradient (RMS 1.2e-10 vs 0.014), for 10 steps (11
+samples); 6 layers below 0.001 of the output layer's or 1e-08: 0, 2, 4, 6, 8, 10``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-from monitor.detectors.common import SmoothedLoss, Streaks, is_count, require
+from monitor.detectors.common import (MIN_SAMPLES, MIN_STEPS, Persistence, SmoothedLoss, require,
+                                     require_persistence)
 from monitor.detectors.gradient_flow import SIGNALS, gradient_flag, layer_gradients, persistent
 from monitor.events import Event, Flag, Kind, Signal
 
@@ -43,8 +52,6 @@ KIND = "vanishing_gradient"
 MIN_RATIO = 1e-3
 #: Per-element RMS gradient under which a layer gets essentially nothing, whatever the output gets.
 FLOOR = 1e-8
-#: Sampled steps in a row a layer must stay below before it is flagged.
-WINDOW = 5
 #: The absolute floor counts only while the smoothed loss is above this fraction of its first value.
 STUCK_LEVEL = 0.5
 
@@ -60,21 +67,27 @@ class VanishingGradient:
 
     min_ratio: float = MIN_RATIO
     floor: float = FLOOR
-    window: int = WINDOW
+    min_samples: int = MIN_SAMPLES
+    min_steps: int = MIN_STEPS
     stuck_level: float = STUCK_LEVEL
     signal: str = Signal.OUTPUT_GRAD.value
     scalar: str = "loss"
     _loss: SmoothedLoss = field(default_factory=SmoothedLoss)
-    _streaks: Streaks = field(default_factory=Streaks)
+    _held: Persistence = field(init=False)
     _fired: bool = False
 
     def __post_init__(self):
         require("min_ratio", self.min_ratio, lambda v: 0 < v < 1, "a ratio in (0, 1)")
         require("floor", self.floor, lambda v: 0 <= v < math.inf, "a finite RMS gradient >= 0")
-        require("window", self.window, is_count, "an integer >= 1 (samples)")
+        require_persistence(self.min_samples, self.min_steps)
         require("stuck_level", self.stuck_level, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
         require("signal", self.signal, lambda v: v in SIGNALS, f"one of {', '.join(SIGNALS)}")
         self.signal = Signal(self.signal).value
+        self._held = Persistence(self.min_samples, self.min_steps)
+
+    def look_closer(self) -> int:
+        """Steps to sample next: ``min_steps`` while a layer is past its bar but not yet confirmed."""
+        return self.min_steps if not self._fired and self._held.pending() else 0
 
     def update(self, event: Event) -> list[Flag]:
         if event.kind is Kind.SCALARS:
@@ -92,13 +105,13 @@ class VanishingGradient:
         ratio = {g.layer: g.rms / output.rms if output.rms > self.floor else None for g in grads}
         why = {g.layer: "ratio" if g is not output and ratio[g.layer] is not None and ratio[g.layer] < self.min_ratio
                else "floor" if use_floor and g.rms < self.floor else None for g in grads}
-        hits = persistent(self._streaks, grads, why, self.window)
+        hits = persistent(self._held, event.step, grads, why)
         if not hits:
             return []
         self._fired = True
         return [gradient_flag(
-            KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._streaks.counts[hits[0].layer],
+            KIND, ADVICE, event, self.signal, grads, hits, ratio, why, self._held,
             verb="vanish", relation="of", beyond=f"below the floor {self.floor:g}, while the loss is high",
             bounds=f"below {self.min_ratio:g} of the output layer's or {self.floor:g}",
             evidence={"min_ratio": self.min_ratio, "floor": self.floor, "floor_applied": use_floor,
-                      "loss_level": level, "window": self.window})]
+                      "loss_level": level})]

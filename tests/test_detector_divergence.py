@@ -82,7 +82,8 @@ def test_a_stop_on_a_non_finite_metric_is_explained_as_divergence_once():
     diagnose([finite], losses([2.3, 2.0]) + [Event("r", 2, 2, 3.0, Kind.SCALARS, Scalars({"val_loss": 1.9}))])
     assert finite.explain_stop("early_stopping", "val_loss", 2) == []  # a plain early stop
     flagged = Divergence()
-    diagnose([flagged], losses([2.3, math.nan]) + [Event("r", 2, 1, 3.0, Kind.SCALARS, Scalars({"val_loss": math.nan}))])
+    nan_val = Event("r", 2, 1, 3.0, Kind.SCALARS, Scalars({"val_loss": math.nan}))
+    diagnose([flagged], losses([2.3, math.nan]) + [nan_val])
     assert flagged.explain_stop("early_stopping", "val_loss", 1) == []  # already said
 
 

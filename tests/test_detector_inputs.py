@@ -107,7 +107,8 @@ def test_a_feature_far_off_centre_is_flagged_but_the_usual_offsets_are_not():
 
 def test_the_same_run_gives_the_same_flags_at_every_1_and_every_10():
     def verdict(every, stats):
-        events = [Event("r", i, step, 1.0, Kind.INPUT_STATS, stats(step)) for i, step in enumerate(range(0, 300, every))]
+        events = [Event("r", i, step, 1.0, Kind.INPUT_STATS, stats(step))
+                  for i, step in enumerate(range(0, 300, every))]
         return [f.kind for _, f in diagnose([InputNormalization()], events)]
     raw = lambda step: batch(mean=4.9, std=6.0, shape=(32, 1, 8, 8), low=0.0, high=16.0)  # noqa: E731
     odd = lambda step: batch(mean=4.0, std=6.0) if step % 40 < 3 else batch()  # noqa: E731 - three odd batches

@@ -26,7 +26,8 @@ plenty).
 
 Rule, flagged once per run (warning): for ``patience`` evaluations in a row the
 validation loss is more than ``min_rise`` above its best (relative) and more than
-``noise`` times its scatter, while the training loss fell by ``min_fall``. The validation metric is ``val_loss`` (``monitor``), the
+``noise`` times its scatter, while the training loss fell by ``min_fall``. The validation
+metric is ``val_loss`` (``monitor``), the
 training loss ``loss`` (``train``); without a training loss nothing is flagged. When
 early stopping ends the run on this metric before the rule fired
 (:meth:`Overfitting.explain_stop`), the flag is raised then if the training loss fell by

@@ -171,7 +171,8 @@ class Plateau:
         flat = not significant and self.z * error < self.min_delta * (now - self.floor)  # and the window can tell
         if not flat and not (significant and halving > self.horizon * self._logged):
             return None
-        return {"improvement": improvement, "halving": halving, "significant": significant, "error": error, "noise": sigma, "earlier": statistics.median(earlier),
+        return {"improvement": improvement, "halving": halving, "significant": significant, "error": error,
+                "noise": sigma, "earlier": statistics.median(earlier),
                 "later": now, "level": level, "first": first + self.floor, "since": recent[-half][0],
                 "from": recent[0][0]}
 
@@ -188,6 +189,7 @@ class Plateau:
             evidence={"scalar": self.scalar, "step": step, "window": window, "from_step": v["from"],
                       "later_since": v["since"], "earlier_median": v["earlier"], "later_median": v["later"],
                       "improvement": v["improvement"], "standard_error": v["error"], "noise": v["noise"],
-                      "first": v["first"], "level": v["level"], "above_start": above, "halving_steps": v["halving"], "min_delta": self.min_delta,
+                      "first": v["first"], "level": v["level"], "above_start": above,
+                      "halving_steps": v["halving"], "min_delta": self.min_delta,
                       "logged": self._logged, "horizon": self.horizon,
                       "z": self.z, "floor": self.floor, "min_level": self.min_level, "climbed": self.climbed})

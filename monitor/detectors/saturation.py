@@ -104,5 +104,6 @@ class Saturation:
             f"{s.sat_frac:.0%} of the outputs of layer {s.layer} ({s.module}) were pinned near a bound of its "
             f"range over {span} steps ({samples} samples): they pass almost no gradient", ADVICE, layer=s.layer,
             evidence={"layer": s.layer, "module": s.module, "sat_frac": s.sat_frac, "samples": samples,
-                      "steps": span, "min_steps": self.min_steps, "step": step, "mean": s.mean, "std": s.std, "threshold": self.sat_fraction,
+                      "steps": span, "min_steps": self.min_steps, "step": step, "mean": s.mean, "std": s.std,
+                      "threshold": self.sat_fraction,
                       "critical_fraction": self.critical_fraction})]

@@ -1,0 +1,53 @@
+"""The diagnosis benchmark's CI short form (``benchmarks/diagnosis.py --quick``): real small
+trainings of the zoo, watched by babysit at its default settings, scored against ground
+truth the zoo measures with raw torch. One run of the quick form (2 workers, under 3
+minutes on 2 cores) serves every test here; the zoo's self-check is a test of its own, so
+it passes or fails apart from babysit's detectors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The quick form takes under 3 minutes; this bounds a hung worker, not its speed.
+QUICK_DEADLINE_SECONDS = 600
+RECALL_TARGET = 0.95
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("diagnosis") / "quick.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnosis.py"), "--quick", "--jobs", "2",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=QUICK_DEADLINE_SECONDS)
+    assert done.returncode == 0, f"diagnosis.py --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    report["table"] = done.stdout
+    return report
+
+
+def test_the_zoo_measures_no_pathology_on_a_healthy_run_and_the_primary_kind_on_every_sick_run(quick):
+    assert quick["zoo_problems"] == [], "\n".join(quick["zoo_problems"])
+
+
+def test_the_quick_form_covers_every_kind_of_pathology_and_some_healthy_runs(quick):
+    primaries = {r["primary"] for r in quick["results"]}
+    assert primaries >= {"dead_relu", "saturation", "vanishing_gradient", "exploding_gradient",
+                         "input_not_normalized", "initial_loss", "overfitting", "divergence", "plateau", None}
+    assert sum(r["primary"] is None for r in quick["results"]) >= 3
+
+
+def test_babysit_flags_at_least_95_percent_of_the_pathologies_at_default_settings(quick):
+    score = quick["score"]
+    missed = [r["name"] for r in quick["results"]
+              if r["primary"] and r["primary_measured"] and r["primary"] not in r["detections"]]
+    assert score["runs"] and score["found"] / score["runs"] >= RECALL_TARGET, (
+        f"recall {score['found']}/{score['runs']}; missed: {', '.join(missed)}\n{quick['table']}")
+
+
+def test_babysit_raises_no_flag_on_a_healthy_run_at_default_settings(quick):
+    assert quick["score"]["healthy_flags"] == [], quick["table"]

@@ -128,6 +128,16 @@ def test_dead_units_are_those_never_positive_over_the_window():
     assert dead == [3, 2, 2, 3]
 
 
+def test_a_batch_from_longer_ago_than_the_span_no_longer_keeps_a_unit_alive():
+    """With sparse sampling the window's batches would span thousands of steps; only the
+    last DEAD_SPAN_STEPS count, and the window reports how many batches it holds."""
+    window = UnitWindow(units=2, window=8, device=torch.device("cpu"), span=50)
+    fired, silent = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    assert int(window.add(active_units(fired), step=0)) == 2 and window.filled == 1
+    assert int(window.add(active_units(silent), step=40)) == 2 and window.filled == 2  # step 0 is recent
+    assert int(window.add(active_units(silent), step=100)) == 1 and window.filled == 1  # both others are stale
+
+
 def test_units_are_channels_of_feature_maps_and_features_of_dense_outputs():
     conv = torch.zeros(2, 3, 4, 4)
     conv[:, 1, 2, 2] = 1.0

@@ -169,7 +169,7 @@ class Probe:
             window = self.windows.get(label)
             if window is None or window.ring.shape[1] != active.shape[0] or window.ring.device != active.device:
                 window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device)
-            extra.append(window.add(active))
+            extra.append(window.add(active, capture.step))
             meta.update(units=int(active.shape[0]), window=window.filled)
         capture.add_reduced("tensor", meta, reduced, scalars=extra)
         return None  # as a tensor hook: leave the gradient untouched

@@ -143,18 +143,31 @@ def active_units(x: torch.Tensor) -> torch.Tensor | None:
     return None if maxima is None else maxima > 0
 
 
+#: Steps back from the newest sampled batch beyond which a batch no longer counts in a
+#: unit window: a unit alive hundreds of steps ago says nothing of whether it is dead now
+#: (with sparse sampling, 8 sampled batches may span thousands of steps).
+DEAD_SPAN_STEPS = 64
+
+
 class UnitWindow:
-    """Which units were active in any of the last ``window`` sampled batches.
+    """Which units were active in any of the last ``window`` sampled batches of the last
+    :data:`DEAD_SPAN_STEPS` steps.
 
     A ReLU unit that never fires on any input of several batches receives no gradient
     and will not recover: that is a dead unit. One batch is not enough evidence (a rare
-    feature may simply be absent), hence the window. Kept on the device as a ring of
-    boolean rows; the count of units active in the window is a 0-d tensor packed with
-    the other statistics (dead = units - active).
+    feature may simply be absent), hence the window; and only recent batches are
+    evidence of the present, hence the span: older rows are cleared, so ``filled`` falls
+    back when sampling is sparse, and the dead-unit detector asks for a closer look (the
+    next steps sampled one after another) before it judges a layer on a full window.
+    Kept on the device as a ring of boolean rows (clearing one is a fill, no sync); the
+    count of units active in the window is a 0-d tensor packed with the other
+    statistics (dead = units - active).
     """
 
-    def __init__(self, units: int, window: int, device: torch.device):
+    def __init__(self, units: int, window: int, device: torch.device, span: int = DEAD_SPAN_STEPS):
         self.ring = torch.zeros((window, units), dtype=torch.bool, device=device)
+        self.steps = [None] * window  # the step of each row's batch (None: empty)
+        self.span = span
         self.position = 0
         self.filled = 0
 
@@ -162,11 +175,17 @@ class UnitWindow:
     def window(self) -> int:
         return self.ring.shape[0]
 
-    def add(self, active: torch.Tensor) -> torch.Tensor:
-        self.ring[self.position % self.window] = active
+    def add(self, active: torch.Tensor, step: int = 0) -> torch.Tensor:
+        slot = self.position % self.window
+        self.ring[slot] = active
+        self.steps[slot] = step
         self.position += 1
-        self.filled = min(self.filled + 1, self.window)
-        return self.ring[: self.filled].any(dim=0).sum()
+        for i, taken in enumerate(self.steps):
+            if taken is not None and taken < step - self.span:
+                self.ring[i] = False
+                self.steps[i] = None
+        self.filled = sum(taken is not None for taken in self.steps)
+        return self.ring.any(dim=0).sum()
 
 
 def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:

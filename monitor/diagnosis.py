@@ -17,6 +17,14 @@ from monitor.events import Event, Flag, Kind
 #: Events after which the detectors are asked whether they want a closer look: the
 #: sampled statistics and the every-step signs, where suspicions arise.
 LOOK_AFTER = frozenset({Kind.LAYER_STATS, Kind.INPUT_STATS, Kind.VITALS})
+#: Flags that a divergence already explains once it has been raised: after the loss has
+#: blown up (or gone NaN) the weights are wrecked, so what their layers show next
+#: (saturated units, vanishing gradients, update/weight ratios whose denominator is the
+#: blown-up or NaN weights, a loss that no longer falls) is the divergence seen from
+#: elsewhere, with advice that can contradict its own (raise the learning rate). Dead
+#: units are not in the list: they are lasting damage with a remedy of their own, and
+#: neither are exploding gradients, which are how a divergence happens.
+EXPLAINED_BY_DIVERGENCE = frozenset({"saturation", "vanishing_gradient", "update_ratio", "plateau"})
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,9 @@ class Verdict:
 
 class Diagnosis:
     """The run's detectors and its early-stopping policy (which decides on flags here;
-    its metric decisions are the training thread's, where the metric is logged)."""
+    its metric decisions are the training thread's, where the metric is logged). Once a
+    divergence is flagged, the flags it explains (:data:`EXPLAINED_BY_DIVERGENCE`) are
+    no longer raised: one story, with one piece of advice."""
 
     def __init__(self, detectors: Iterable[Detector], early_stopping: EarlyStopping | None = None):
         self.detectors = list(detectors)
@@ -39,9 +49,13 @@ class Diagnosis:
         self._lookers = [d for d in self.detectors if callable(getattr(d, "look_closer", None))]
         self._explainers = [d for d in self.detectors if callable(getattr(d, "explain_stop", None))]
         self._raised: set[tuple[str, str | None]] = set()
+        self._diverged = False
 
     def event(self, event: Event) -> Verdict:
         flags = tuple(flag for _, flag in diagnose(self.detectors, [event]))
+        self._diverged = self._diverged or any(f.kind == "divergence" for f in flags)
+        if self._diverged:
+            flags = tuple(f for f in flags if f.kind not in EXPLAINED_BY_DIVERGENCE)
         self._raised.update((f.kind, f.layer) for f in flags)
         stop = None
         if self.early_stopping is not None:

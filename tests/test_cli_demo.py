@@ -293,7 +293,7 @@ def test_babysit_demo_pathology_runs_the_preset_and_an_unknown_one_is_a_one_line
 
 
 def test_the_example_script_trains_stops_early_restores_and_stores_its_run(tmp_path):
-    """The README's example is a run that early stopping ends as it starts to overfit: the same
+    """The README's example is a healthy run that early stopping ends as validation stops improving: the same
     on every thread count and CPU tried (issue 9: at lr=0.1 the rounding decided whether it
     overfitted first). It inherits the suite's OMP_NUM_THREADS, as a user's script would."""
     script = Path(__file__).parent.parent / "examples" / "train_mnist_like.py"
@@ -303,12 +303,11 @@ def test_the_example_script_trains_stops_early_restores_and_stores_its_run(tmp_p
                      done.stdout)
     assert stop, done.stdout
     assert f"babysit: restored the weights of step {stop[1]} " in done.stderr
-    # early stopping ended it as validation stopped improving while the training loss fell:
-    # the run carries the overfitting flag that says so, and nothing else (issue 10, item 4)
-    assert re.findall(r"flag: (\w+)", done.stdout) == ["overfitting"], done.stdout
-    assert "early stopping ended the run" in done.stdout
+    # early stopping ended it as validation stopped improving: the last evaluations wobble
+    # within the curve's own scatter (0.378 to 0.404), which is not overfitting, so no flag
+    assert "flag:" not in done.stdout, done.stdout
     [info] = RunStore(tmp_path / "runs").runs()
-    assert info.status == "stopped" and info.flags == 1
+    assert info.status == "stopped" and info.flags == 0
     val_loss = load_run(info.run, tmp_path / "runs").series("val_loss")
     assert val_loss.idxmin() == int(stop[1])  # the weights put back are those of the best evaluation
     assert (val_loss.index > int(stop[1])).sum() == 3  # patience: the loop broke then, not after its 30 epochs

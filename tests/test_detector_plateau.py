@@ -65,10 +65,9 @@ def test_a_loss_that_levels_off_with_little_progress_is_flagged():
     assert flags_of([2.3 * 0.99 ** i for i in range(100)] + noisy(0.85, 400)) == []
 
 
-def test_a_loss_that_climbed_is_not_a_plateau_and_one_above_its_start_is_not_told_to_raise_the_rate():
+def test_a_loss_that_climbed_or_stands_above_its_start_is_not_a_plateau():
     assert flags_of([2.3 * (1.02 ** i) for i in range(40)] + noisy(2.3 * 1.02 ** 40, 400)) == []  # 2.2x: divergence
-    [(_, flag)] = flags_of(noisy(2.3, 10) + noisy(2.9, 400))  # 1.26x its start, flat
-    assert flag.evidence["above_start"] and "Lower the learning rate" in flag.advice and "raise" not in flag.advice
+    assert flags_of(noisy(2.3, 10) + noisy(2.9, 400)) == []  # 1.26x its start, flat: it went the wrong way
 
 
 def test_a_learning_rate_warm_up_is_not_a_plateau():

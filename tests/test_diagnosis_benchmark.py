@@ -18,16 +18,42 @@ QUICK_DEADLINE_SECONDS = 600
 RECALL_TARGET = 0.95
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> dict:
+#: Problems present at initialisation must be flagged within this many steps of the step by
+#: which they are unambiguous (issue 10).
+AT_INIT_STEPS = 20
+
+
+def quick_form(tmp_path_factory, *options: str) -> dict:
     out = tmp_path_factory.mktemp("diagnosis") / "quick.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnosis.py"), "--quick", "--jobs", "2",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "--json", str(out), *options], cwd=ROOT, capture_output=True, text=True,
                           timeout=QUICK_DEADLINE_SECONDS)
     assert done.returncode == 0, f"diagnosis.py --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(out.read_text())
     report["table"] = done.stdout
     return report
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    return quick_form(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def every_step(tmp_path_factory) -> dict:
+    return quick_form(tmp_path_factory, "--every", "1")
+
+
+@pytest.fixture(scope="module")
+def every_tenth(tmp_path_factory) -> dict:
+    return quick_form(tmp_path_factory, "--every", "10")
+
+
+def verdicts(report: dict) -> dict[str, set]:
+    """Per run, the flags as (kind, layer). A divergence is compared by kind only: the layer
+    it names is the first one seen holding NaN, which is where the sample fell, not a verdict."""
+    return {r["name"]: {(f["kind"], None if f["kind"] == "divergence" else f["layer"]) for f in r["flags"]}
+            for r in report["results"]}
 
 
 def test_the_zoo_measures_no_pathology_on_a_healthy_run_and_the_primary_kind_on_every_sick_run(quick):
@@ -51,3 +77,23 @@ def test_babysit_flags_at_least_95_percent_of_the_pathologies_at_default_setting
 
 def test_babysit_raises_no_flag_on_a_healthy_run_at_default_settings(quick):
     assert quick["score"]["healthy_flags"] == [], quick["table"]
+
+
+def test_problems_present_at_initialisation_are_flagged_within_20_steps_at_default_settings(quick):
+    late = []
+    for r in quick["results"]:
+        truth = next((t for t in r["truth"] if t["kind"] == r["primary"] and t["at_init"]), None)
+        if truth is None:
+            continue
+        first = min((f["step"] for f in r["flags"] if f["kind"] == r["primary"]), default=None)
+        if first is None or first > truth["unambiguous"] + AT_INIT_STEPS:
+            late.append(f"{r['name']}: {r['primary']} unambiguous at {truth['unambiguous']}, flagged at {first}")
+    assert not late, "\n".join(late)
+
+
+def test_the_same_run_gets_the_same_flags_at_every_1_every_10_and_the_default(quick, every_step, every_tenth):
+    default, one, ten = verdicts(quick), verdicts(every_step), verdicts(every_tenth)
+    differ = [f"{name}: default {sorted(default[name], key=str)}, every=1 {sorted(one[name], key=str)}, "
+              f"every=10 {sorted(ten[name], key=str)}" for name in default
+              if not default[name] == one[name] == ten[name]]
+    assert not differ, "\n".join(differ)

@@ -86,6 +86,7 @@ class Overfitting:
     _best_train: float | None = None
     _last: tuple | None = None  # (step, value, epoch) of the latest evaluation
     _vals: list = field(default_factory=list)  # every finite evaluation, for the scatter
+    _best_index: int = 0  # the best evaluation's place in _vals
     _risen: int = 0
     _fired: bool = False
 
@@ -119,40 +120,58 @@ class Overfitting:
         self._last = (event.step, val, values.get("epoch"))
         self._vals.append(val)
         if self._best is None or val < self._best:
+            self._best_index = len(self._vals) - 1
             self._best, self._best_step, self._best_epoch = val, event.step, values.get("epoch")
             self._best_train, self._risen = self._train, 0
             return []
         rise = max(self.min_rise * abs(self._best), self.noise * self._scatter())
         self._risen = self._risen + 1 if val > self._best + rise else 0
-        if self._risen < self.patience or not self._train_fell():
+        if self._risen < self.patience or not self._train_fell() or not self._gap_grew(val):
             return []
         self._fired = True
         return [self._flag(event.step, val, values.get("epoch"), rise)]
 
     def _scatter(self) -> float:
         """A robust std of one evaluation's noise: the median absolute second difference of
-        the evaluations / 0.6745 / sqrt(6) (0 with fewer than three)."""
-        v = self._vals
+        the evaluations / 0.6745 / sqrt(6) (0 with fewer than three). Read from the best
+        evaluation on, where the rise is judged (the steep descent before it curves a lot
+        and would pass for noise), or over all of them while there are fewer than three."""
+        v = self._vals[self._best_index:] if len(self._vals) - self._best_index >= 3 else self._vals
         second = [abs(a - 2 * b + c) for a, b, c in zip(v, v[1:], v[2:])]
         return statistics.median(second) / 0.6745 / math.sqrt(6) if second else 0.0
+
+    def _gap_grew(self, val: float) -> bool:
+        """Whether the model now does better on its training data than on held-out data
+        (validation above training: a validation loss still below the training loss is
+        a model that generalises as well as it fits, as early in training, or under
+        dropout) and by more than at the best evaluation: the gap is what memorising widens."""
+        if self._train is None or self._best_train is None:
+            return False
+        gap = val - self._train
+        return gap > 0 and gap > self._best - self._best_train
 
     def _train_fell(self) -> bool:
         return (self._train is not None and self._best_train is not None
                 and self._train < (1 - self.min_fall) * self._best_train)
 
     def explain_stop(self, cause: str, metric: str | None, step: int) -> list[Flag]:
-        """Early stopping ended the run on our metric: if the training loss kept falling
-        while the validation loss stayed above its best, that is overfitting, and the run
-        carries the flag (unless it already does)."""
+        """Early stopping ended the run on our metric: if the validation loss stands above
+        its best beyond its own noise (``noise`` times its scatter since the best) while the
+        training loss fell by ``min_fall`` and the train/validation gap widened (and is
+        positive), that is overfitting, and the run carries the flag (unless it already
+        does). A validation loss that only stopped improving (flat within its noise) is
+        a plateau of the validation loss, not overfitting: no flag."""
         if self._fired or cause != "early_stopping" or metric != self.monitor or self._last is None:
             return []
         last_step, val, epoch = self._last
         if self._count:  # training losses logged after the last evaluation
             self._train, self._sum, self._count = self._sum / self._count, 0.0, 0
-        if not (val > self._best and last_step > self._best_step and self._train_fell()):
+        rise = self.noise * self._scatter()
+        if not (val > self._best + rise and last_step > self._best_step and self._train_fell()
+                and self._gap_grew(val)):
             return []
         self._fired = True
-        return [self._flag(last_step, val, epoch, self.min_rise * abs(self._best), stopped=True)]
+        return [self._flag(last_step, val, epoch, rise, stopped=True)]
 
     def _flag(self, step: int, val: float, epoch: float | None, rise: float, stopped: bool = False) -> Flag:
         def when(step, epoch):

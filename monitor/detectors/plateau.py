@@ -27,11 +27,12 @@ against the loss's own scale and its own noise, over a window that grows with th
 Not a plateau: a loss below ``min_level`` (80 %) of the way from its floor to its first
 value (it learned: a flat stretch after a fifth of the loss is gone is convergence or the
 task's floor, as in a long healthy run whose tail is flat; a stuck run sits at its start), a loss above its
-start by more than ``climbed`` (1.5x: a climb is the divergence rule's business), and a
-learning rate still rising over the window (a warm-up: progress comes later). With a
-loss slightly above its start the advice is to lower the learning rate, never to raise
-it. Checked every tenth of a window; flagged once per run (warning) on two checks in a
-row. The window counts logged values, not sampled steps, so the sampling interval plays
+start or climbing over the window, beyond its noise (``z`` standard errors of the medians
+compared; and in any case above ``climbed``, 1.5x, its start: a loss going the wrong way
+is the divergence rule's business, with the opposite advice), and a learning rate still
+rising over the window (a warm-up: progress comes later). A loss flat at its start but
+above it within the noise gets the advice to lower the learning rate, never to raise it.
+Checked every tenth of a window; flagged once per run (warning) on two checks in a row. The window counts logged values, not sampled steps, so the sampling interval plays
 no part.
 
 Sample flag: ``plateau (warning) at step 54: the training loss is not making progress: it
@@ -166,6 +167,11 @@ class Plateau:
         sigma = statistics.median(diffs) / 0.6745 / math.sqrt(2)
         # the standard error of a median is about 1.2533 sigma / sqrt(n); two halves of ``half``
         error = 1.2533 * sigma * math.sqrt(1 / half + 1 / len(earlier))
+        # above its start or climbing, beyond the noise: a loss going the wrong way is the
+        # divergence story (with the opposite advice), not a loss that cannot get going
+        above_start = (now - first - self.floor) >= self.z * 1.2533 * sigma * math.sqrt(1 / half + 1 / len(self._start))
+        if improvement <= -self.z * error or above_start:
+            return None
         halving = 0.5 * (now - self.floor) * half / improvement if improvement > 0 else math.inf
         significant = improvement >= self.z * error
         flat = not significant and self.z * error < self.min_delta * (now - self.floor)  # and the window can tell

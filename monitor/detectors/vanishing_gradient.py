@@ -101,10 +101,18 @@ class VanishingGradient:
         output = grads[-1]
         level = self._loss.level()
         use_floor = level is None or level >= self.stuck_level
-        # the ratio of two negligible numbers says nothing: read it only when the output gets a gradient
-        ratio = {g.layer: g.rms / output.rms if output.rms > self.floor else None for g in grads}
+        # the flow is read on the elements the gradient reaches (exact zeros are ReLU gating or
+        # dead units: not a gradient fading with depth); a layer it reaches nowhere says
+        # nothing here. The ratio of two negligible numbers says nothing either: read it only
+        # when the output gets a gradient, and only for layers with no normalisation layer
+        # between them and the output (that layer rescales the gradient by 1 / its input's std).
+        out_rms = output.active_rms
+        ratio = {g.layer: g.active_rms / out_rms
+                 if g.active_rms is not None and out_rms is not None and out_rms > self.floor and not g.below_norm
+                 else None for g in grads}
         why = {g.layer: "ratio" if g is not output and ratio[g.layer] is not None and ratio[g.layer] < self.min_ratio
-               else "floor" if use_floor and g.rms < self.floor else None for g in grads}
+               else "floor" if use_floor and g.active_rms is not None and g.active_rms < self.floor else None
+               for g in grads}
         hits = persistent(self._held, event.step, grads, why)
         if not hits:
             return []

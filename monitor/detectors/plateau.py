@@ -32,8 +32,9 @@ compared; and in any case above ``climbed``, 1.5x, its start: a loss going the w
 is the divergence rule's business, with the opposite advice), and a learning rate still
 rising over the window (a warm-up: progress comes later). A loss flat at its start but
 above it within the noise gets the advice to lower the learning rate, never to raise it.
-Checked every tenth of a window; flagged once per run (warning) on two checks in a row. The window counts logged values, not sampled steps, so the sampling interval plays
-no part.
+Checked every tenth of a window; flagged once per run (warning) on two checks in a row.
+The window counts logged values, not sampled steps, so the sampling interval plays no
+part.
 
 Sample flag: ``plateau (warning) at step 54: the training loss is not making progress: it
 has not moved beyond its noise over the last 50 logged steps (median 2.301 in steps 30-54

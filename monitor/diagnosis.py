@@ -15,8 +15,9 @@ from monitor.early_stopping import EarlyStopping, StopReason
 from monitor.events import Event, Flag, Kind
 
 #: Events after which the detectors are asked whether they want a closer look: the
-#: sampled statistics and the every-step signs, where suspicions arise.
-LOOK_AFTER = frozenset({Kind.LAYER_STATS, Kind.INPUT_STATS, Kind.VITALS})
+#: sampled statistics, where suspicions about layers arise (the every-step signs need no
+#: sampling to be confirmed, and asking on each of them would cost every step).
+LOOK_AFTER = frozenset({Kind.LAYER_STATS, Kind.INPUT_STATS})
 #: Flags that a divergence already explains once it has been raised: after the loss has
 #: blown up (or gone NaN) the weights are wrecked, so what their layers show next
 #: (saturated units, vanishing gradients, update/weight ratios whose denominator is the

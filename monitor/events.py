@@ -374,6 +374,15 @@ class Event:
         if not isinstance(self.data, expected):
             raise fail(f"data of a {self.kind.value} event", expected.__name__, type(self.data).__name__)
 
+    @classmethod
+    def unchecked(cls, run: str, seq: int, step: int, wall: float, kind: Kind, data: Payload) -> "Event":
+        """Build without validating: only for events babysit's writer stamps itself (its run
+        id checked once, its seqs and steps its own counters), on the hot path of every step.
+        Everything that arrives from elsewhere goes through the constructor."""
+        event = object.__new__(cls)
+        event.__dict__.update(run=run, seq=seq, step=step, wall=wall, kind=kind, data=data)
+        return event
+
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "seq": self.seq, "step": self.step, "wall": self.wall,
                 "kind": self.kind.value, "data": self.data.to_dict()}

@@ -271,3 +271,35 @@ def test_every_summary_the_writer_builds_unchecked_passes_the_schema(tmp_path, m
     for s in summaries:  # compared as codec text: NaN != NaN, but its encoding is exact
         assert dumps(TensorSummary.from_dict(s.to_dict()).to_dict()) == dumps(s.to_dict()), s.layer
         assert all(type(getattr(s, name)) is float for name in ("mean", "std", "min", "max", "norm", "zero_frac"))
+
+
+def test_every_event_the_writer_stamps_unchecked_passes_the_schema(tmp_path, monkeypatch):
+    """The writer stamps its own events (scalars, vitals, statistics) without validating
+    them: each, as handed to the store, equals what the validating constructor makes of its
+    dict, with the schema's types."""
+    from monitor.codec import dumps
+    from monitor.events import Event
+    from monitor.store import RunStore
+    from trainer_hooks import watch
+
+    handed = []
+    append = RunStore.append
+
+    def spy(self, events, texts=None):
+        handed.extend(events)
+        return append(self, events, texts)
+
+    monkeypatch.setattr(RunStore, "append", spy)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt, every=2, logdir=tmp_path) as mon:
+        for step in range(4):
+            opt.zero_grad()
+            loss = model(torch.randn(5, 8)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss, lr_scale=torch.tensor(0.5))
+    assert {e.kind.value for e in handed} >= {"scalars", "vitals", "layer_stats", "input_stats"}
+    for e in handed:
+        assert dumps(Event.from_dict(e.to_dict()).to_dict()) == dumps(e.to_dict()), e.kind
+        assert type(e.seq) is int and type(e.step) is int and type(e.wall) is float

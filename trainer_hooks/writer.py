@@ -28,6 +28,7 @@ few milliseconds); a stop it decides is visible to the very next read of
 """
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import threading
@@ -56,8 +57,9 @@ CAPTURE_BACKLOG_LIMIT = 32
 #: Most records turned into events in one batch of the detect stage.
 BATCH_LIMIT = 2_000
 #: Seconds between two wake-ups of the detect stage when the training thread does not
-#: nudge it (slow steps): a flag is raised within this of its evidence being put.
-DETECT_SECONDS = 0.02
+#: nudge it (slow steps): a flag is raised within this of its evidence being put. (Each
+#: wake-up costs the stage its batch overheads; fast steps are nudged instead.)
+DETECT_SECONDS = 0.25
 #: Steps between two nudges of the detect stage by the training thread (fast steps): the
 #: bound, in steps, on how long the evidence of a flag waits before the detectors see it.
 NUDGE_STEPS = 8
@@ -279,7 +281,10 @@ class Writer:
         for record in records:
             started = time.thread_time() if isinstance(record, CaptureRecord) else 0.0
             try:
-                made = [Event(self.run, self.seq + i, record.step, record.wall, kind, data)
+                # the writer's own records are stamped unchecked (every step pays for this);
+                # an event handed over by a caller (a flag of the user's) is checked
+                make = Event if isinstance(record, EventRecord) else Event.unchecked
+                made = [make(self.run, self.seq + i, record.step, record.wall, kind, data)
                         for i, (kind, data) in enumerate(self._payloads(record, host))]
                 encoded = [codec.encode_payload(event.data) for event in made]
             except Exception:  # a bug or a hostile name must not stop the other records
@@ -376,16 +381,22 @@ class Writer:
 def _vitals(norms: np.ndarray, rows: tuple[int, ...]) -> Vitals:
     """A step's :class:`Vitals` from its parameters' gradient norms: the global norm over
     all of them, and per layer the norm of its own (sums of squares in float64)."""
+    index, keep, layers, every = _layout(rows)
     squares = np.square(norms.astype(np.float64))
+    per_layer = np.sqrt(np.bincount(index, weights=squares[keep], minlength=len(layers) and layers[-1] + 1))
+    return Vitals.unchecked(grad_norm=float(np.sqrt(squares.sum())), norms=tuple(per_layer[list(layers)].tolist()),
+                            layers=() if every else layers)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], bool]:
+    """For the parameters' rows of a step (the same from step to step): the rows of those
+    in a layer, which those are, the layers present, and whether that is every row up to
+    the last (then the payload need not name them)."""
     index = np.asarray(rows, dtype=np.int64)
-    known = index >= 0
-    layers = np.unique(index[known])
-    per_layer = np.zeros(int(layers[-1]) + 1 if layers.size else 0)
-    np.add.at(per_layer, index[known], squares[known])
-    every = layers.size == per_layer.size
-    return Vitals.unchecked(grad_norm=float(np.sqrt(squares.sum())),
-                            norms=tuple(np.sqrt(per_layer[layers]).tolist()),
-                            layers=() if every else tuple(layers.tolist()))
+    keep = index >= 0
+    layers = tuple(sorted(set(index[keep].tolist())))
+    return index[keep], keep, layers, layers == tuple(range(len(layers)))
 
 
 def _to_host(records: list) -> dict[int, Any]:

@@ -78,6 +78,7 @@ class ExplodingGradient:
     _rows: list[str] | None = None  # the model summary's rows with parameters, in the vitals' order
     _modules: dict[str, str] = field(default_factory=dict)  # row -> module class
     _weights: dict[str, float] = field(default_factory=dict)  # row -> ||w|| at the latest sample
+    _weight_norm: float = 0.0  # the network's ||w|| over those rows
     _vitals: bool = False  # vital signs seen: the sampled parameter gradients are not needed
     _first_step: int | None = None
     _early: list[float] = field(default_factory=list)  # global gradient norms of the first steps
@@ -113,10 +114,13 @@ class ExplodingGradient:
             return []
         if event.kind is Kind.VITALS:
             self._vitals = True
-            norms = (event.data.by_layer(tuple(_Row(n) for n in self._rows)) if self._rows is not None
-                     else {str(i): v for i, v in zip(event.data.layers or range(len(event.data.norms)),
-                                                     event.data.norms)})
-            return self._relative(event, norms, event.data.grad_norm)
+            data = event.data
+
+            def norms() -> dict[str, float]:  # by layer, only when a flag needs them (this runs every step)
+                if self._rows is not None:
+                    return data.by_layer(tuple(_Row(n) for n in self._rows))
+                return {str(i): v for i, v in zip(data.layers or range(len(data.norms)), data.norms)}
+            return self._relative(event, norms, data.grad_norm)
         if event.kind is not Kind.LAYER_STATS:
             return []
         params = [s for s in event.data.summaries if s.signal is Signal.PARAM_GRAD]
@@ -130,13 +134,14 @@ class ExplodingGradient:
             if math.isfinite(s.norm):
                 grads[row] = grads.get(row, 0.0) + s.norm ** 2
         self._weights.update({row: math.sqrt(v) for row, v in weights.items()})
+        self._weight_norm = math.sqrt(sum(w * w for w in self._weights.values()))
         flags = self._against_output(event)
         if not flags and not self._vitals and grads:
-            flags = self._relative(event, {row: math.sqrt(v) for row, v in grads.items()},
+            flags = self._relative(event, lambda: {row: math.sqrt(v) for row, v in grads.items()},
                                    math.sqrt(sum(grads.values())))
         return flags
 
-    def _relative(self, event: Event, norms: dict[str, float], total: float) -> list[Flag]:
+    def _relative(self, event: Event, layer_norms, total: float) -> list[Flag]:
         """The first two references, at one step's gradient norms (per layer and global)."""
         if not math.isfinite(total):
             return []  # a NaN or Inf gradient is the divergence rule's business
@@ -148,7 +153,7 @@ class ExplodingGradient:
             reference = None
         else:
             reference = statistics.median(self._early) if self._early else None
-        weight_norm = math.sqrt(sum(w * w for w in self._weights.values()))
+        weight_norm = self._weight_norm
         relative = total / weight_norm if weight_norm > 0 else None
         hit = None
         if self._held.add("relative", step, relative is not None and relative > self.max_relative):
@@ -158,6 +163,7 @@ class ExplodingGradient:
         if hit is None:
             return []
         self._fired = True
+        norms = layer_norms()
         ratios = {row: norms[row] / w for row, w in self._weights.items()
                   if row in norms and w > 0 and math.isfinite(norms[row])}
         order = self._rows or list(self._weights)

@@ -8,7 +8,9 @@ healthy twin, ground truth measured with raw torch by the zoo's own code) watche
   name layers, its layer is one of the truth's layers or inside one ("3.weight" is in "3");
 * **recall**: pathological runs whose primary kind got a true flag, over pathological runs
   (per kind and overall); a run whose primary kind was not measured is left out (with
-  ``--check-zoo`` that is an error);
+  ``--check-zoo`` that is an error), and so is one that babysit stopped (early stopping,
+  a flag it stops on) before its primary problem's measured onset: it was no longer
+  watching, and the zoo trains on unwatched only so that the truth stays the same;
 * **precision**: true flags over all flags, on pathological runs;
 * **false flags on healthy runs**: every flag on a run whose truth is empty;
 * **delay**: first true flag of a kind minus that truth's ``unambiguous`` step (negative:
@@ -73,6 +75,9 @@ def judge(result: dict) -> dict:
     result["detections"] = detections
     result["healthy"] = result["primary"] is None
     result["primary_measured"] = result["primary"] in truth if result["primary"] else not truth
+    stop = result.get("stopped_at")
+    primary = truth.get(result["primary"]) if result["primary"] else None
+    result["stopped_before_onset"] = stop is not None and primary is not None and primary["onset"] > stop
     return result
 
 
@@ -98,7 +103,7 @@ def zoo_problems(results: list[dict]) -> list[str]:
 
 def score(results: list[dict]) -> dict:
     """Recall, precision, false flags on healthy runs and delays, per kind and overall."""
-    sick = [r for r in results if not r["healthy"] and r["primary_measured"]]
+    sick = [r for r in results if not r["healthy"] and r["primary_measured"] and not r["stopped_before_onset"]]
     per_kind = {}
     for kind in KINDS:
         runs = [r for r in sick if r["primary"] == kind]
@@ -117,7 +122,8 @@ def score(results: list[dict]) -> dict:
             "healthy_flags": [(r["name"], f["kind"], f["layer"], f["step"]) for r in results if r["healthy"]
                               for f in r["flags"]],
             "late": sum(not d["on_time"] for d in detections), "detections": len(detections),
-            "unmeasured": [r["name"] for r in results if not r["primary_measured"]]}
+            "unmeasured": [r["name"] for r in results if not r["primary_measured"]],
+            "stopped_before_onset": [r["name"] for r in results if r["stopped_before_onset"]]}
 
 
 def _ratio(a: int, b: int) -> str:
@@ -159,6 +165,9 @@ def table(s: dict) -> str:
             for name, kind, layer, step in s["healthy_flags"]))
     if s["unmeasured"]:
         lines.append("left out (primary kind not measured): " + ", ".join(s["unmeasured"]))
+    if s["stopped_before_onset"]:
+        lines.append("left out of recall (stopped by babysit before the problem's onset): "
+                     + ", ".join(s["stopped_before_onset"]))
     return "\n".join(lines)
 
 

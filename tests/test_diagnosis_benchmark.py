@@ -70,7 +70,8 @@ def test_the_quick_form_covers_every_kind_of_pathology_and_some_healthy_runs(qui
 def test_babysit_flags_at_least_95_percent_of_the_pathologies_at_default_settings(quick):
     score = quick["score"]
     missed = [r["name"] for r in quick["results"]
-              if r["primary"] and r["primary_measured"] and r["primary"] not in r["detections"]]
+              if r["primary"] and r["primary_measured"] and not r["stopped_before_onset"]
+              and r["primary"] not in r["detections"]]
     assert score["runs"] and score["found"] / score["runs"] >= RECALL_TARGET, (
         f"recall {score['found']}/{score['runs']}; missed: {', '.join(missed)}\n{quick['table']}")
 

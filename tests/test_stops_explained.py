@@ -32,7 +32,7 @@ def train_until_stopped(tmp_path, *, train_size: int, epochs: int, poison_at: in
     x, y = overlapping_blobs(train_size, draw=0)
     xv, yv = overlapping_blobs(256, draw=1)
     model = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     stopping = EarlyStopping(monitor="val_loss", patience=5)
     with watch(model, opt, run="stops", logdir=tmp_path, early_stopping=stopping) as mon:
         for epoch in range(epochs):

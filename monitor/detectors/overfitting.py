@@ -55,6 +55,11 @@ PATIENCE = 3
 MIN_RISE = 0.1
 #: Times the validation loss's scatter (a robust std from its second differences) the rise must exceed.
 NOISE = 2.0
+#: How far above its best the validation loss must stand when early stopping ends the run
+#: for the stop to be put down to overfitting (5 %: Prechelt's GL5 criterion, "Early
+#: stopping - but when?", 1998; half the bar of the flag raised during the run, as early
+#: stopping has already found that validation stopped improving).
+STOP_RISE = 0.05
 #: How much the training loss must have fallen since the best evaluation, relative (10 %):
 #: a flat training loss with a noisy validation loss (random labels, a learning rate too
 #: low) is not memorising; an overfitting one falls by 90 % and more.
@@ -74,6 +79,7 @@ class Overfitting:
     min_rise: float = MIN_RISE
     min_fall: float = MIN_FALL
     noise: float = NOISE
+    stop_rise: float = STOP_RISE
     monitor: str = "val_loss"
     train: str = "loss"
     _scale: float | None = None  # the first finite training loss
@@ -96,6 +102,8 @@ class Overfitting:
                 "a fraction >= 0 of the best validation loss")
         require("min_fall", self.min_fall, lambda v: 0 <= v < 1, "a fraction in [0, 1) of the training loss")
         require("noise", self.noise, lambda v: 0 <= v < math.inf, "a finite number of standard deviations >= 0")
+        require("stop_rise", self.stop_rise, lambda v: 0 <= v < math.inf,
+                "a fraction >= 0 of the best validation loss")
         for name in ("monitor", "train"):
             require(name, getattr(self, name), lambda v: isinstance(v, str) and v, "the name of a logged scalar")
         if self.monitor == self.train:
@@ -155,8 +163,9 @@ class Overfitting:
                 and self._train < (1 - self.min_fall) * self._best_train)
 
     def explain_stop(self, cause: str, metric: str | None, step: int) -> list[Flag]:
-        """Early stopping ended the run on our metric: if the validation loss stands above
-        its best beyond its own noise (``noise`` times its scatter since the best) while the
+        """Early stopping ended the run on our metric: if the validation loss stands more
+        than ``stop_rise`` (5 %) above its best and beyond its own noise (``noise`` times
+        its scatter since the best) while the
         training loss fell by ``min_fall`` and the train/validation gap widened (and is
         positive), that is overfitting, and the run carries the flag (unless it already
         does). A validation loss that only stopped improving (flat within its noise) is
@@ -166,7 +175,7 @@ class Overfitting:
         last_step, val, epoch = self._last
         if self._count:  # training losses logged after the last evaluation
             self._train, self._sum, self._count = self._sum / self._count, 0.0, 0
-        rise = self.noise * self._scatter()
+        rise = max(self.noise * self._scatter(), self.stop_rise * abs(self._best))
         if not (val > self._best + rise and last_step > self._best_step and self._train_fell()
                 and self._gap_grew(val)):
             return []

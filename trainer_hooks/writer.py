@@ -112,7 +112,7 @@ class VitalsRecord:
 
     step: int
     wall: float
-    norms: torch.Tensor  # 1-d
+    norms: torch.Tensor | list  # 1-d on an accelerator; on the CPU the 0-d norms, joined here
     rows: tuple[int, ...]
 
 
@@ -415,6 +415,9 @@ def _to_host(records: list) -> dict[int, Any]:
                     else:
                         groups.setdefault((value.device, value.dtype), []).append((id(record), name, value))
         elif isinstance(record, VitalsRecord):
+            if isinstance(record.norms, list):  # CPU norms, computed on the training thread already
+                out[id(record)] = torch.stack(record.norms).numpy()
+                continue
             norms = record.norms.detach()
             if norms.device.type == "cpu":
                 out[id(record)] = norms.numpy()

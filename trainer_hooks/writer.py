@@ -415,8 +415,10 @@ def _to_host(records: list) -> dict[int, Any]:
                     else:
                         groups.setdefault((value.device, value.dtype), []).append((id(record), name, value))
         elif isinstance(record, VitalsRecord):
-            if isinstance(record.norms, list):  # CPU norms, computed on the training thread already
-                out[id(record)] = torch.stack(record.norms).numpy()
+            if isinstance(record.norms, list):  # CPU norms, computed on the training thread already:
+                # read as they are (a torch kernel here would start a thread team of its own
+                # beside the training's)
+                out[id(record)] = np.array([n.item() for n in record.norms], dtype=np.float64)
                 continue
             norms = record.norms.detach()
             if norms.device.type == "cpu":

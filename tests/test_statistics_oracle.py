@@ -293,7 +293,7 @@ def test_every_event_the_writer_stamps_unchecked_passes_the_schema(tmp_path, mon
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with watch(model, opt, every=2, logdir=tmp_path) as mon:
-        for step in range(4):
+        for _ in range(4):
             opt.zero_grad()
             loss = model(torch.randn(5, 8)).pow(2).mean()
             loss.backward()

@@ -204,11 +204,6 @@ class Writer:
         return count() >= target
 
     @property
-    def idle(self) -> bool:
-        """Whether everything put so far is committed."""
-        return self._done >= self._accepted
-
-    @property
     def cpu_seconds(self) -> float:
         """CPU time both stages have spent on records (the sink's retry waits excluded)."""
         return self._cpu["detect"] + self._cpu["sink"]

@@ -111,7 +111,7 @@ class RunStore(RunPageReads):
                                    check_same_thread=False, isolation_level=None)
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            self._wal()
             # NORMAL in WAL: a process crash loses no commit; only power loss (or a disk error
             # that remounts the file system read-only) may undo the last few.
             self._db.execute("PRAGMA synchronous = NORMAL")
@@ -121,6 +121,21 @@ class RunStore(RunPageReads):
             if is_disk_fault(exc):
                 raise cannot_open(self.path, exc) from exc
             raise
+
+    def _wal(self) -> None:
+        """Switch the file to WAL. Of several processes opening a new file at once, one may
+        be creating it: SQLite then answers "database is locked" at once, without waiting
+        out the busy timeout (the switch needs the file to itself), so wait and retry here,
+        within that same timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _create_tables(self) -> None:
         """Create the tables, or upgrade an older file in place, in one transaction.

@@ -333,9 +333,13 @@ class Vitals(Payload):
         if self.layers and len(self.layers) != len(self.norms):
             raise fail("layers", f"{len(self.norms)} row indices like norms (or none: every row)", self.layers)
 
-    def by_layer(self, model: tuple["ModuleInfo", ...]) -> dict[str, float]:
-        """The layer norms by layer name, given the run's model summary (``RunStart.model``)."""
-        rows = [m.name for m in model if m.name != "(total)"]
+    @staticmethod
+    def layer_names(model: tuple["ModuleInfo", ...]) -> tuple[str, ...]:
+        """The names ``norms`` refer to, from the run's model summary (``RunStart.model``)."""
+        return tuple(m.name for m in model if m.name != "(total)")
+
+    def by_layer(self, rows: tuple[str, ...]) -> dict[str, float]:
+        """The layer norms by layer name, given :meth:`layer_names` of the run's model."""
         which = self.layers or range(len(self.norms))
         return {rows[i]: norm for i, norm in zip(which, self.norms) if i < len(rows)}
 

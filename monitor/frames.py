@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monitor import codec
-from monitor.events import QUANTILE_LEVELS, Event, Kind
+from monitor.events import QUANTILE_LEVELS, Event, Kind, Vitals
 from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import check_run_id
 
@@ -128,9 +128,10 @@ GLOBAL = "(global)"
 
 
 def _vitals_rows(events: list[Event], model) -> Iterable[dict[str, Any]]:
+    rows = Vitals.layer_names(model)
     for e in events:
         yield _stamp(e, layer=GLOBAL, grad_norm=e.data.grad_norm)
-        for layer, norm in e.data.by_layer(model).items():
+        for layer, norm in e.data.by_layer(rows).items():
             yield _stamp(e, layer=layer, grad_norm=norm)
 
 

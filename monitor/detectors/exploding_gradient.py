@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from monitor.detectors.common import MIN_SAMPLES, MIN_STEPS, Persistence, require, require_persistence
 from monitor.detectors.gradient_flow import SIGNALS, gradient_flag, layer_gradients, persistent
 from monitor.detectors.vanishing_gradient import FLOOR
-from monitor.events import Event, Flag, Kind, Severity, Signal
+from monitor.events import Event, Flag, Kind, Severity, Signal, Vitals
 
 KIND = "exploding_gradient"
 #: A layer above this multiple of the output layer's RMS gradient is blowing up (three orders of magnitude).
@@ -75,7 +75,7 @@ class ExplodingGradient:
     min_samples: int = MIN_SAMPLES
     min_steps: int = MIN_STEPS
     signal: str = Signal.OUTPUT_GRAD.value
-    _rows: list[str] | None = None  # the model summary's rows with parameters, in the vitals' order
+    _rows: tuple[str, ...] | None = None  # the model summary's rows, in the vitals' order
     _modules: dict[str, str] = field(default_factory=dict)  # row -> module class
     _weights: dict[str, float] = field(default_factory=dict)  # row -> ||w|| at the latest sample
     _weight_norm: float = 0.0  # the network's ||w|| over those rows
@@ -108,9 +108,8 @@ class ExplodingGradient:
         if self._fired:
             return []
         if event.kind is Kind.RUN_START:
-            rows = [m for m in event.data.model if m.name != "(total)" and m.params > 0]
-            self._rows = [m.name for m in rows]
-            self._modules = {m.name: m.module for m in rows}
+            self._rows = Vitals.layer_names(event.data.model)  # the rows the vitals' norms refer to
+            self._modules = {m.name: m.module for m in event.data.model if m.name in self._rows}
             return []
         if event.kind is Kind.VITALS:
             self._vitals = True
@@ -118,7 +117,7 @@ class ExplodingGradient:
 
             def norms() -> dict[str, float]:  # by layer, only when a flag needs them (this runs every step)
                 if self._rows is not None:
-                    return data.by_layer(tuple(_Row(n) for n in self._rows))
+                    return data.by_layer(self._rows)
                 return {str(i): v for i, v in zip(data.layers or range(len(data.norms)), data.norms)}
             return self._relative(event, norms, data.grad_norm)
         if event.kind is not Kind.LAYER_STATS:
@@ -206,9 +205,3 @@ class ExplodingGradient:
             verb="explode", relation="times", beyond="", bounds=f"above {self.max_ratio:g} times the output layer's",
             evidence={"reference": "output_layer", "max_ratio": self.max_ratio, "min_output": self.min_output})]
 
-
-@dataclass(frozen=True)
-class _Row:
-    """Just what :meth:`Vitals.by_layer` reads of a model summary row: its name."""
-
-    name: str

@@ -311,37 +311,64 @@ class RunEnd(Payload):
 
 @dataclass(frozen=True)
 class Vitals(Payload):
-    """Vital signs of one training step, taken on every step (not only sampled ones), so
-    that what they show never depends on the sampling interval.
+    """Vital signs of training steps, taken on every step (not only sampled ones), so that
+    what they show never depends on the sampling interval. One event carries a block of
+    steps (the writer hands on a block every few steps: an event per step cost the writer
+    more than taking the signs did).
 
-    ``grad_norm`` is the global L2 norm of the gradients the optimizer stepped with (the
-    number ``clip_grad_norm_`` reads); ``norms`` the L2 norm of each layer's own gradients
-    (weights and biases together), in the order of the ``run_start`` model summary's rows
-    that have parameters (its ``(total)`` row left out); ``layers`` the indices of those rows
-    when only some had a gradient at this step, and empty when all did (the usual case, so
-    the names are not repeated on every step).
+    ``grad_norm[i]`` is the global L2 norm of the gradients the optimizer stepped with at
+    the block's ``i``-th step (the number ``clip_grad_norm_`` reads); ``norms[i]`` the L2
+    norm of each layer's own gradients (weights and biases together) at that step, in the
+    order of the ``run_start`` model summary's rows that have parameters (its ``(total)``
+    row left out); ``layers`` the indices of those rows when only some had a gradient in
+    this block, and empty when all did (the usual case, so the names are not repeated);
+    ``offsets[i]`` the ``i``-th step less the event's step, empty when the steps follow
+    one another from the event's (the usual case). The one-step form of the first v2
+    runs (``grad_norm`` a number, ``norms`` one row) reads as a block of one.
     """
 
-    grad_norm: float
-    norms: tuple[float, ...] = ()
+    grad_norm: tuple[float, ...]
+    norms: tuple[tuple[float, ...], ...] = ()
     layers: tuple[int, ...] = ()
+    offsets: tuple[int, ...] = ()
 
     def __post_init__(self):
-        set_field(self, "grad_norm", as_float("grad_norm", self.grad_norm))
-        set_field(self, "norms", floats("norms", self.norms))
+        if isinstance(self.grad_norm, (int, float)) and not isinstance(self.grad_norm, bool):  # one step
+            set_field(self, "grad_norm", (self.grad_norm,))
+            set_field(self, "norms", (self.norms,) if self.norms else ())
+        set_field(self, "grad_norm", floats("grad_norm", self.grad_norm))
+        set_field(self, "norms", tuple(floats("norms", row) for row in as_list("norms", self.norms)))
         set_field(self, "layers", tuple(as_int("layers", v, 0) for v in as_list("layers", self.layers)))
-        if self.layers and len(self.layers) != len(self.norms):
-            raise fail("layers", f"{len(self.norms)} row indices like norms (or none: every row)", self.layers)
+        set_field(self, "offsets", tuple(as_int("offsets", v, 0) for v in as_list("offsets", self.offsets)))
+        steps = len(self.grad_norm)
+        if not steps:
+            raise fail("grad_norm", "the global gradient norm of at least one step", self.grad_norm)
+        if self.norms and len(self.norms) != steps:
+            raise fail("norms", f"one row of layer norms per step ({steps}), or none", self.norms)
+        widths = {len(row) for row in self.norms}
+        if len(widths) > 1 or (self.layers and widths and widths != {len(self.layers)}):
+            raise fail("norms", f"rows of one length ({len(self.layers)}: the rows of layers)" if self.layers
+                       else "rows of one length (a norm per layer)", self.norms)
+        if self.offsets and (len(self.offsets) != steps
+                             or any(b <= a for a, b in zip(self.offsets, self.offsets[1:]))):
+            raise fail("offsets", f"{steps} increasing step offsets like grad_norm (or none: consecutive steps)",
+                       self.offsets)
+
+    def steps(self, step: int) -> tuple[int, ...]:
+        """The block's steps, given the event's ``step``."""
+        return tuple(step + o for o in self.offsets) if self.offsets else tuple(range(step, step + len(self.grad_norm)))
 
     @staticmethod
     def layer_names(model: tuple["ModuleInfo", ...]) -> tuple[str, ...]:
         """The names ``norms`` refer to, from the run's model summary (``RunStart.model``)."""
         return tuple(m.name for m in model if m.name != "(total)")
 
-    def by_layer(self, rows: tuple[str, ...]) -> dict[str, float]:
-        """The layer norms by layer name, given :meth:`layer_names` of the run's model."""
-        which = self.layers or range(len(self.norms))
-        return {rows[i]: norm for i, norm in zip(which, self.norms) if i < len(rows)}
+    def by_layer(self, rows: tuple[str, ...], i: int = 0) -> dict[str, float]:
+        """The layer norms of the block's ``i``-th step by layer name, given
+        :meth:`layer_names` of the run's model."""
+        norms = self.norms[i] if self.norms else ()
+        which = self.layers or range(len(norms))
+        return {rows[r]: norm for r, norm in zip(which, norms) if r < len(rows)}
 
 
 PAYLOADS: dict[Kind, type[Payload]] = {

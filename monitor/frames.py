@@ -130,9 +130,10 @@ GLOBAL = "(global)"
 def _vitals_rows(events: list[Event], model) -> Iterable[dict[str, Any]]:
     rows = Vitals.layer_names(model)
     for e in events:
-        yield _stamp(e, layer=GLOBAL, grad_norm=e.data.grad_norm)
-        for layer, norm in e.data.by_layer(rows).items():
-            yield _stamp(e, layer=layer, grad_norm=norm)
+        for i, (step, total) in enumerate(zip(e.data.steps(e.step), e.data.grad_norm)):
+            yield {"layer": GLOBAL, "grad_norm": total, "step": step, "wall": e.wall}
+            for layer, norm in e.data.by_layer(rows, i).items():
+                yield {"layer": layer, "grad_norm": norm, "step": step, "wall": e.wall}
 
 
 def _image(filters) -> np.ndarray:

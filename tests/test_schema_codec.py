@@ -5,7 +5,8 @@ import pytest
 
 from monitor import codec
 from monitor.codec import decode_event, dumps, encode_event, loads
-from monitor.events import Event, Filters, Kind, LayerStats, RunEnd, RunStart, Scalars, Status, TensorSummary
+from monitor.events import (Event, Filters, Kind, LayerStats, RunEnd, RunStart, Scalars, Status, TensorSummary,
+                            Vitals)
 from monitor.validation import SchemaError
 
 
@@ -90,3 +91,32 @@ def test_a_seed_past_64_bits_in_the_config_is_kept_as_it_was():
 def test_a_training_process_cannot_report_its_run_lost(payload):
     with pytest.raises(SchemaError, match="lost is the server's verdict"):
         payload("lost")
+
+
+def test_a_vitals_block_round_trips_with_its_steps_and_layers():
+    block = Vitals((1.5, math.inf, 0.25), ((1.0, 1.1), (math.inf, 0.0), (0.2, 0.15)), layers=(0, 2), offsets=(0, 1, 3))
+    event = Event("r", 4, 100, 1.0, Kind.VITALS, block)
+    back = decode_event(encode_event(event))
+    assert back.data == block
+    assert back.data.steps(back.step) == (100, 101, 103)
+    assert back.data.by_layer(("a", "b", "c"), 1) == {"a": math.inf, "c": 0.0}
+
+
+def test_the_one_step_vitals_of_the_first_v2_runs_read_as_a_block_of_one():
+    text = ('{"run": "r", "seq": 3, "step": 7, "wall": 1.0, "kind": "vitals", '
+            '"data": {"grad_norm": 0.5, "norms": [0.3, 0.4], "layers": []}}')
+    vitals = decode_event(text).data
+    assert vitals.grad_norm == (0.5,) and vitals.norms == ((0.3, 0.4),) and vitals.steps(7) == (7,)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"grad_norm": []}, "grad_norm"),
+    ({"grad_norm": [1.0, 2.0], "norms": [[1.0]]}, "one row of layer norms per step"),
+    ({"grad_norm": [1.0, 2.0], "norms": [[1.0], [1.0, 2.0]]}, "rows of one length"),
+    ({"grad_norm": [1.0], "norms": [[1.0, 2.0]], "layers": [3]}, "rows of one length"),
+    ({"grad_norm": [1.0, 2.0], "offsets": [0, 0]}, "increasing step offsets"),
+    ({"grad_norm": [1.0, 2.0], "offsets": [0]}, "increasing step offsets"),
+])
+def test_a_malformed_vitals_block_is_rejected_naming_the_field(fields, message):
+    with pytest.raises(SchemaError, match=message):
+        Vitals.from_dict(fields)

@@ -38,7 +38,8 @@ from trainer_hooks.probe import Probe
 from trainer_hooks.schedule import make_schedule
 from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, NUDGE_STEPS,
-                                  CaptureRecord, EventRecord, ScalarRecord, StopRecord, VitalsRecord, Writer)
+                                  CaptureRecord, EventRecord, ScalarRecord, StopRecord, VitalsBlock, VitalsRecord,
+                                  Writer)
 
 #: Seconds close() gives a server to take what is still spooled.
 CLOSE_SEND_SECONDS = 15.0
@@ -138,6 +139,7 @@ class Monitor:
                                               options.sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
         self.probe = Probe(self.model, optimizer, sample_size=options.sample_size, dead_window=options.dead_window)
+        self._vitals = VitalsBlock()  # this step's vital signs join it; handed over every NUDGE_STEPS steps
         self.probe.on_root_forward = self._on_root_forward
         self.probe.on_optimizer_step = self._end_step
         _watched[self.model] = self.run_id
@@ -271,6 +273,7 @@ class Monitor:
         self.probe.remove()
         _watched.pop(self.model, None)
         self._finish_capture()
+        self._put_vitals(self._vitals.take())
         self._record_lr()  # hand over the one held back
         # The detectors run on the writer's detect stage: without this wait a flag raised
         # by the last records (the evaluation that stopped the run, and the flags that
@@ -343,11 +346,12 @@ class Monitor:
         vitals = self.probe.vitals
         if vitals is not None:
             self.probe.vitals = None
-            self._put(VitalsRecord(self._step, time.time(), *vitals))
+            self._put_vitals(self._vitals.add(self._step, *vitals))
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
         self._step += 1
         if self._step % NUDGE_STEPS == 0:
+            self._put_vitals(self._vitals.take())
             self._writer.nudge()  # the detectors see this step's evidence within NUDGE_STEPS steps
         if self._agreement is not None and self._agreement.due(self._step):
             self._agree()
@@ -414,6 +418,10 @@ class Monitor:
 
     def _emit(self, kind: Kind, data, wait: bool = False) -> None:
         self._put(EventRecord(self._step, time.time(), kind, data), wait)
+
+    def _put_vitals(self, record: VitalsRecord | None) -> None:
+        if record is not None:
+            self._put(record)
 
     def _put(self, record, wait: bool = False) -> None:
         if not self._writer.put(record, wait):

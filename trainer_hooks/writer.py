@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import statistics
 import threading
 import time
@@ -107,13 +108,44 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class VitalsRecord:
-    """One step's gradient norms, still on their device: ``norms[i]`` is the L2 norm of a
-    parameter's gradient, ``rows[i]`` the model-summary row of its layer (-1: none)."""
+    """A block of steps' gradient norms, still on their device: ``norms[i]`` holds the
+    ``i``-th step's (``steps[i]``) L2 norm of each parameter's gradient, ``rows[j]`` the
+    model-summary row of parameter ``j``'s layer (-1: none), the same for the block."""
 
-    step: int
+    step: int  # the block's first
     wall: float
-    norms: torch.Tensor | list  # 1-d on an accelerator; on the CPU the 0-d norms, joined here
+    steps: tuple[int, ...]
+    norms: list  # per step: a 1-d tensor on an accelerator; on the CPU a list of squared norms (floats)
     rows: tuple[int, ...]
+
+
+class VitalsBlock:
+    """The training thread's block of vital signs, handed over as one record every
+    :data:`NUDGE_STEPS` steps (or sooner, :meth:`take`): one record per block instead of
+    one per step, so the writer's cost per step is a small share of a record's."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.norms: list = []
+        self.rows: tuple[int, ...] | None = None
+        self.wall = 0.0
+
+    def add(self, step: int, norms, rows: tuple[int, ...]) -> VitalsRecord | None:
+        """Add a step's signs; the block taken before them when their layers differ."""
+        taken = self.take() if self.rows is not None and rows != self.rows else None
+        if not self.steps:
+            self.rows, self.wall = rows, time.time()
+        self.steps.append(step)
+        self.norms.append(norms)
+        return taken
+
+    def take(self) -> VitalsRecord | None:
+        """The block so far as a record (None when empty), and a fresh block."""
+        if not self.steps:
+            return None
+        record = VitalsRecord(self.steps[0], self.wall, tuple(self.steps), self.norms, self.rows)
+        self.steps, self.norms, self.rows = [], [], None
+        return record
 
 
 @dataclass(frozen=True)
@@ -319,7 +351,7 @@ class Writer:
         if isinstance(record, ScalarRecord):
             yield Kind.SCALARS, Scalars(host[id(record)])
         elif isinstance(record, VitalsRecord):
-            yield Kind.VITALS, _vitals(host[id(record)], record.rows)
+            yield Kind.VITALS, _vitals(host[id(record)], record.rows, record.steps)
         elif isinstance(record, CaptureRecord):
             decoded = decode(record.packed)
             if decoded.input_stats is not None:
@@ -373,31 +405,38 @@ class Writer:
                 wait = min(wait * 2, RETRY_MAX)
 
 
-def _vitals(norms: np.ndarray, rows: tuple[int, ...]) -> Vitals:
-    """A step's :class:`Vitals` from its parameters' gradient norms: the global norm over
-    all of them, and per layer the norm of its own (sums of squares in float64)."""
-    index, keep, layers, every = _layout(rows)
+def _vitals(norms: np.ndarray, rows: tuple[int, ...], steps: tuple[int, ...]) -> Vitals:
+    """A block's :class:`Vitals` from its steps' parameter gradient norms (a steps x
+    parameters matrix): the global norm over all of them, and per layer the norm of its
+    own (sums of squares in float64, added per layer so an Inf stays in its own layer)."""
+    position, keep, layers, every = _layout(rows)
     squares = np.square(norms.astype(np.float64))
-    per_layer = np.sqrt(np.bincount(index, weights=squares[keep], minlength=len(layers) and layers[-1] + 1))
-    return Vitals.unchecked(grad_norm=float(np.sqrt(squares.sum())), norms=tuple(per_layer[list(layers)].tolist()),
-                            layers=() if every else layers)
+    per_layer = np.zeros((len(layers), squares.shape[0]))
+    np.add.at(per_layer, position, squares[:, keep].T)
+    offsets = tuple(s - steps[0] for s in steps)
+    return Vitals.unchecked(grad_norm=tuple(np.sqrt(squares.sum(axis=1)).tolist()),
+                            norms=tuple(map(tuple, np.sqrt(per_layer.T).tolist())),
+                            layers=() if every else layers,
+                            offsets=() if offsets[-1] == len(offsets) - 1 else offsets)
 
 
 @functools.lru_cache(maxsize=64)
 def _layout(rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], bool]:
-    """For the parameters' rows of a step (the same from step to step): the rows of those
-    in a layer, which those are, the layers present, and whether that is every row up to
-    the last (then the payload need not name them)."""
+    """For the parameters' rows of a block (the same from block to block): the position
+    among the layers present of each parameter in a layer, which parameters those are,
+    the layers present, and whether that is every row up to the last (then the payload
+    need not name them)."""
     index = np.asarray(rows, dtype=np.int64)
     keep = index >= 0
     layers = tuple(sorted(set(index[keep].tolist())))
-    return index[keep], keep, layers, layers == tuple(range(len(layers)))
+    position = np.searchsorted(np.asarray(layers, dtype=np.int64), index[keep])
+    return position, keep, layers, layers == tuple(range(len(layers)))
 
 
 def _to_host(records: list) -> dict[int, Any]:
     """Every device value of a batch on the host, by record: CPU tensors are read directly,
     accelerator ones with one copy per device and dtype (never one sync per value). A
-    scalar record becomes its dict of floats, a vitals record a numpy vector."""
+    scalar record becomes its dict of floats, a vitals record a steps x parameters matrix."""
     groups: dict[tuple, list[tuple[int, str | None, torch.Tensor]]] = {}
     out: dict[int, Any] = {}
     for record in records:
@@ -410,25 +449,23 @@ def _to_host(records: list) -> dict[int, Any]:
                     else:
                         groups.setdefault((value.device, value.dtype), []).append((id(record), name, value))
         elif isinstance(record, VitalsRecord):
-            if isinstance(record.norms, list):  # CPU norms, computed on the training thread already:
-                # read as they are (a torch kernel here would start a thread team of its own
-                # beside the training's)
-                out[id(record)] = np.array([n.item() for n in record.norms], dtype=np.float64)
-                continue
-            norms = record.norms.detach()
-            if norms.device.type == "cpu":
-                out[id(record)] = norms.numpy()
-            else:
-                groups.setdefault((norms.device, norms.dtype), []).append((id(record), None, norms))
+            steps = out[id(record)] = [None] * len(record.norms)
+            for i, norms in enumerate(record.norms):
+                if isinstance(norms, list):  # CPU squared norms, read on the training thread
+                    steps[i] = [math.sqrt(v) for v in norms]
+                elif norms.device.type == "cpu":
+                    steps[i] = norms.detach().numpy()
+                else:
+                    groups.setdefault((norms.device, norms.dtype), []).append((id(record), i, norms.detach()))
     for (device, _), entries in groups.items():
         host_dtype = torch.float32 if device.type == "mps" else torch.float64
         flat = torch.cat([v.reshape(-1) for _, _, v in entries]).to(host_dtype).cpu().numpy()
         offset = 0
         for key, name, value in entries:
             n = value.numel()
-            if name is None:
-                out[key] = flat[offset:offset + n]
-            else:
-                out[key][name] = float(flat[offset])
+            out[key][name] = flat[offset:offset + n] if isinstance(name, int) else float(flat[offset])
             offset += n
+    for record in records:
+        if isinstance(record, VitalsRecord):
+            out[id(record)] = np.array(out[id(record)], dtype=np.float64)  # steps x parameters
     return out

@@ -114,12 +114,16 @@ class ExplodingGradient:
         if event.kind is Kind.VITALS:
             self._vitals = True
             data = event.data
-
-            def norms() -> dict[str, float]:  # by layer, only when a flag needs them (this runs every step)
-                if self._rows is not None:
-                    return data.by_layer(self._rows)
-                return {str(i): v for i, v in zip(data.layers or range(len(data.norms)), data.norms)}
-            return self._relative(event, norms, data.grad_norm)
+            for i, (step, total) in enumerate(zip(data.steps(event.step), data.grad_norm)):
+                def norms(i=i) -> dict[str, float]:  # by layer, only when a flag needs them (this runs every step)
+                    if self._rows is not None:
+                        return data.by_layer(self._rows, i)
+                    row = data.norms[i] if data.norms else ()
+                    return {str(r): v for r, v in zip(data.layers or range(len(row)), row)}
+                flags = self._relative(step, norms, total)
+                if flags:
+                    return flags
+            return []
         if event.kind is not Kind.LAYER_STATS:
             return []
         params = [s for s in event.data.summaries if s.signal is Signal.PARAM_GRAD]
@@ -136,15 +140,14 @@ class ExplodingGradient:
         self._weight_norm = math.sqrt(sum(w * w for w in self._weights.values()))
         flags = self._against_output(event)
         if not flags and not self._vitals and grads:
-            flags = self._relative(event, lambda: {row: math.sqrt(v) for row, v in grads.items()},
+            flags = self._relative(event.step, lambda: {row: math.sqrt(v) for row, v in grads.items()},
                                    math.sqrt(sum(grads.values())))
         return flags
 
-    def _relative(self, event: Event, layer_norms, total: float) -> list[Flag]:
+    def _relative(self, step: int, layer_norms, total: float) -> list[Flag]:
         """The first two references, at one step's gradient norms (per layer and global)."""
         if not math.isfinite(total):
             return []  # a NaN or Inf gradient is the divergence rule's business
-        step = event.step
         if self._first_step is None:
             self._first_step = step
         if step - self._first_step < self.reference_steps:
@@ -179,7 +182,7 @@ class ExplodingGradient:
         where = (f"; layer {layer} ({self._modules.get(layer, '?')}) gets {ratios[layer]:.3g} times its weights' "
                  f"norm" if layer is not None else "")
         message = f"gradients explode: {what}, for {steps} steps ({samples} samples){where}"
-        return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=layer, evidence={
+        return [Flag(KIND, Severity.WARNING, message, ADVICE, layer=layer, step=step, evidence={
             "step": step, "reference": hit, "grad_norm": total, "weight_norm": weight_norm,
             "relative": relative, "early_median": reference, "samples": samples, "steps": steps,
             "layer_ratios": {row: ratios[row] for row in ranked}, "max_relative": self.max_relative,

@@ -136,3 +136,12 @@ def test_the_demo_at_a_learning_rate_of_2_is_flagged_too_high_before_anything_di
     [flag] = mon.flags
     assert flag.kind == "update_ratio" and flag.evidence["direction"] == "high"
     assert flag.evidence["step"] == 10 and min(flag.evidence["recent_medians"]) > 0.1  # high for 10 steps
+
+
+def test_the_weight_matrices_of_recurrent_and_attention_layers_count_as_weights_and_their_biases_do_not():
+    from monitor.detectors.update_ratio import is_weight
+    names = {"lstm.weight_ih_l0": True, "lstm.weight_hh_l0": True, "attn.in_proj_weight": True, "fc.weight": True,
+             "lstm.bias_ih_l0": False, "attn.in_proj_bias": False, "fc.bias": False}
+    for name, expected in names.items():
+        assert is_weight(summary(name, signal="param_grad", module="LSTM")) is expected, name
+    assert not is_weight(summary("bn.weight", signal="param_grad", module="BatchNorm2d"))

@@ -67,8 +67,11 @@ _NORMS = ("Norm",)  # BatchNorm*, LayerNorm, GroupNorm, InstanceNorm*, RMSNorm..
 
 
 def is_weight(summary: TensorSummary) -> bool:
-    """A parameter-gradient summary of a weight tensor (not a bias, not a normalisation layer)."""
-    return (summary.signal is Signal.PARAM_GRAD and summary.layer.rpartition(".")[2] == "weight"
+    """A parameter-gradient summary of a weight tensor (not a bias, not a normalisation
+    layer): ``weight``, and the weight matrices torch's recurrent layers and attention
+    name otherwise (``weight_ih_l0``, ``weight_hh_l0``, ``in_proj_weight``)."""
+    name = summary.layer.rpartition(".")[2]
+    return (summary.signal is Signal.PARAM_GRAD and (name.startswith("weight") or name.endswith("_weight"))
             and not any(word in summary.module for word in _NORMS))
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import statistics
 import threading
 import time
@@ -108,9 +107,10 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class VitalsRecord:
-    """A block of steps' gradient norms, still on their device: ``norms[i]`` holds the
-    ``i``-th step's (``steps[i]``) L2 norm of each parameter's gradient, ``rows[j]`` the
-    model-summary row of parameter ``j``'s layer (-1: none), the same for the block."""
+    """A block of steps' gradient norms: ``norms[i]`` holds the ``i``-th step's
+    (``steps[i]``) L2 norm of each parameter's gradient (on an accelerator, still on the
+    device; on the CPU, already squared), ``rows[j]`` the model-summary row of parameter
+    ``j``'s layer (-1: none), the same for the block."""
 
     step: int  # the block's first
     wall: float
@@ -405,12 +405,11 @@ class Writer:
                 wait = min(wait * 2, RETRY_MAX)
 
 
-def _vitals(norms: np.ndarray, rows: tuple[int, ...], steps: tuple[int, ...]) -> Vitals:
-    """A block's :class:`Vitals` from its steps' parameter gradient norms (a steps x
-    parameters matrix): the global norm over all of them, and per layer the norm of its
-    own (sums of squares in float64, added per layer so an Inf stays in its own layer)."""
+def _vitals(squares: np.ndarray, rows: tuple[int, ...], steps: tuple[int, ...]) -> Vitals:
+    """A block's :class:`Vitals` from its steps' squared parameter gradient norms (a steps
+    x parameters matrix, float64): the global norm over all of them, and per layer the
+    norm of its own (added per layer, so an Inf stays in its own layer)."""
     position, keep, layers, every = _layout(rows)
-    squares = np.square(norms.astype(np.float64))
     per_layer = np.zeros((len(layers), squares.shape[0]))
     np.add.at(per_layer, position, squares[:, keep].T)
     offsets = tuple(s - steps[0] for s in steps)
@@ -436,7 +435,8 @@ def _layout(rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, .
 def _to_host(records: list) -> dict[int, Any]:
     """Every device value of a batch on the host, by record: CPU tensors are read directly,
     accelerator ones with one copy per device and dtype (never one sync per value). A
-    scalar record becomes its dict of floats, a vitals record a steps x parameters matrix."""
+    scalar record becomes its dict of floats, a vitals record a steps x parameters matrix
+    of squared norms (the CPU's come squared; the sums of squares are what the layers need)."""
     groups: dict[tuple, list[tuple[int, str | None, torch.Tensor]]] = {}
     out: dict[int, Any] = {}
     for record in records:
@@ -452,9 +452,9 @@ def _to_host(records: list) -> dict[int, Any]:
             steps = out[id(record)] = [None] * len(record.norms)
             for i, norms in enumerate(record.norms):
                 if isinstance(norms, list):  # CPU squared norms, read on the training thread
-                    steps[i] = [math.sqrt(v) for v in norms]
+                    steps[i] = norms
                 elif norms.device.type == "cpu":
-                    steps[i] = norms.detach().numpy()
+                    steps[i] = np.square(norms.detach().numpy().astype(np.float64))
                 else:
                     groups.setdefault((norms.device, norms.dtype), []).append((id(record), i, norms.detach()))
     for (device, _), entries in groups.items():
@@ -463,9 +463,12 @@ def _to_host(records: list) -> dict[int, Any]:
         offset = 0
         for key, name, value in entries:
             n = value.numel()
-            out[key][name] = flat[offset:offset + n] if isinstance(name, int) else float(flat[offset])
+            if isinstance(name, int):  # a step of a vitals record
+                out[key][name] = np.square(flat[offset:offset + n].astype(np.float64))
+            else:
+                out[key][name] = float(flat[offset])
             offset += n
     for record in records:
         if isinstance(record, VitalsRecord):
-            out[id(record)] = np.array(out[id(record)], dtype=np.float64)  # steps x parameters
+            out[id(record)] = np.array(out[id(record)], dtype=np.float64)  # steps x parameters, squared
     return out

@@ -43,6 +43,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 import weakref
 
 from engineio import exceptions as eio_exceptions
@@ -127,6 +128,32 @@ class BoundedFanOut:
             timer = threading.Timer(self.grace, _cut, (self._connections, eio_sid, connection))
             timer.daemon = True
             timer.start()
+
+
+    def close_all(self, timeout: float = DROP_GRACE_SECONDS) -> None:
+        """Close every client (the server is stopping), so each sees the end at once and
+        reconnects elsewhere or later. Each close is sent without waiting for its queue to
+        drain: python-engineio's own ``disconnect()`` waits (``queue.join``) client after
+        client, and in threading mode that wait can last forever when a WebSocket's reader
+        leaves its wake-up in the queue after the writer has gone (python-engineio PR #60's
+        class; one stop in six hung on a loaded host, and the clients after it stayed
+        connected). The WebSockets still open ``timeout`` seconds later are cut."""
+        clients = list(self.eio.sockets.items())
+        for _eio_sid, client in clients:
+            try:
+                client.close(wait=False, abort=False)
+            except eio_exceptions.SocketIsClosedError:  # it closed meanwhile
+                pass
+            except Exception:  # noqa: BLE001 - a disconnect handler's error must not keep the others open
+                log.exception("babysit: closing a client while the server stops")
+        self.eio.sockets = {}
+        deadline = time.monotonic() + timeout
+        while any(self._connections.get(sid) is not None for sid, _ in clients) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for eio_sid, _ in clients:
+            connection = self._connections.get(eio_sid)
+            if connection is not None:
+                _cut(self._connections, eio_sid, connection)
 
 
 def for_server(socketio) -> BoundedFanOut:

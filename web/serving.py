@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from werkzeug.serving import make_server
 
+from web.fanout import for_server
+
 
 @dataclass
 class RunningServer:
@@ -27,11 +29,8 @@ class RunningServer:
         self._server.shutdown()
         if self._app is not None and self._app.liveness is not None:
             self._app.liveness.stop()
-        if self._app is not None:  # every client, so they reconnect elsewhere; a close that
-            # blocks (a peer that stopped reading) must not hold the caller: a thread, bounded
-            closing = threading.Thread(target=self._app.socketio.server.eio.disconnect, daemon=True)
-            closing.start()
-            closing.join(timeout)
+        if self._app is not None:  # every client, so they reconnect elsewhere (web.fanout)
+            for_server(self._app.socketio).close_all(timeout)
         self._thread.join(timeout)
 
 

@@ -81,6 +81,20 @@ def test_a_layer_over_the_bar_asks_for_the_next_steps_to_be_sampled():
     assert healthy.look_closer() == 0
 
 
+def test_a_recent_window_over_half_dead_asks_for_a_closer_look_but_is_judged_on_a_full_window():
+    # sparse sampling keeps one or two recent batches: 36 of 64 (56 %) silent on them is a
+    # suspicion (SageMaker's bar), not yet a verdict (60 % over a full window)
+    detector = DeadRelu()
+    for event in samples(relu(dead=36, window=1), relu(dead=36, window=2)):
+        assert detector.update(event) == []
+    assert detector.look_closer() == detector.min_steps
+    settled = DeadRelu()
+    for event in samples(relu(dead=30, window=1), relu(dead=30, window=2)):
+        settled.update(event)
+    assert settled.look_closer() == 0  # 47 %: what healthy layers show
+    assert flags_of(growing_then([36] * 20)) == []
+
+
 def test_units_silent_while_the_window_still_grows_are_not_yet_dead():
     # every unit silent on the first 8 batches (the window growing 1..8), then alive
     assert flags_of(growing_then([0] * 10)) == []

@@ -7,7 +7,7 @@ import torch
 from monitor.events import QUANTILE_LEVELS, Signal
 from trainer_hooks.capture import StepCapture, decode
 from trainer_hooks.decode import HIST_BINS
-from trainer_hooks.reduce import SAMPLE_SIZE, UnitWindow, active_units, reduce_tensor
+from trainer_hooks.reduce import DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, active_units, dead_span, reduce_tensor
 
 
 def summarize(x: torch.Tensor, module: str = "Linear", sample_size: int = SAMPLE_SIZE):
@@ -136,6 +136,12 @@ def test_a_batch_from_longer_ago_than_the_span_no_longer_keeps_a_unit_alive():
     assert int(window.add(active_units(fired), step=0)) == 2 and window.filled == 1
     assert int(window.add(active_units(silent), step=40)) == 2 and window.filled == 2  # step 0 is recent
     assert int(window.add(active_units(silent), step=100)) == 1 and window.filled == 1  # both others are stale
+
+
+def test_the_span_keeps_recent_batches_only_unless_a_fixed_interval_spreads_the_window_wider():
+    assert dead_span(8, None) == DEAD_SPAN_STEPS  # automatic sampling looks closer instead
+    assert dead_span(8, 1) == DEAD_SPAN_STEPS
+    assert dead_span(8, 10) == 80  # every=10: eight batches are 80 steps apart, all of them count
 
 
 def test_units_are_channels_of_feature_maps_and_features_of_dense_outputs():

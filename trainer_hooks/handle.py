@@ -35,6 +35,7 @@ from trainer_hooks.agreement import StopAgreement, distributed_world
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
 from trainer_hooks.probe import Probe
+from trainer_hooks.reduce import dead_span
 from trainer_hooks.schedule import make_schedule
 from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, NUDGE_STEPS,
@@ -138,7 +139,8 @@ class Monitor:
         self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, options.config, self.schedule,
                                               options.sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
-        self.probe = Probe(self.model, optimizer, sample_size=options.sample_size, dead_window=options.dead_window)
+        self.probe = Probe(self.model, optimizer, sample_size=options.sample_size, dead_window=options.dead_window,
+                           dead_span=dead_span(options.dead_window, options.every))
         self._vitals = VitalsBlock()  # this step's vital signs join it; handed over every NUDGE_STEPS steps
         self.probe.on_root_forward = self._on_root_forward
         self.probe.on_optimizer_step = self._end_step

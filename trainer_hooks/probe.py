@@ -25,7 +25,7 @@ from torch.nn.modules import module as module_hooks
 from monitor.events import Signal
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.reduce import (
-    SAMPLE_SIZE, Reduced, UnitWindow, channel_moments, reduce_tensor, sample_indices, unit_maxima,
+    DEAD_SPAN_STEPS, SAMPLE_SIZE, Reduced, UnitWindow, channel_moments, reduce_tensor, sample_indices, unit_maxima,
 )
 
 ACTIVATIONS = (
@@ -78,11 +78,12 @@ class Probe:
     """Registers the hooks and fills a :class:`StepCapture` while one is open."""
 
     def __init__(self, model: nn.Module, optimizer, *, sample_size: int = SAMPLE_SIZE,
-                 dead_window: int = 8):
+                 dead_window: int = 8, dead_span: int = DEAD_SPAN_STEPS):
         self.root = model
         self.optimizer = optimizer
         self.sample_size = sample_size
         self.dead_window = dead_window
+        self.dead_span = dead_span  # steps back a unit window's batches may reach (reduce.dead_span)
         self.modules = watched_modules(model)
         self.param_names = {id(p): (n, type(model.get_submodule(n.rpartition(".")[0])).__name__)
                             for n, p in model.named_parameters()}
@@ -168,7 +169,8 @@ class Probe:
             active = maxima > 0
             window = self.windows.get(label)
             if window is None or window.ring.shape[1] != active.shape[0] or window.ring.device != active.device:
-                window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device)
+                window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device,
+                                                           self.dead_span)
             extra.append(window.add(active, capture.step))
             meta.update(units=int(active.shape[0]), window=window.filled)
         capture.add_reduced("tensor", meta, reduced, scalars=extra)

@@ -144,9 +144,19 @@ def active_units(x: torch.Tensor) -> torch.Tensor | None:
 
 
 #: Steps back from the newest sampled batch beyond which a batch no longer counts in a
-#: unit window: a unit alive hundreds of steps ago says nothing of whether it is dead now
-#: (with sparse sampling, 8 sampled batches may span thousands of steps).
-DEAD_SPAN_STEPS = 64
+#: unit window under automatic sampling: a unit alive a few dozen steps ago says little of
+#: whether it is dead now (a layer dying under a learning rate too high goes from half to
+#: two thirds dead in 30 steps), and the verdict should rest on the evidence ``every=1``
+#: would have, the window's batches taken one after another (twice the window: the
+#: detector's closer look samples consecutive steps, with the odd gap).
+DEAD_SPAN_STEPS = 16
+
+
+def dead_span(window: int, every: int | None) -> int:
+    """The span of a unit window: :data:`DEAD_SPAN_STEPS` under automatic sampling (which
+    samples closely when a layer looks dead); with a fixed ``every`` the window's batches
+    are necessarily ``every`` steps apart, so the span covers them all."""
+    return DEAD_SPAN_STEPS if every is None else max(DEAD_SPAN_STEPS, window * every)
 
 
 class UnitWindow:

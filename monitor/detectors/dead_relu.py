@@ -23,7 +23,11 @@ Rules (activation summaries of modules whose output is exactly 0 for negative in
   does not fire). Counting steps, not samples in a row, gives the same verdict at any
   sampling interval (:class:`~monitor.detectors.common.Persistence`); a layer over the
   bar but not yet confirmed asks for the next steps to be sampled
-  (:meth:`DeadRelu.look_closer`). A layer dead from initialisation, sampled at every step,
+  (:meth:`DeadRelu.look_closer`), and so does a layer whose window is not full with more
+  than ``suspect_fraction`` (0.5, SageMaker's bar) of its units silent: under automatic
+  sampling a window keeps only the batches of the last 16 steps
+  (``trainer_hooks.reduce.DEAD_SPAN_STEPS``), so between sparse samples it holds one or
+  two, a suspicion that the closer look turns into a full window. A layer dead from initialisation, sampled at every step,
   fills its window of 8 batches by step 8 and is flagged at step 11 (the third full sample);
 * warning; critical when at least ``critical_fraction`` of the layer is dead (the layer
   passes (almost) nothing on: the network below it no longer trains);
@@ -51,6 +55,9 @@ from monitor.events import Event, Flag, Kind, Severity, Signal
 KIND = "dead_relu"
 #: Share of a layer's units that must be dead for the layer to be flagged (strictly more).
 DEAD_FRACTION = 0.6
+#: Share of dead units over which a layer whose window is not full yet (sparse sampling
+#: keeps only recent batches) is looked at closely: SageMaker Debugger's DeadRelu bar.
+SUSPECT_FRACTION = 0.5
 #: Share of dead units from which the flag is critical: (nearly) the whole layer is dead.
 CRITICAL_FRACTION = 0.9
 #: Fewest full-window samples over the threshold before the layer is flagged (with no
@@ -73,6 +80,7 @@ class DeadRelu:
     """``update(event) -> list[Flag]`` over activation summaries of ReLU-family layers; see the module."""
 
     dead_fraction: float = DEAD_FRACTION
+    suspect_fraction: float = SUSPECT_FRACTION
     critical_fraction: float = CRITICAL_FRACTION
     patience: int = PATIENCE
     min_window: int = MIN_WINDOW
@@ -116,7 +124,7 @@ class DeadRelu:
         steps.append(step)
         full = s.window == previous and s.window >= self.min_window  # the ring of batches stopped growing
         fraction = s.dead_units / s.units
-        if not full and fraction > self.dead_fraction and s.layer not in self._flagged.flagged:
+        if not full and fraction > self.suspect_fraction and s.layer not in self._flagged.flagged:
             self._filling.add(s.layer)
         else:
             self._filling.discard(s.layer)

@@ -22,10 +22,12 @@ LOOK_AFTER = frozenset({Kind.LAYER_STATS, Kind.INPUT_STATS})
 #: blown up (or gone NaN) the weights are wrecked, so what their layers show next
 #: (saturated units, vanishing gradients, update/weight ratios whose denominator is the
 #: blown-up or NaN weights, a loss that no longer falls) is the divergence seen from
-#: elsewhere, with advice that can contradict its own (raise the learning rate). Dead
-#: units are not in the list: they are lasting damage with a remedy of their own, and
-#: neither are exploding gradients, which are how a divergence happens.
-EXPLAINED_BY_DIVERGENCE = frozenset({"saturation", "vanishing_gradient", "update_ratio", "plateau"})
+#: elsewhere, with advice that can contradict its own (raise the learning rate); so is a
+#: validation loss that rises from a best the wrecked weights set (a diverged MLP's went
+#: from 2.5e31 to 1.3e32: not overfitting, and "regularise" would be the wrong advice).
+#: Dead units are not in the list: they are lasting damage with a remedy of their own,
+#: and neither are exploding gradients, which are how a divergence happens.
+EXPLAINED_BY_DIVERGENCE = frozenset({"saturation", "vanishing_gradient", "update_ratio", "plateau", "overfitting"})
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Diagnosis:
         for detector in self._explainers:
             for flag in detector.explain_stop(reason.cause.value, metric, reason.step):
                 key = (flag.kind, flag.layer)
-                if key not in self._raised:
+                if key not in self._raised and not (self._diverged and flag.kind in EXPLAINED_BY_DIVERGENCE):
                     self._raised.add(key)
                     flags.append(flag if flag.step is not None else replace(flag, step=reason.step))
         return Verdict(tuple(flags))

@@ -115,7 +115,9 @@ def test_nonfinite_activations_name_the_first_layer_where_they_appear():
                                      LayerStats((summary("conv1", nan=0, inf=0),)))) == []
 
 
-@pytest.mark.parametrize("options", [{"climb_factor": 1.0}, {"patience": 0}, {"burst_factor": 2.0}, {"smooth": 0}])
+@pytest.mark.parametrize("options", [{"climb_factor": 1.0}, {"patience": 0}, {"burst_factor": 2.0}, {"smooth": 0},
+                                     {"fast_ratio": 0.0}, {"fast_ratio": math.inf}, {"fast_samples": 1},
+                                     {"fast_growth": 0.5}])
 def test_thresholds_that_cannot_work_are_refused(options):
     with pytest.raises(ValueError):
         Divergence(**options)
@@ -154,3 +156,46 @@ def test_detectors_can_be_turned_off(tmp_path):
 def test_a_loss_that_jumps_four_orders_of_magnitude_once_is_flagged_at_once():
     [flag] = flags_of([2.3, 1.0, 1.0, 3e20, 2.5, 2.4])
     assert flag.evidence["step"] == 3 and flag.evidence["factor"] == 3e20
+
+
+def stepped(values, ratios):
+    """Per step its loss, then the sampled statistics of two weight tensors whose
+    update/weight ratio is ``ratios[step]`` (a bias beside them, which does not count)."""
+    events = []
+    for step, (loss, ratio) in enumerate(zip(values, ratios)):
+        events.append(Event("r", 2 * step, step, 1.0 + step, Kind.SCALARS, Scalars({"loss": loss})))
+        params = tuple(summary(name, signal="param_grad", module="Linear", nan=0, inf=0, weight_norm=1.0,
+                               update_ratio=r)
+                       for name, r in (("0.weight", ratio), ("2.weight", ratio), ("2.bias", 5.0)))
+        events.append(Event("r", 2 * step + 1, step, 1.0 + step, Kind.LAYER_STATS, LayerStats(params)))
+    return [flag for _, flag in diagnose([Divergence()], events)]
+
+
+#: The zoo's tiny transformer under SGD at 30x its learning rate (during its warm-up), per
+#: step: the loss, and the update/weight ratio measured with raw torch. 10x its minimum at step 11.
+RUNAWAY_LOSS = [3.08, 2.95, 2.77, 2.71, 3.16, 2.72, 3.36, 4.22, 3.21, 7.95, 3.92, 28.6, 14.5, 403.0]
+RUNAWAY_RATIO = [0.02, 0.05, 0.06, 0.09, 0.10, 0.11, 0.21, 0.21, 0.25, 0.61, 0.61, 0.73, 1.21, 2.06]
+
+
+def test_steps_running_away_while_the_loss_is_above_its_start_are_divergence_before_the_loss_is_10x():
+    [flag] = stepped(RUNAWAY_LOSS, RUNAWAY_RATIO)
+    assert flag.kind == "divergence" and flag.severity.value == "critical"
+    # the steps 0.21, 0.25, 0.61 of their weights by step 9 (2.9x their minimum), two steps before 10x
+    assert flag.step == 9 and flag.evidence["loss"] < 10 * min(RUNAWAY_LOSS[:10])
+    assert flag.evidence["fast_since"] == 5 and flag.evidence["smoothed"] > flag.evidence["first"]
+    assert "running away" in flag.message and "0.21 to 0.61 of their norm per step" in flag.message
+
+
+def test_large_steps_that_shrink_or_a_loss_below_its_start_are_not_divergence():
+    # AdamW at 300x: steps of a third of the weights, shrinking as the weights grow, and a loss
+    # bumping above its start before it settles below it
+    adam_loss = [3.08, 2.92, 2.63, 3.47, 3.31, 4.61, 3.19, 3.37, 3.1, 2.96, 2.91, 2.86, 2.8, 2.76, 2.7]
+    adam_ratio = [0.19, 0.27, 0.32, 0.34, 0.34, 0.31, 0.27, 0.23, 0.20, 0.17, 0.14, 0.12, 0.11, 0.09, 0.06]
+    assert stepped(adam_loss, adam_ratio) == []
+    # a broken output scale: large and growing first steps, the loss falling from far above chance
+    falling = [27.2, 364.0, 11.8, 95.3, 19.3, 12.3, 6.16, 4.88, 2.37, 2.31, 2.31, 2.34]
+    assert stepped(falling, [0.11, 0.12, 0.13, 0.15, 0.17, 0.2, 0.22, 0.25, 0.2, 0.1, 0.05, 0.04]) == []
+    # the same loss with steps of a healthy size: left to the climb rule, which waits for its patience
+    assert stepped(RUNAWAY_LOSS, [0.05] * len(RUNAWAY_LOSS)) == []
+    # large steps that only creep up (0.32 to 0.34) while the loss bumps above its start
+    assert stepped(adam_loss, [0.30, 0.31, 0.32, 0.33, 0.34, 0.35, 0.34] + adam_ratio[7:]) == []

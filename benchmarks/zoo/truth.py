@@ -78,6 +78,9 @@ OVERFIT_RISE = 0.10
 OVERFIT_EPOCHS = 2
 #: ...and the rise at least this share of the loss at the start: near a loss of 0 a
 #: relative rise of 10 % can be a few thousandths of a nat, which matters to nobody.
+#: The best validation loss must also be below the loss at the start: a model that never
+#: beat its untrained self (a diverged one, whose best may be 1e31) has learned nothing
+#: to overfit.
 OVERFIT_MIN_RISE = 0.01
 #: divergence: the smoothed loss at least this multiple of its own minimum so far, held
 #: (or non-finite): sustained growth of the loss, not noise (noise moves a median little).
@@ -270,7 +273,7 @@ def overfitting(s: Series) -> Truth | None:
     start = s.initial_loss if s.initial_loss is not None and math.isfinite(s.initial_loss) else s.loss[0]
     best = [int(np.argmin(vals[:i + 1])) for i in range(len(v))]
     cond = [vals[i] >= (1 + OVERFIT_RISE) * vals[best[i]] and vals[i] - vals[best[i]] >= OVERFIT_MIN_RISE * start
-            and v[i][2] < v[best[i]][2] for i in range(len(v))]
+            and v[i][2] < v[best[i]][2] and vals[best[i]] < start for i in range(len(v))]
     for i in range(len(v) - OVERFIT_EPOCHS + 1):
         if all(cond[i:]):
             b = best[i]

@@ -27,8 +27,9 @@ Rules (activation summaries of modules whose output is exactly 0 for negative in
   than ``suspect_fraction`` (0.5, SageMaker's bar) of its units silent: under automatic
   sampling a window keeps only the batches of the last 16 steps
   (``trainer_hooks.reduce.DEAD_SPAN_STEPS``), so between sparse samples it holds one or
-  two, a suspicion that the closer look turns into a full window. A layer dead from initialisation, sampled at every step,
-  fills its window of 8 batches by step 8 and is flagged at step 11 (the third full sample);
+  two, a suspicion that the closer look turns into a full window. A layer dead from
+  initialisation, sampled at every step, fills its window of 8 batches by step 8 and is
+  flagged at step 11 (the third full sample);
 * warning; critical when at least ``critical_fraction`` of the layer is dead (the layer
   passes (almost) nothing on: the network below it no longer trains);
 * once per layer per run, except that a layer flagged as a warning is flagged again if it

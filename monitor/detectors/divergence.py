@@ -26,6 +26,20 @@ Rules, each flagged once per run (critical):
   geometrically, or one that climbed far above its start and stays there), or a single
   loss jumps above ``burst_factor`` times that minimum (a loss of 1e20 that a BatchNorm
   network then pulls back to chance level has still thrown its weights away);
+* a runaway caught before the loss explodes: the weights change by more than
+  ``fast_ratio`` (0.1) of their norm per step (the median over the weight tensors, on
+  ``fast_samples`` (3) sampled steps in a row; CS231n's healthy ratio is 1e-3, the zoo's
+  healthy runs stay under 0.06), that relative step has grown ``fast_growth`` (2) times
+  over those samples, and the smoothed loss stands above the smoothed first losses, the
+  loss of the untrained model. In the quadratic model above each step multiplies the
+  error by |1 - lr * curvature|, more than 1 past twice the optimal rate, and the steps,
+  which follow the gradient, grow with it: doubling over two steps is a factor 1.41 a
+  step, a rate 2.4 times the curvature's inverse, past the edge of stability at 2. Steps
+  that are large but hold or shrink are a rate too high that the weights' growth absorbs
+  (Adam's steps keep their size while the weights grow; the update_ratio rule speaks for
+  those). A tiny transformer under SGD at 30x its learning
+  rate is caught here at 1.6x its minimum loss, four steps before it jumps to 10x and ten
+  before NaN;
 * a layer's activations or output gradients hold NaN or Inf (each signal once);
 * when the run is stopped because its early-stopping metric is not finite
   (:meth:`Divergence.explain_stop`), that metric's NaN or Inf, unless a divergence flag
@@ -41,6 +55,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from monitor.detectors.update_ratio import HIGH, is_weight
 from monitor.events import Event, Flag, Kind, Severity, Signal
 
 KIND = "divergence"
@@ -53,6 +68,15 @@ SMOOTH = 5
 PATIENCE = 10
 #: A single loss this many times its running minimum is flagged at once (four orders of magnitude).
 BURST_FACTOR = 1e4
+#: Median update/weight ratio of the weight tensors that counts as a step far too large
+#: (update_ratio's HIGH: two orders of magnitude over CS231n's 1e-3).
+FAST_RATIO = HIGH
+#: Sampled steps in a row with the ratio over ``fast_ratio`` before the loss is compared
+#: with its start (one large step is how training often begins).
+FAST_SAMPLES = 3
+#: How many times the ratio must have grown over those samples: a step that doubles in two
+#: steps is an error multiplied by 1.41 a step (see the module).
+FAST_GROWTH = 2.0
 
 ADVICE = ("Lower the learning rate (try 10x lower); add gradient clipping (torch.nn.utils.clip_grad_norm_); "
           "look for numerically unsafe operations (log of 0, division by a small number, exp of a large one). "
@@ -67,6 +91,9 @@ class Divergence:
     patience: int = PATIENCE
     burst_factor: float = BURST_FACTOR
     smooth: int = SMOOTH
+    fast_ratio: float = FAST_RATIO
+    fast_samples: int = FAST_SAMPLES
+    fast_growth: float = FAST_GROWTH
     scalars: tuple[str, ...] = ("loss",)
     _recent: deque = field(default_factory=deque)  # the last ``smooth`` finite losses
     _start: list = field(default_factory=list)  # the first ``smooth`` finite losses
@@ -76,6 +103,7 @@ class Divergence:
     _best_step: int | None = None
     _last_finite: tuple[int, float] | None = None
     _above: int = 0
+    _fast: list = field(default_factory=list)  # (step, median ratio) of the sampled steps in a row over fast_ratio
     _fired: set[str] = field(default_factory=set)
 
     def __post_init__(self):
@@ -88,6 +116,12 @@ class Divergence:
             raise ValueError(f"patience: expected at least 1 logged value, got {self.patience!r}")
         if not isinstance(self.smooth, int) or self.smooth < 1:
             raise ValueError(f"smooth: expected at least 1 logged value, got {self.smooth!r}")
+        if not 0 < self.fast_ratio < math.inf:
+            raise ValueError(f"fast_ratio: expected a finite update/weight ratio above 0, got {self.fast_ratio!r}")
+        if not isinstance(self.fast_samples, int) or self.fast_samples < 2:
+            raise ValueError(f"fast_samples: expected at least 2 sampled steps (a growth), got {self.fast_samples!r}")
+        if not 1 <= self.fast_growth < math.inf:
+            raise ValueError(f"fast_growth: expected a finite factor of at least 1, got {self.fast_growth!r}")
 
     def update(self, event: Event) -> list[Flag]:
         if event.kind is Kind.SCALARS:
@@ -147,7 +181,7 @@ class Divergence:
         self._above = self._above + 1 if climbing else 0
         burst = loss > self._first and loss > self.burst_factor * self._best
         if self._above < self.patience and not burst:
-            return []
+            return self._too_fast(step, loss, smoothed)
         value = loss if burst else smoothed
         what = f"{loss:.4g}" if burst else f"smoothed {smoothed:.4g}"
         return self._once("climb", Flag(
@@ -161,8 +195,42 @@ class Divergence:
                       "climb_factor": self.climb_factor, "patience": self.patience,
                       "burst_factor": self.burst_factor, "smooth": self.smooth, "burst": burst}))
 
+    def _too_fast(self, step: int, loss: float, smoothed: float) -> list[Flag]:
+        """The precursor rule (see the module): steps far too large, and a loss above its start."""
+        recent = [r for _, r in self._fast[-self.fast_samples:]]
+        if (len(recent) < self.fast_samples or not recent[-1] >= self.fast_growth * recent[0] or self._first is None
+                or not smoothed > self._first):
+            return []
+        ratio = statistics.median(recent)
+        return self._once("climb", Flag(
+            KIND, Severity.CRITICAL,
+            f"the learning rate is far too high and the steps are running away: the weights change by "
+            f"{recent[0]:.2g} to {recent[-1]:.2g} of their norm per step (median over the weight tensors, "
+            f"{len(self._fast)} sampled steps in a row over {self.fast_ratio:g} since step {self._fast[0][0]}; "
+            f"healthy is ~0.001) and the smoothed loss {smoothed:.4g} at step {step} is above its start "
+            f"{self._first:.4g}: the run is diverging", ADVICE,
+            evidence={"loss": loss, "smoothed": smoothed, "step": step, "first": self._first,
+                      "min_loss": self._best, "min_step": self._best_step, "factor": smoothed / self._best,
+                      "update_ratio": ratio, "fast_since": self._fast[0][0], "fast_samples": len(self._fast),
+                      "fast_ratio": self.fast_ratio, "fast_growth": self.fast_growth, "smooth": self.smooth,
+                      "burst": False}))
+
+    def _update_ratio(self, event: Event) -> list[Flag]:
+        ratios = [s.update_ratio for s in event.data.summaries
+                  if is_weight(s) and s.update_ratio is not None and math.isfinite(s.update_ratio)]
+        if not ratios:
+            return []
+        median = statistics.median(ratios)
+        if not median > self.fast_ratio:
+            self._fast.clear()
+            return []
+        self._fast.append((event.step, median))
+        if "climb" in self._fired or not self._recent:
+            return []
+        return self._too_fast(event.step, self._last_finite[1], statistics.median(self._recent))
+
     def _layers(self, event: Event) -> list[Flag]:
-        flags = []
+        flags = self._update_ratio(event)
         for signal, what in ((Signal.ACTIVATION, "activations"), (Signal.OUTPUT_GRAD, "gradients")):
             first = next((s for s in event.data.summaries if s.signal is signal and s.nan + s.inf), None)
             if first is None:

@@ -4,6 +4,7 @@ learned from one that is stuck."""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from monitor.events import Severity
@@ -133,6 +134,13 @@ class Persistence:
     def pending(self, done=()) -> bool:
         """Whether some key (not in ``done``) holds the condition but is not yet confirmed."""
         return any(key not in done for key in self.since)
+
+
+def theil_sen_slope(values: list[float]) -> float:
+    """The median of the slopes between every pair of values (per position): a trend that
+    a few outliers cannot set (Sen 1968), 0 with fewer than two values."""
+    slopes = [(b - a) / (j - i) for i, a in enumerate(values) for j, b in enumerate(values) if j > i]
+    return statistics.median(slopes) if slopes else 0.0
 
 
 def require_persistence(min_samples, min_steps) -> None:

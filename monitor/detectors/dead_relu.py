@@ -23,11 +23,13 @@ Rules (activation summaries of modules whose output is exactly 0 for negative in
   does not fire). Counting steps, not samples in a row, gives the same verdict at any
   sampling interval (:class:`~monitor.detectors.common.Persistence`); a layer over the
   bar but not yet confirmed asks for the next steps to be sampled
-  (:meth:`DeadRelu.look_closer`), and so does a layer whose window is not full with more
-  than ``suspect_fraction`` (0.5, SageMaker's bar) of its units silent: under automatic
+  (:meth:`DeadRelu.look_closer`), and so does a layer with more than ``suspect_fraction``
+  (0.5, SageMaker's bar) of its units silent, on a full window or not: under automatic
   sampling a window keeps only the batches of the last 16 steps
   (``trainer_hooks.reduce.DEAD_SPAN_STEPS``), so between sparse samples it holds one or
-  two, a suspicion that the closer look turns into a full window. A layer dead from
+  two, a suspicion that the closer look turns into full windows, and a layer past half
+  dead is watched closely until it is confirmed or falls back (a dying layer crosses the
+  bar under that watch, and its flag counts from the first batch of the window that did). A layer dead from
   initialisation, sampled at every step, fills its window of 8 batches by step 8 and is
   flagged at step 11 (the third full sample);
 * warning; critical when at least ``critical_fraction`` of the layer is dead (the layer
@@ -91,7 +93,7 @@ class DeadRelu:
     _steps: dict[str, deque] = field(default_factory=dict)  # layer -> the steps of its recent samples
     _held: Persistence = field(init=False)  # full samples over the bar, and since which step
     _flagged: LayerSeverity = field(default_factory=LayerSeverity)
-    _filling: set = field(default_factory=set)  # layers whose window, still filling, is all over the bar
+    _suspects: set = field(default_factory=set)  # layers over the suspicion bar, not yet flagged
 
     def __post_init__(self):
         require_bars("dead_fraction", self.dead_fraction, self.critical_fraction)
@@ -105,9 +107,9 @@ class DeadRelu:
         self.modules = tuple(self.modules)
 
     def look_closer(self) -> int:
-        """Steps to sample next: ``min_steps`` while a layer is over the bar (or its window,
-        still filling, is all over it) but not yet confirmed."""
-        return self.min_steps if self._held.pending(self._flagged.flagged) or bool(self._filling) else 0
+        """Steps to sample next: ``min_steps`` while a layer is over the bar, or over the
+        suspicion bar, but not yet confirmed."""
+        return self.min_steps if self._held.pending(self._flagged.flagged) or bool(self._suspects) else 0
 
     def update(self, event: Event) -> list[Flag]:
         if event.kind is not Kind.LAYER_STATS:
@@ -125,10 +127,10 @@ class DeadRelu:
         steps.append(step)
         full = s.window == previous and s.window >= self.min_window  # the ring of batches stopped growing
         fraction = s.dead_units / s.units
-        if not full and fraction > self.suspect_fraction and s.layer not in self._flagged.flagged:
-            self._filling.add(s.layer)
+        if fraction > self.suspect_fraction and s.layer not in self._flagged.flagged:
+            self._suspects.add(s.layer)
         else:
-            self._filling.discard(s.layer)
+            self._suspects.discard(s.layer)
         # the window's evidence reaches back to its first batch
         since = steps[-s.window] if len(steps) >= s.window else steps[0]
         confirmed = self._held.add(s.layer, step, full and fraction > self.dead_fraction, since)

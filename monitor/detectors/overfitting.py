@@ -60,9 +60,10 @@ NOISE = 2.0
 #: down to overfitting (5 %: Prechelt's GL5 criterion, "Early stopping - but when?",
 #: 1998; half the bar of the flag raised during the run, as early stopping has already
 #: found that validation stopped improving). The evaluations since the best must also
-#: not trend down (Prechelt's UP criterion, read robustly: a Theil-Sen slope >= 0): a
-#: converged ConvNet's validation loss wobbles 6 % above its best for thousands of steps
-#: while its training loss creeps down, and that is no story of memorising.
+#: climb (Prechelt's UP criterion, read robustly: a Theil-Sen slope >= 0) or stand where
+#: the rule during the run calls them risen (``min_rise``, 10 %, in their median): a
+#: converged ConvNet's validation loss wobbles 2-11 % above its best for thousands of
+#: steps while its training loss creeps down, and that is no story of memorising.
 STOP_RISE = 0.05
 #: How much the training loss must have fallen since the best evaluation, relative (10 %):
 #: a flat training loss with a noisy validation loss (random labels, a learning rate too
@@ -171,11 +172,12 @@ class Overfitting:
         than ``stop_rise`` (5 %) above its best and beyond its own noise (``noise`` times
         its scatter since the best), at its last evaluation and in the median of the
         evaluations since the best (the ones early stopping waited through: one spike at
-        the end is not a trend), and those evaluations do not trend down, while the training loss fell by ``min_fall`` and the
-        train/validation gap widened (and is positive), that is overfitting, and the run
-        carries the flag (unless it already does). A validation loss that only stopped
-        improving (flat within its noise, or a spike at the stop) is a plateau of the
-        validation loss, not overfitting: no flag."""
+        the end is not a trend), and those evaluations either do not trend down or stand
+        ``min_rise`` (10 %, the bar during the run) above the best in their median, while the
+        training loss fell by ``min_fall`` and the train/validation gap widened (and is
+        positive), that is overfitting, and the run carries the flag (unless it already
+        does). A validation loss that only stopped improving (flat within its noise, or a
+        spike at the stop) is a plateau of the validation loss, not overfitting: no flag."""
         if self._fired or cause != "early_stopping" or metric != self.monitor or self._last is None:
             return []
         last_step, val, epoch = self._last
@@ -183,8 +185,10 @@ class Overfitting:
             self._train, self._sum, self._count = self._sum / self._count, 0.0, 0
         rise = max(self.noise * self._scatter(), self.stop_rise * abs(self._best))
         since = self._vals[self._best_index + 1:]
-        if not (since and min(val, statistics.median(since)) > self._best + rise and theil_sen_slope(since) >= 0
-                and last_step > self._best_step and self._train_fell() and self._gap_grew(val)):
+        typical = statistics.median(since) if since else -math.inf
+        climbing = theil_sen_slope(since) >= 0 or typical > self._best + self.min_rise * abs(self._best)
+        if not (min(val, typical) > self._best + rise and climbing and last_step > self._best_step
+                and self._train_fell() and self._gap_grew(val)):
             return []
         self._fired = True
         return [self._flag(last_step, val, epoch, rise, stopped=True)]

@@ -107,3 +107,22 @@ def test_the_same_run_gets_the_same_flags_at_every_1_every_10_and_the_default(qu
               f"every=10 {sorted(ten[name], key=str)}" for name in default
               if not default[name] == one[name] == ten[name]]
     assert not differ, "\n".join(differ)
+
+
+#: The zoo's real model shapes (issue 10): trained healthy, and at 30x their learning rate.
+REAL_SHAPES = ("lstm-text-sgd", "gpt-text-sgd", "lstm-text-sgd-lr30x", "gpt-text-sgd-lr30x")
+
+
+@pytest.fixture(scope="module")
+def real_shapes(tmp_path_factory) -> dict:
+    return {r["name"]: r for r in quick_form(tmp_path_factory, "--only", *REAL_SHAPES)["results"]}
+
+
+def test_the_lstm_and_the_tiny_transformer_raise_nothing_healthy_and_divergence_before_10x_at_30x(real_shapes):
+    for healthy in REAL_SHAPES[:2]:
+        assert real_shapes[healthy]["flags"] == [], (healthy, real_shapes[healthy]["flags"])
+    for sick in REAL_SHAPES[2:]:
+        r = real_shapes[sick]
+        first = min((f["step"] for f in r["flags"] if f["kind"] == "divergence"), default=None)
+        tenfold = r["loss"]["tenfold_step"]  # measured by the zoo on the raw losses
+        assert first is not None and tenfold is not None and first < tenfold, (sick, first, tenfold, r["flags"])

@@ -66,6 +66,17 @@ def shuffled(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int) -> Callabl
     return epoch_batches
 
 
+def tenfold_step(loss: list[float]) -> int | None:
+    """The first step whose raw loss is at least 10x the lowest before it, or not finite:
+    where a climb has become a blow-up (issue 10 asks divergence to be flagged before)."""
+    lowest = math.inf
+    for step, value in enumerate(loss):
+        if not math.isfinite(value) or value >= 10 * lowest:
+            return step
+        lowest = min(lowest, value)
+    return None
+
+
 def run(training: Training, *, name: str, logdir: Path, every: int | None, early_stopping: bool,
         quiet: bool = True) -> dict:
     """Train, watched and measured; returns babysit's flags, the truth and what happened."""
@@ -126,5 +137,5 @@ def run(training: Training, *, name: str, logdir: Path, every: int | None, early
     return {"name": name, "steps": step, "stopped_at": stopped_at, "seconds": round(seconds, 2),
             "truth": [t.as_dict() for t in truth], "flags": flags,
             "loss": {"first": loss[0] if loss else None, "min": min(finite) if finite else None,
-                     "last": loss[-1] if loss else None},
+                     "last": loss[-1] if loss else None, "tenfold_step": tenfold_step(loss)},
             "val_last": recorder.series.validation[-1][1] if recorder.series.validation else None}

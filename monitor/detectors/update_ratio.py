@@ -35,6 +35,7 @@ Sample flag (the demo at ``lr=1e-6``): ``update_ratio (warning) at step 10: weig
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import deque
@@ -70,9 +71,13 @@ def is_weight(summary: TensorSummary) -> bool:
     """A parameter-gradient summary of a weight tensor (not a bias, not a normalisation
     layer): ``weight``, and the weight matrices torch's recurrent layers and attention
     name otherwise (``weight_ih_l0``, ``weight_hh_l0``, ``in_proj_weight``)."""
-    name = summary.layer.rpartition(".")[2]
-    return (summary.signal is Signal.PARAM_GRAD and (name.startswith("weight") or name.endswith("_weight"))
-            and not any(word in summary.module for word in _NORMS))
+    return summary.signal is Signal.PARAM_GRAD and _is_weight_name(summary.layer, summary.module)
+
+
+@functools.lru_cache(maxsize=4096)  # a model's parameter names, asked about at every sampled step
+def _is_weight_name(layer: str, module: str) -> bool:
+    name = layer.rpartition(".")[2]
+    return (name.startswith("weight") or name.endswith("_weight")) and not any(word in module for word in _NORMS)
 
 
 @dataclass

@@ -152,7 +152,8 @@ def test_gradient_summaries_are_not_judged():
 
 @pytest.mark.parametrize("options", [
     {"dead_fraction": 1.0}, {"dead_fraction": -0.1}, {"critical_fraction": 0.5}, {"critical_fraction": 1.5},
-    {"patience": 0}, {"min_window": 0}, {"modules": ()}, {"modules": "ReLU"},
+    {"patience": 0}, {"min_window": 0}, {"modules": ()}, {"modules": "ReLU"}, {"suspect_fraction": 0.0},
+    {"suspect_fraction": 0.7},
 ])
 def test_thresholds_that_cannot_work_are_refused(options):
     with pytest.raises(ValueError, match=next(iter(options))):

@@ -29,9 +29,9 @@ Rules (activation summaries of modules whose output is exactly 0 for negative in
   (``trainer_hooks.reduce.DEAD_SPAN_STEPS``), so between sparse samples it holds one or
   two, a suspicion that the closer look turns into full windows, and a layer past half
   dead is watched closely until it is confirmed or falls back (a dying layer crosses the
-  bar under that watch, and its flag counts from the first batch of the window that did). A layer dead from
-  initialisation, sampled at every step, fills its window of 8 batches by step 8 and is
-  flagged at step 11 (the third full sample);
+  bar under that watch, and its flag counts from the first batch of the window that did).
+  A layer dead from initialisation, sampled at every step, fills its window of 8 batches
+  by step 8 and is flagged at step 11 (the third full sample);
 * warning; critical when at least ``critical_fraction`` of the layer is dead (the layer
   passes (almost) nothing on: the network below it no longer trains);
 * once per layer per run, except that a layer flagged as a warning is flagged again if it
@@ -97,6 +97,8 @@ class DeadRelu:
 
     def __post_init__(self):
         require_bars("dead_fraction", self.dead_fraction, self.critical_fraction)
+        require("suspect_fraction", self.suspect_fraction, lambda v: 0 < v <= self.dead_fraction,
+                f"a fraction in (0, dead_fraction={self.dead_fraction}]")
         require("patience", self.patience, is_count, "at least 1 sample")
         require("min_window", self.min_window, is_count, "at least 1 sampled batch")
         require("min_steps", self.min_steps, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (steps)")

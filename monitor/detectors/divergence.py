@@ -37,9 +37,8 @@ Rules, each flagged once per run (critical):
   step, a rate 2.4 times the curvature's inverse, past the edge of stability at 2. Steps
   that are large but hold or shrink are a rate too high that the weights' growth absorbs
   (Adam's steps keep their size while the weights grow; the update_ratio rule speaks for
-  those). A tiny transformer under SGD at 30x its learning
-  rate is caught here at 1.6x its minimum loss, four steps before it jumps to 10x and ten
-  before NaN;
+  those). The zoo's tiny transformer under SGD at 30x its learning rate is caught here
+  at 1.6x its minimum loss, four steps before it jumps to 10x and ten before NaN;
 * a layer's activations or output gradients hold NaN or Inf (each signal once);
 * when the run is stopped because its early-stopping metric is not finite
   (:meth:`Divergence.explain_stop`), that metric's NaN or Inf, unless a divergence flag
@@ -103,7 +102,9 @@ class Divergence:
     _best_step: int | None = None
     _last_finite: tuple[int, float] | None = None
     _above: int = 0
-    _fast: list = field(default_factory=list)  # (step, median ratio) of the sampled steps in a row over fast_ratio
+    _fast: deque = field(default_factory=deque)  # the last fast_samples medians of a streak over fast_ratio
+    _fast_since: int | None = None  # the streak's first sampled step
+    _fast_count: int = 0  # its samples
     _fired: set[str] = field(default_factory=set)
 
     def __post_init__(self):
@@ -197,7 +198,7 @@ class Divergence:
 
     def _too_fast(self, step: int, loss: float, smoothed: float) -> list[Flag]:
         """The precursor rule (see the module): steps far too large, and a loss above its start."""
-        recent = [r for _, r in self._fast[-self.fast_samples:]]
+        recent = list(self._fast)
         if (len(recent) < self.fast_samples or not recent[-1] >= self.fast_growth * recent[0] or self._first is None
                 or not smoothed > self._first):
             return []
@@ -206,12 +207,12 @@ class Divergence:
             KIND, Severity.CRITICAL,
             f"the learning rate is far too high and the steps are running away: the weights change by "
             f"{recent[0]:.2g} to {recent[-1]:.2g} of their norm per step (median over the weight tensors, "
-            f"{len(self._fast)} sampled steps in a row over {self.fast_ratio:g} since step {self._fast[0][0]}; "
+            f"{self._fast_count} sampled steps in a row over {self.fast_ratio:g} since step {self._fast_since}; "
             f"healthy is ~0.001) and the smoothed loss {smoothed:.4g} at step {step} is above its start "
             f"{self._first:.4g}: the run is diverging", ADVICE,
             evidence={"loss": loss, "smoothed": smoothed, "step": step, "first": self._first,
                       "min_loss": self._best, "min_step": self._best_step, "factor": smoothed / self._best,
-                      "update_ratio": ratio, "fast_since": self._fast[0][0], "fast_samples": len(self._fast),
+                      "update_ratio": ratio, "fast_since": self._fast_since, "fast_samples": self._fast_count,
                       "fast_ratio": self.fast_ratio, "fast_growth": self.fast_growth, "smooth": self.smooth,
                       "burst": False}))
 
@@ -223,8 +224,14 @@ class Divergence:
         median = statistics.median(ratios)
         if not median > self.fast_ratio:
             self._fast.clear()
+            self._fast_since, self._fast_count = None, 0
             return []
-        self._fast.append((event.step, median))
+        if self._fast_since is None:
+            self._fast_since = event.step
+        self._fast_count += 1
+        self._fast.append(median)
+        if len(self._fast) > self.fast_samples:
+            self._fast.popleft()
         if "climb" in self._fired or not self._recent:
             return []
         return self._too_fast(event.step, self._last_finite[1], statistics.median(self._recent))

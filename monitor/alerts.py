@@ -7,7 +7,8 @@ Rules (thresholds in :mod:`monitor.alert_config`):
 
 * a flag at or above ``alert_severity`` (default critical: an email should need action);
 * a run that ends ``diverged`` or ``crashed`` (its ``status`` and ``run_end`` events become
-  one alert, once per run: the ``status`` carries the reason, ``run_end`` the steps);
+  one alert, once per run: the ``status`` carries the reason, ``run_end`` the steps); a
+  diverged end is not alerted again when a ``divergence`` flag of the run was: one story;
 * a run the server marked ``lost`` (its training process went silent, :mod:`web.liveness`),
   like a crash, under the same switch; a run that keeps coming back and going silent
   again is alerted once per cool-down;
@@ -101,6 +102,7 @@ class Alerter:
         self._last_sent: float | None = None
         self._runs: OrderedDict[str, tuple[str, str]] = OrderedDict()  # run -> (name, host)
         self._ended: OrderedDict[str, bool] = OrderedDict()  # runs whose abnormal end was alerted
+        self._diverged: OrderedDict[str, bool] = OrderedDict()  # runs whose divergence flag was alerted
 
     def observe(self, events: Iterable[Event], now: float, base_url: str | None = None) -> int:
         """Queue the alerts these stored events call for; return how many were queued."""
@@ -168,6 +170,9 @@ class Alerter:
             self.suppressed += 1
             return 0
         self._last[key] = now
+        if flag.kind == "divergence":
+            self._diverged[event.run] = True
+            _bound(self._diverged)
         name, host = self._runs.get(event.run, (None, None))
         return self._queue(Alert(event.run, flag.kind, flag.severity, event.step, event.wall, flag.message,
                                  flag.advice, flag.layer, flag.evidence, run_url(base_url, event.run), name, host),
@@ -177,6 +182,8 @@ class Alerter:
         data: Status | RunEnd = event.data
         if not self.config.alert_on_end or data.state not in ABNORMAL_ENDS:
             return 0
+        if data.state is RunState.DIVERGED and event.run in self._diverged:
+            return 0  # its divergence flag told it
         evidence = ({"state": data.state.value, "reason": data.reason, "by": data.by} if isinstance(data, Status)
                     else {"state": data.state.value, "steps": data.steps, "duration_s": round(data.duration, 1)})
         evidence = {k: v for k, v in evidence.items() if v != ""}

@@ -253,7 +253,8 @@ def _add_export(commands) -> None:
         "export", help="write a stored run as CSV or Parquet files",
         description="Write a stored run's tables (scalars, layer statistics, flags, ...) as one file each, "
                     "and print the paths written.")
-    p.add_argument("run", metavar="RUN", help="the run id, as `babysit runs` lists it")
+    p.add_argument("run", metavar="RUN", help="the run id, as `babysit runs` lists it, or its name (the newest run "
+                                              "of that name)")
     p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
                    help="where runs are stored (default: runs)")
     p.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv",
@@ -265,14 +266,18 @@ def _add_export(commands) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     _require_logdir(args.logdir)
-    from monitor.export import export_run
+    from monitor.export import export
 
     try:
-        paths = export_run(args.run, args.logdir, args.fmt, args.out)
+        done = export(args.run, args.logdir, args.fmt, args.out)
     except (LookupError, ValueError) as exc:  # an unknown run or a format the exporter refuses
         raise CliError(_message(exc)) from None
-    for path in paths:
+    if done.note:
+        print(f"babysit: {done.note}", file=sys.stderr)
+    for path in done.paths:
         print(path)
+    if done.empty:
+        print(f"babysit: run {done.run} has no {', '.join(done.empty)}: not written", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ Filter images are pixels, not table cells: they go to ``filters.npz``, one array
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from monitor import codec
-from monitor.frames import RunFrames, load_run
+from monitor.frames import RunFrames, load_run, resolve_run
+from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import check_run_id
 
 FORMATS = ("csv", "parquet")
@@ -23,22 +25,40 @@ FORMATS = ("csv", "parquet")
 TABLES = ("scalars", "layer_stats", "flags", "input_stats", "status")
 
 
-def export_run(run: str, logdir: str | Path = "runs", fmt: str = "csv",
-               out: str | Path | None = None) -> list[Path]:
-    """Write each non-empty frame of ``run`` to ``<out>/<frame>.<fmt>``; return the paths written.
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export` did: the run read (its id), the files written, the tables left
+    out because the run has none of them, and a note when the run was named by a name
+    that several runs share (the newest was read)."""
 
-    ``out`` defaults to ``<logdir>/<run>-export``. An unknown run raises KeyError (from
+    run: str
+    paths: tuple[Path, ...]
+    empty: tuple[str, ...]
+    note: str | None = None
+
+
+def export(run: str, logdir: str | Path = "runs", fmt: str = "csv", out: str | Path | None = None) -> Exported:
+    """Write each non-empty frame of ``run`` (its id, or its name: the newest run of that
+    name) to ``<out>/<frame>.<fmt>``.
+
+    ``out`` defaults to ``<logdir>/<run id>-export``. An unknown run raises KeyError (from
     :func:`monitor.frames.load_run`), an unknown ``fmt`` ValueError, before anything is written.
     """
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not supported; use one of: {', '.join(FORMATS)}")
-    frames = load_run(check_run_id(run), logdir)
-    folder = Path(out) if out is not None else Path(logdir) / f"{run}-export"
+    check_run_id(run)
+    note = None
+    if (Path(logdir) / DB_FILENAME).exists():
+        with RunStore(logdir) as store:
+            run, note = resolve_run(store, run)
+    frames = load_run(run, logdir)
+    folder = Path(out) if out is not None else Path(logdir) / f"{frames.run}-export"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, empty = [], []
     for name in TABLES:
         frame = getattr(frames, name)
         if frame.empty:
+            empty.append(name)
             continue
         path = folder / f"{name}.{fmt}"
         if fmt == "csv":
@@ -46,9 +66,17 @@ def export_run(run: str, logdir: str | Path = "runs", fmt: str = "csv",
         else:
             _json_cells(frame, lambda v: isinstance(v, dict)).to_parquet(path, engine="pyarrow", index=False)
         written.append(path)
-    if not frames.filters.empty:
+    if frames.filters.empty:
+        empty.append("filters")
+    else:
         written.append(_write_filters(frames, folder / "filters.npz"))
-    return written
+    return Exported(frames.run, tuple(written), tuple(empty), note)
+
+
+def export_run(run: str, logdir: str | Path = "runs", fmt: str = "csv",
+               out: str | Path | None = None) -> list[Path]:
+    """:func:`export`'s paths written."""
+    return list(export(run, logdir, fmt, out).paths)
 
 
 def _json_cells(frame: pd.DataFrame, as_json) -> pd.DataFrame:

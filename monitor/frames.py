@@ -8,6 +8,7 @@ store stays the record, and nothing here writes to it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -66,8 +67,31 @@ class RunFrames:
                          name=name, dtype="float64")
 
 
+class SeveralRunsWarning(UserWarning):
+    """A run was asked for by a name that several stored runs share; the newest was read."""
+
+
+def resolve_run(store: RunStore, run: str) -> tuple[str, str | None]:
+    """The id of ``run``, given as its id or its name (``watch(run=NAME)``): a name picks
+    the newest run of that name. Returns ``(id, note)``, the note saying which run was
+    picked when several share the name (None otherwise); an unknown one raises KeyError
+    listing the known runs."""
+    if store.run_info(run) is not None:
+        return run, None
+    runs = store.runs()  # newest first
+    named = [r for r in runs if r.name == run]
+    if not named:
+        raise KeyError(_unknown_run(run, Path(store.path), [r.run for r in runs]))
+    if len(named) == 1:
+        return named[0].run, None
+    return named[0].run, (f"{len(named)} runs are named {run!r}; reading the newest, {named[0].run} "
+                          f"(the others: {', '.join(r.run for r in named[1:4])}{' ...' if len(named) > 4 else ''})")
+
+
 def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
-    """Read one run from ``<logdir>/babysit.sqlite3``; an unknown run raises KeyError listing known ones.
+    """Read one run from ``<logdir>/babysit.sqlite3``, by its id or its name (the newest run
+    of that name, with a :class:`SeveralRunsWarning` when several share it); an unknown run
+    raises KeyError listing known ones.
 
     A missing database is not created: reading must not leave files behind.
     """
@@ -77,9 +101,10 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
         raise KeyError(f"no run {run!r}: {path} does not exist (known runs: none); "
                        "pass the logdir the training wrote to")
     with RunStore(logdir) as store:
+        run, note = resolve_run(store, run)
+        if note is not None:
+            warnings.warn(note, SeveralRunsWarning, stacklevel=2)
         info = store.run_info(run)
-        if info is None:
-            raise KeyError(_unknown_run(run, path, [r.run for r in store.runs()]))
         scalars = store.scalars(run)
         events = store.events(run, kinds=[k for k in Kind if k is not Kind.SCALARS])
     by_kind: dict[Kind, list[Event]] = {kind: [] for kind in Kind}

@@ -100,6 +100,14 @@ def test_a_run_that_diverges_is_one_alert_with_the_reason_and_the_steps():
     assert alerter.observe([run_start(), status(state="crashed", reason="RuntimeError: boom")], now=5000.0) == 1
 
 
+def test_a_diverged_end_after_its_divergence_flag_was_alerted_is_not_alerted_again():
+    alerter = Alerter(config())
+    assert alerter.observe([run_start(), flag(), status(), run_end()], now=0.0) == 1  # the flag tells it
+    assert [a.kind for a in alerter.pending] == ["divergence"]
+    other = Alerter(config())
+    assert other.observe([run_start(), flag(kind="dead_relu"), status(), run_end()], now=0.0) == 2
+
+
 @pytest.mark.parametrize("state", ["finished", "stopped", "stopping", "running", "interrupted"])
 def test_a_run_that_ends_normally_or_is_stopped_is_not_alerted(state):
     alerter = Alerter(config())

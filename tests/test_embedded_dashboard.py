@@ -57,8 +57,9 @@ def test_watch_with_dashboard_serves_the_run_and_prints_its_url(tmp_path, http_g
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = watch(model, optimizer, run="embedded", logdir=tmp_path, every=1, dashboard=True)
     try:
-        printed = capsys.readouterr().out
-        assert mon.dashboard_url in printed and mon.dashboard_url.startswith("http://127.0.0.1:")
+        printed = capsys.readouterr().err
+        assert f"babysit: watching run {mon.run_id}, stored in {tmp_path / 'babysit.sqlite3'}; live dashboard: " \
+               f"{mon.dashboard_url}\n" in printed and mon.dashboard_url.startswith("http://127.0.0.1:")
         for _ in range(5):
             loss = model(torch.randn(16, 4)).pow(2).mean()
             loss.backward()

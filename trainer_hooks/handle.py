@@ -146,8 +146,17 @@ class Monitor:
         self.probe.on_optimizer_step = self._end_step
         _watched[self.model] = self.run_id
         atexit.register(self._close_at_exit)
-        if self.dashboard is not None:
-            print(f"babysit: live dashboard of run {self.run_id}: {self.dashboard_url}", flush=True)
+        _remember_uncaught()
+        print(f"babysit: {self.where()}", file=sys.stderr, flush=True)  # where to find the run, from the start
+
+    def where(self) -> str:
+        """One line naming the run, where it is stored, and its live page when there is one."""
+        if self.store_path is not None:  # the local store, or the embedded dashboard's
+            stored = f"stored in {self.store_path}"
+        else:
+            stored = f"streamed to {self.server} (spooled in {self._sink.spool} while it is unreachable)"
+        live = f"; live dashboard: {self.dashboard_url}" if self.dashboard_url else ""
+        return f"watching run {self.run_id}, {stored}{live}"
 
     @property
     def dashboard_url(self) -> str | None:
@@ -286,8 +295,9 @@ class Monitor:
             self._agreement.finish()  # every rank launched the round in flight: complete it
         if self._stop is not None:
             self._restore_best_weights()
-        if state is None:
-            state = self.stop_reason.end_state if self.stop_reason is not None else RunState.FINISHED
+        if state is None:  # a run whose loss diverged ends diverged, stopped for it or not
+            state = (self.stop_reason.end_state if self.stop_reason is not None
+                     else RunState.DIVERGED if any(f.kind == "divergence" for f in self.flags) else RunState.FINISHED)
         state = RunState(state)
         reason = reason or (self._stop.reason if self._stop is not None else "")
         by = self._stop.by if self._stop is not None else ""
@@ -321,12 +331,7 @@ class Monitor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close(RunState.INTERRUPTED, "interrupted (Ctrl-C)")
-        else:
-            self.close(RunState.CRASHED, f"{exc_type.__name__}: {exc}"[:4000])
+        self.close(*_ending(exc_type, exc))
 
     # ------------------------------------------------------------------ hooks' side
 
@@ -435,7 +440,37 @@ class Monitor:
             warnings.warn(message, BabysitWarning, stacklevel=3)
 
     def _close_at_exit(self) -> None:
-        self.close(reason="closed at interpreter exit (mon.close() was not called)")
+        """At interpreter exit without a ``close()``: the exception that ended the script, if
+        one did (sys.excepthook ran before us), decides how the run ended."""
+        state, reason = _ending(*_uncaught[-1]) if _uncaught else (None, "")
+        self.close(state, (reason + "; " if reason else "") + "closed at interpreter exit (mon.close() was not called)")
+
+
+#: The exception that is ending the interpreter, as (type, value), once sys.excepthook saw it.
+_uncaught: list[tuple[type, BaseException]] = []
+
+
+def _ending(exc_type: type | None, exc: BaseException | None) -> tuple[RunState | None, str]:
+    """How an exception (or none) ends a run: (state, reason); None: from the run itself."""
+    if exc_type is None:
+        return None, ""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return RunState.INTERRUPTED, "interrupted (Ctrl-C)"
+    return RunState.CRASHED, f"{exc_type.__name__}: {exc}"[:4000]
+
+
+def _remember_uncaught() -> None:
+    """Chain sys.excepthook (once) so that a run left open sees the exception that ends
+    the script: Python calls the hook before the atexit handlers."""
+    previous = sys.excepthook
+    if getattr(previous, "_babysit", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        _uncaught.append((exc_type, exc))
+        previous(exc_type, exc, tb)
+    hook._babysit = True
+    sys.excepthook = hook
 
 
 def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:

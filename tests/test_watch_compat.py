@@ -453,3 +453,48 @@ def test_an_unknown_option_is_a_type_error_listing_the_known_ones(tmp_path):
     assert "evry" in message
     for known in ("every", "logdir", "run", "config"):
         assert repr(known) in message
+
+
+class ScaledLinear(nn.Module):
+    """A model that owns a parameter itself beside its one child (a learned output scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+def train_few(model: nn.Module, tmp_path, run: str, steps: int = 5) -> monitor.frames.RunFrames:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, optimizer, logdir=tmp_path, every=1, run=run):
+        for _ in range(steps):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return monitor.load_run(run, tmp_path)
+
+
+def test_a_model_that_is_one_linear_layer_gets_every_statistic_under_its_class_name(tmp_path):
+    torch.manual_seed(0)
+    run = train_few(nn.Linear(4, 1), tmp_path, "one-layer")
+    stats = run.layer_stats
+    assert set(zip(stats["layer"], stats["signal"])) == {
+        ("Linear", "activation"), ("Linear", "output_grad"), ("weight", "param_grad"), ("bias", "param_grad")}
+    assert stats[stats["signal"] == "activation"]["step"].tolist() == [0, 1, 2, 3, 4]
+    assert (stats[stats["signal"] == "param_grad"]["update_ratio"] > 0).all()
+    assert set(run.vitals["layer"]) == {"(global)", "Linear"}
+    assert [m["name"] for m in run.info["model"]] == ["Linear", "(total)"]
+
+
+def test_parameters_a_model_owns_itself_count_as_a_layer_of_their_own(tmp_path):
+    torch.manual_seed(0)
+    run = train_few(ScaledLinear(), tmp_path, "own-parameter")
+    assert [m["name"] for m in run.info["model"]] == ["ScaledLinear", "fc", "(total)"]
+    vitals = run.vitals[run.vitals["step"] == 0].set_index("layer")["grad_norm"]
+    assert set(vitals.index) == {"(global)", "ScaledLinear", "fc"}
+    assert math.isclose(vitals["(global)"] ** 2, vitals["ScaledLinear"] ** 2 + vitals["fc"] ** 2, rel_tol=1e-5)
+    assert "ScaledLinear" not in set(run.layer_stats["layer"])  # not a leaf: its output is fc's, scaled

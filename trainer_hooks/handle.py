@@ -34,7 +34,7 @@ from monitor.validation import is_run_id, is_scalar_name
 from trainer_hooks.agreement import StopAgreement, distributed_world
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
-from trainer_hooks.probe import Probe
+from trainer_hooks.probe import Probe, parameter_modules
 from trainer_hooks.reduce import dead_span
 from trainer_hooks.schedule import make_schedule
 from trainer_hooks.stream import SocketSink
@@ -548,9 +548,9 @@ def _config(config: Mapping[str, Any] | None) -> dict:
 
 def _model_summary(model: nn.Module) -> tuple[ModuleInfo, ...]:
     rows = []
-    for name, m in model.named_modules():
+    for name, m in parameter_modules(model):
         own = list(m.parameters(recurse=False))
-        if name and own:
+        if own:
             rows.append(ModuleInfo(name=name, module=type(m).__name__, params=sum(p.numel() for p in own),
                                    trainable=sum(p.numel() for p in own if p.requires_grad),
                                    shape=", ".join("x".join(map(str, p.shape)) for p in own)))

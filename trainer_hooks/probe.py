@@ -46,13 +46,33 @@ class Watched:
     activation: bool
 
 
+def root_label(model: nn.Module) -> str:
+    """The name the model itself goes by where it owns parameters (``named_modules`` calls
+    it ""): its class, as in ``Linear`` for a model that is one ``nn.Linear``, unless a
+    submodule already has that name."""
+    name = type(model).__name__
+    return name if name not in dict(model.named_modules()) else "(model)"
+
+
+def named_modules(model: nn.Module):
+    """``model.named_modules()`` with the model itself named by :func:`root_label`."""
+    root = root_label(model)
+    return ((name or root, m) for name, m in model.named_modules())
+
+
+def parameter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules that own parameters themselves, named (the model too, when it does)."""
+    return [(name, m) for name, m in named_modules(model) if any(True for _ in m.parameters(recurse=False))]
+
+
 def watched_modules(model: nn.Module) -> dict[int, Watched]:
-    """Every activation module and every leaf that owns parameters, by ``id``."""
+    """Every activation module and every leaf that owns parameters, by ``id`` (the model
+    itself when it is such a leaf: one ``nn.Linear`` gets its statistics too)."""
     found = {}
-    for name, m in model.named_modules():
+    for name, m in named_modules(model):
         is_activation = isinstance(m, ACTIVATIONS)
         is_param_leaf = not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))
-        if (is_activation or is_param_leaf) and name:
+        if (is_activation or is_param_leaf) and (m is not model or is_param_leaf):
             found[id(m)] = Watched(name, type(m).__name__, is_activation)
     return found
 
@@ -97,9 +117,10 @@ class Probe:
         self.input_shape: tuple[int, ...] | None = None
         # The vital signs of the step being taken (see _vitals), for the Monitor to hand on.
         self.vitals: tuple[torch.Tensor | list[float], tuple[int, ...]] | None = None
-        layer_rows = {name: i for i, name in enumerate(
-            n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False)))}
-        self.param_rows = {id(p): layer_rows.get(n.rpartition(".")[0], -1) for n, p in model.named_parameters()}
+        self.param_rows: dict[int, int] = {}  # parameter -> the row of its module in the vitals
+        for row, (_, m) in enumerate(parameter_modules(model)):
+            for p in m.parameters(recurse=False):
+                self.param_rows.setdefault(id(p), row)  # a tied weight counts with its first owner
         self._layout: tuple | None = None  # the optimizer's shape, its parameters and their rows
         self.on_root_forward = lambda args: None  # set by the Monitor
         self.on_optimizer_step = lambda: None
@@ -140,11 +161,12 @@ class Probe:
     def _forward(self, module, args, output):
         if not self.capturing:
             return  # not a sampled step: nothing else runs
-        if module is self.root:
-            self.capturing = False
-            return
         info = self.modules.get(id(module))
-        if info is None:
+        if module is self.root:
+            self.capturing = False  # the forward pass is over; the model itself is recorded if it is one layer
+            if info is None:
+                return
+        elif info is None:
             return
         x = output if isinstance(output, torch.Tensor) else next(
             (o for o in output if isinstance(o, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None

@@ -88,8 +88,14 @@ def trainer(url, tmp_path, run, *, steps=100_000, quiet_at=-1, quiet=0.0, heartb
                                 str(quiet_at), str(quiet)], env=environ, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        run_id = process.stdout.readline().strip()
-        assert run_id.startswith(run), f"the trainer did not start: {run_id}{process.stdout.read()}"
+        seen = []
+        for _ in range(20):  # babysit's own lines (stderr is merged) come before the script's
+            line = process.stdout.readline()
+            seen.append(line)
+            if not line or line.startswith(run):
+                break
+        run_id = seen[-1].strip()
+        assert run_id.startswith(run), f"the trainer did not start: {''.join(seen)}"
         yield process, run_id
     finally:
         if process.poll() is None:

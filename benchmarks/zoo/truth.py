@@ -38,6 +38,11 @@ SMOOTH_MIN_STEPS = 10
 #: CS231n: "as much as 40 % of your network can be dead"; a unit silent on 256 varied
 #: examples gets no gradient from any of them).
 DEAD_LAYER_FRACTION = 0.5
+#: ...and it is unambiguous once the share passes what healthy layers reach: the zoo's
+#: healthy runs go up to 56 % on the probe batch (the warm-up ConvNet's hidden layer, steps
+#: 48-96, 47 % at the end), so from 60 % on (confirmed); a layer that stays between 50 % and
+#: 60 % is a problem only by lasting to the end of the run, which is when it is known.
+DEAD_SURE_FRACTION = 0.6
 #: saturation: a layer is affected when at least this share of its tanh/sigmoid outputs
 #: is on the flat tails (zoo.measure.SATURATED_SLOPE; Glorot & Bengio 2010 saw the top
 #: sigmoid layer saturate and stall learning).
@@ -172,7 +177,10 @@ def dead_relu(s: Series, steps: int) -> Truth | None:
     for name, fractions in s.dead.items():
         found = held(s.probe_steps, [f >= DEAD_LAYER_FRACTION for f in fractions], steps - 1, None)
         if found:
-            hits[name] = found
+            onset, confirmed = found
+            sure = next((at for at, f in zip(s.probe_steps, fractions) if at >= confirmed and f >= DEAD_SURE_FRACTION),
+                        steps - 1)
+            hits[name] = (onset, sure)
     detail = ", ".join(f"{n}: {s.dead[n][-1]:.0%} dead at the end" for n in hits)
     return _layer_truth("dead_relu", hits, s.layer_groups, detail)
 

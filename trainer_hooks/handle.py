@@ -467,7 +467,7 @@ def _remember_uncaught() -> None:
         return
 
     def hook(exc_type, exc, tb):
-        _uncaught.append((exc_type, exc))
+        _uncaught[:] = [(exc_type, exc)]  # the last one only: a REPL may see many
         previous(exc_type, exc, tb)
     hook._babysit = True
     sys.excepthook = hook
@@ -550,10 +550,9 @@ def _model_summary(model: nn.Module) -> tuple[ModuleInfo, ...]:
     rows = []
     for name, m in parameter_modules(model):
         own = list(m.parameters(recurse=False))
-        if own:
-            rows.append(ModuleInfo(name=name, module=type(m).__name__, params=sum(p.numel() for p in own),
-                                   trainable=sum(p.numel() for p in own if p.requires_grad),
-                                   shape=", ".join("x".join(map(str, p.shape)) for p in own)))
+        rows.append(ModuleInfo(name=name, module=type(m).__name__, params=sum(p.numel() for p in own),
+                               trainable=sum(p.numel() for p in own if p.requires_grad),
+                               shape=", ".join("x".join(map(str, p.shape)) for p in own)))
     everything = list(model.parameters())
     rows.append(ModuleInfo(name="(total)", module=type(model).__name__, params=sum(p.numel() for p in everything),
                            trainable=sum(p.numel() for p in everything if p.requires_grad)))

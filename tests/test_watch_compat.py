@@ -20,6 +20,7 @@ from torch import nn
 
 import monitor
 from trainer_hooks import watch
+from trainer_hooks.handle import BabysitWarning
 
 MICRO_BATCHES = 3  # backward passes per optimizer step in the accumulation test
 
@@ -418,16 +419,19 @@ def test_an_inplace_relu_network_trains_bit_identically_while_watched(tmp_path):
 
 # ---------------------------------------------------------------------- 9. errors
 
-def test_a_second_watch_on_the_same_model_says_to_close_the_first(tmp_path):
+def test_a_second_watch_on_the_same_model_closes_the_forgotten_first_with_a_message(tmp_path):
+    # a notebook cell run again: the first handle was never closed
     model = mlp()
-    mon = watch(model, run="first", every=1, logdir=tmp_path)
-    try:
-        with pytest.raises(RuntimeError, match="already watched") as raised:
-            watch(model, run="second", every=1, logdir=tmp_path)
-        assert "close()" in str(raised.value)
-        assert mon.run_id in str(raised.value)
-    finally:
-        mon.close()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = watch(model, opt, run="first", every=1, logdir=tmp_path)
+    train(model, opt, batches(2), first)
+    with pytest.warns(BabysitWarning, match=f"still watched by run {first.run_id}, never closed; closing it now"):
+        second = watch(model, opt, run="second", every=1, logdir=tmp_path)
+    with second:
+        train(model, opt, batches(3), second)
+    old, new = monitor.load_run(first.run_id, tmp_path), monitor.load_run(second.run_id, tmp_path)
+    assert old.info["status"] == "finished" and "closed by a new watch()" in old.status["reason"].iloc[-1]
+    assert set(activations(old)["step"]) == {0, 1} and set(activations(new)["step"]) == {0, 1, 2}
 
 
 def test_a_model_can_be_watched_again_after_close(tmp_path):

@@ -53,7 +53,8 @@ CLOSE_DETECT_SECONDS = 5.0
 #: does not advance the step of a run without an optimizer.
 POSITION_SCALARS = frozenset({"epoch"})
 
-_watched: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+#: The open handle of each watched model (a weak reference: the handle holds the model).
+_watched: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
 
 
 class BabysitWarning(UserWarning):
@@ -81,10 +82,12 @@ class Monitor:
                             f"{type(options).__name__}: call watch(model, optimizer, **options) instead")
         self.model = unwrap(check_model(model))
         optimizer = check_optimizer(optimizer)
-        if self.model in _watched:
-            raise RuntimeError(
-                f"watch: this model is already watched (run {_watched[self.model]!r}). Close the first handle "
-                "(mon.close(), or use `with watch(...) as mon:`) before watching it again.")
+        previous = _watched[self.model]() if self.model in _watched else None
+        if previous is not None:  # a notebook cell run again, or a close() forgotten: end that run first
+            warnings.warn(f"babysit: this model was still watched by run {previous.run_id}, never closed; closing "
+                          "it now (mon.close(), or `with watch(...) as mon:`, ends a run yourself)",
+                          BabysitWarning, stacklevel=3)
+            previous.close(reason="closed by a new watch() of the same model (it was never closed)")
         self.options = options  # what the run was watched with, checked
         self.optimizer = optimizer
         self.early_stopping = options.early_stopping
@@ -144,7 +147,7 @@ class Monitor:
         self._vitals = VitalsBlock()  # this step's vital signs join it; handed over every NUDGE_STEPS steps
         self.probe.on_root_forward = self._on_root_forward
         self.probe.on_optimizer_step = self._end_step
-        _watched[self.model] = self.run_id
+        _watched[self.model] = weakref.ref(self)
         atexit.register(self._close_at_exit)
         _remember_uncaught()
         print(f"babysit: {self.where()}", file=sys.stderr, flush=True)  # where to find the run, from the start
@@ -282,7 +285,8 @@ class Monitor:
         self._closed = True
         atexit.unregister(self._close_at_exit)
         self.probe.remove()
-        _watched.pop(self.model, None)
+        if self.model in _watched and _watched[self.model]() is self:  # not a later handle's
+            del _watched[self.model]
         self._finish_capture()
         self._put_vitals(self._vitals.take())
         self._record_lr()  # hand over the one held back

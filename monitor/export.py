@@ -16,9 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monitor import codec
-from monitor.frames import RunFrames, load_run, resolve_run
-from monitor.store import DB_FILENAME, RunStore
-from monitor.validation import check_run_id
+from monitor.frames import RunFrames, read_run
 
 FORMATS = ("csv", "parquet")
 #: The tabular frames written, in this order; ``filters`` goes to ``filters.npz``.
@@ -46,12 +44,7 @@ def export(run: str, logdir: str | Path = "runs", fmt: str = "csv", out: str | P
     """
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not supported; use one of: {', '.join(FORMATS)}")
-    check_run_id(run)
-    note = None
-    if (Path(logdir) / DB_FILENAME).exists():
-        with RunStore(logdir) as store:
-            run, note = resolve_run(store, run)
-    frames = load_run(run, logdir)
+    frames, note = read_run(run, logdir)
     folder = Path(out) if out is not None else Path(logdir) / f"{frames.run}-export"
     folder.mkdir(parents=True, exist_ok=True)
     written, empty = [], []

@@ -95,6 +95,14 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
 
     A missing database is not created: reading must not leave files behind.
     """
+    frames, note = read_run(run, logdir)
+    if note is not None:
+        warnings.warn(note, SeveralRunsWarning, stacklevel=2)
+    return frames
+
+
+def read_run(run: str, logdir: str | Path = "runs") -> tuple[RunFrames, str | None]:
+    """:func:`load_run`'s frames, and the note of :func:`resolve_run` instead of a warning."""
     check_run_id(run)
     path = Path(logdir) / DB_FILENAME
     if not path.exists():
@@ -102,8 +110,6 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
                        "pass the logdir the training wrote to")
     with RunStore(logdir) as store:
         run, note = resolve_run(store, run)
-        if note is not None:
-            warnings.warn(note, SeveralRunsWarning, stacklevel=2)
         info = store.run_info(run)
         scalars = store.scalars(run)
         events = store.events(run, kinds=[k for k in Kind if k is not Kind.SCALARS])
@@ -111,7 +117,7 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
     for event in events:
         by_kind[event.kind].append(event)
     start = by_kind[Kind.RUN_START]
-    return RunFrames(
+    frames = RunFrames(
         run=run,
         info={**(_plain(start[0].data.to_dict()) if start else {}), "status": info.status},
         scalars=_frame("scalars", [dict(zip(COLUMNS["scalars"], row)) for row in scalars]),
@@ -124,6 +130,7 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
         status=_frame("status", (_stamp(e, **e.data.to_dict()) for e in by_kind[Kind.STATUS])),
         vitals=_frame("vitals", _vitals_rows(by_kind[Kind.VITALS], start[0].data.model if start else ())),
     )
+    return frames, note
 
 
 def _unknown_run(run: str, path: Path, known: list[str]) -> str:

@@ -72,7 +72,7 @@ def watched_modules(model: nn.Module) -> dict[int, Watched]:
     for name, m in named_modules(model):
         is_activation = isinstance(m, ACTIVATIONS)
         is_param_leaf = not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))
-        if (is_activation or is_param_leaf) and (m is not model or is_param_leaf):
+        if is_param_leaf or (is_activation and m is not model):
             found[id(m)] = Watched(name, type(m).__name__, is_activation)
     return found
 

@@ -473,6 +473,80 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if all(results.values()) else 1
 
 
+# -------------------------------------------------------------------------------- run
+
+#: ``babysit run``'s own options that take a value; everything from the script (or
+#: ``-m MODULE``) on belongs to the script, options included.
+RUN_VALUE_OPTIONS = ("--logdir", "--server", "--token", "--every", "--run", "--sweep")
+
+
+def _add_run(commands) -> None:
+    p = commands.add_parser(
+        "run", help="run an unmodified training script, watched by babysit",
+        usage="babysit run [--logdir DIR] [--server URL] [--dashboard] [--every N] [--run NAME] [--sweep NAME] "
+              "(SCRIPT | -m MODULE) [ARGS ...]",
+        description="Run a training script as `python SCRIPT ARGS` (or `python -m MODULE ARGS`) would, with no "
+                    "change to it: babysit finds the models it trains and their optimizers through PyTorch's "
+                    "global hooks, takes the loss from backward(), and records the run. The script's output, "
+                    "exceptions and exit status are its own. `python -m trainer_hooks ...` is the same command.")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", help="where runs are stored (default: runs)")
+    p.add_argument("--server", type=_server, metavar="URL",
+                   help="stream to `babysit serve` at URL (default: $BABYSIT_SERVER, else the local store)")
+    p.add_argument("--token", type=_token, metavar="TOKEN", help="the server's token (default: $BABYSIT_TOKEN)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the live dashboard from this process on 127.0.0.1 while the script runs")
+    p.add_argument("--every", type=_every, metavar="N",
+                   help="sample the layer statistics every N steps (default: auto, led by diagnosis)")
+    p.add_argument("--run", metavar="NAME", help="run name (default: the script's name)")
+    p.add_argument("--sweep", metavar="NAME", help="record the run as part of the sweep NAME")
+    p.add_argument("-m", dest="module", metavar="MODULE", help="run a module as `python -m MODULE` would")
+    p.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS ...]", help=argparse.SUPPRESS)
+    p.set_defaults(func=_run)
+
+
+def split_run_argv(argv: Sequence[str]) -> list[str]:
+    """``babysit run``'s arguments with ``--`` where the script's begin, so that argparse
+    leaves the script's own options (``--lr 3``) to it."""
+    argv = list(argv)
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return argv
+        if token == "-m":
+            return argv[:i + 2] + ["--"] + argv[i + 2:]
+        if not token.startswith("-"):
+            return argv[:i] + ["--"] + argv[i:]
+        i += 2 if token in RUN_VALUE_OPTIONS else 1
+    return argv
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = list(args.target)
+    if target[:1] == ["--"]:  # put there by split_run_argv
+        target = target[1:]
+    if args.module is None and not target:
+        raise CliError("give the script to run (babysit run train.py ARGS...) or a module (-m MODULE ARGS...)")
+    if args.module is None and not Path(target[0]).is_file():
+        raise CliError(f"no script at {target[0]!r} (give the path of a Python file, or -m MODULE for a module)")
+    watch = {key: value for key in ("logdir", "server", "token") if (value := getattr(args, key)) is not None}
+    if args.every is not None:
+        watch["every"] = args.every
+    if args.dashboard and args.server:
+        raise CliError("--dashboard serves from this process: it cannot be combined with --server")
+    if args.run is not None:
+        from monitor.validation import is_run_id
+
+        if not is_run_id(args.run):
+            raise CliError(f"--run: expected 1-100 characters from A-Z a-z 0-9 . _ - (starting with a letter or "
+                           f"digit), got {args.run!r}")
+    from trainer_hooks.runner import RunOptions, Target, run
+
+    where = Target(module=args.module, args=tuple(target)) if args.module is not None else \
+        Target(path=target[0], args=tuple(target[1:]))
+    return run(where, RunOptions(run=args.run, sweep=args.sweep, dashboard=args.dashboard, watch=watch))
+
+
 def _message(exc: BaseException) -> str:
     # KeyError quotes its argument; show the text as written.
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -489,12 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(commands)
     _add_serve(commands)
     _add_replay(commands)
+    _add_run(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``babysit`` with ``argv`` (default: the command line); return the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        argv = split_run_argv(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it

@@ -32,6 +32,7 @@ from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, S
 from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import is_run_id, is_scalar_name
 from trainer_hooks.agreement import StopAgreement, distributed_world
+from trainer_hooks.by_hand import after as hand_update_done
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
 from trainer_hooks.probe import Probe, parameter_modules
@@ -99,6 +100,7 @@ class Monitor:
         self._step = 0
         self._forward_step: int | None = None
         self._capture: StepCapture | None = None
+        self._awaiting: tuple | None = None  # a hand-updated step's capture, until its weights are updated
         self._captured_step = -1
         self._samples = 0
         self.skipped_samples = 0  # due samples not taken because the writer was behind
@@ -142,15 +144,35 @@ class Monitor:
         self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, options.config, self.schedule,
                                               options.sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
-        self.probe = Probe(self.model, optimizer, sample_size=options.sample_size, dead_window=options.dead_window,
-                           dead_span=dead_span(options.dead_window, options.every))
         self._vitals = VitalsBlock()  # this step's vital signs join it; handed over every NUDGE_STEPS steps
-        self.probe.on_root_forward = self._on_root_forward
-        self.probe.on_optimizer_step = self._end_step
+        self.probe = self._probe()
         _watched[self.model] = weakref.ref(self)
         atexit.register(self._close_at_exit)
         _remember_uncaught()
         print(f"babysit: {self.where()}", file=sys.stderr, flush=True)  # where to find the run, from the start
+
+    def _probe(self) -> Probe:
+        options = self.options
+        probe = Probe(self.model, self.optimizer, sample_size=options.sample_size, dead_window=options.dead_window,
+                      dead_span=dead_span(options.dead_window, options.every))
+        probe.on_root_forward = self._on_root_forward
+        probe.on_optimizer_step = self._end_step
+        return probe
+
+    def continue_with(self, model: nn.Module, optimizer=None) -> None:
+        """Go on recording this run from another model object and its optimizer: the
+        same model loaded back from a checkpoint (``torch.save(model)``, ``torch.load``).
+        The steps count on; the hooks move to the new objects."""
+        self._finish_capture()
+        if self._awaiting is not None:
+            self._seal_awaiting()
+        self.probe.remove()
+        if self.model in _watched and _watched[self.model]() is self:
+            del _watched[self.model]
+        self.model, self.optimizer = unwrap(check_model(model)), check_optimizer(optimizer)
+        self._lr_logged = None
+        self.probe = self._probe()
+        _watched[self.model] = weakref.ref(self)
 
     def where(self) -> str:
         """One line naming the run, where it is stored, and its live page when there is one."""
@@ -288,6 +310,8 @@ class Monitor:
         if self.model in _watched and _watched[self.model]() is self:  # not a later handle's
             del _watched[self.model]
         self._finish_capture()
+        if self._awaiting is not None:
+            self._seal_awaiting()
         self._put_vitals(self._vitals.take())
         self._record_lr()  # hand over the one held back
         # The detectors run on the writer's detect stage: without this wait a flag raised
@@ -342,6 +366,8 @@ class Monitor:
     def _on_root_forward(self, args) -> None:
         if not torch.is_grad_enabled():
             return  # validation or inference: keep it out of the training statistics
+        if self._awaiting is not None:
+            self._seal_awaiting()  # the last step's hand update is done: its weights are read now
         self._forward_step = self._step
         if self._capture is None and self._captured_step != self._step and self.schedule.due(self._step):
             if self._writer.capture_backlog >= CAPTURE_BACKLOG_LIMIT:
@@ -354,7 +380,7 @@ class Monitor:
     def _end_step(self) -> None:
         now = time.perf_counter()
         self._record_lr()
-        vitals = self.probe.vitals
+        vitals = self.probe.vitals if self.probe.by_hand is None else self.probe.by_hand.take_vitals()
         if vitals is not None:
             self.probe.vitals = None
             self._put_vitals(self._vitals.add(self._step, *vitals))
@@ -419,13 +445,30 @@ class Monitor:
         self.probe.capturing = False
         if capture is None:
             return False
+        by_hand = self.probe.by_hand
+        if by_hand is not None:  # without an optimizer the update comes after the step: wait for it
+            if self._awaiting is not None:
+                self._seal_awaiting()
+            self._awaiting = (capture, by_hand.take_stepped())
+            return True
+        self._seal(capture)
+        return True
+
+    def _seal_awaiting(self) -> None:
+        """A hand-updated step's capture, completed with the weights as they are now."""
+
+        (capture, stepped), self._awaiting = self._awaiting, None
+        hand_update_done(capture, stepped)
+        self._seal(capture)
+
+    def _seal(self, capture: StepCapture) -> None:
+        """Hand a finished capture (and every few samples, the filters) to the writer."""
         if self._samples % self.filters_every == 0:
             self.probe.add_filters(capture)
         self._samples += 1
         packed = capture.pack()
         if packed is not None:
             self._put(CaptureRecord(capture.step, time.time(), packed))
-        return True
 
     def _emit(self, kind: Kind, data, wait: bool = False) -> None:
         self._put(EventRecord(self._step, time.time(), kind, data), wait)

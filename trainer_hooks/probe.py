@@ -23,9 +23,11 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from monitor.events import Signal
+from trainer_hooks.by_hand import HandUpdates
 from trainer_hooks.capture import StepCapture
+from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
 from trainer_hooks.reduce import (
-    DEAD_SPAN_STEPS, SAMPLE_SIZE, Reduced, UnitWindow, channel_moments, reduce_tensor, sample_indices, unit_maxima,
+    DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, channel_moments, reduce_tensor, unit_maxima,
 )
 
 ACTIVATIONS = (
@@ -128,9 +130,13 @@ class Probe:
             module_hooks.register_module_forward_pre_hook(self._forward_pre),
             module_hooks.register_module_forward_hook(self._forward),
         ]
+        self.by_hand = None  # without an optimizer: the gradients read as they arrive (trainer_hooks.by_hand)
         if optimizer is not None:
             self._handles += [optimizer.register_step_pre_hook(self._step_pre),
                               optimizer.register_step_post_hook(self._step_post)]
+        else:
+            self.by_hand = HandUpdates(model, self.param_names, self.param_rows, sample_size, self._generator)
+            self._handles.append(self.by_hand)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -148,6 +154,8 @@ class Probe:
         """Open a capture for the forward pass that is starting."""
         self.capture = capture
         self.capturing = True
+        if self.by_hand is not None:
+            self.by_hand.capture = capture
         self.calls = {}
         x = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
         if x is not None:
@@ -173,7 +181,9 @@ class Probe:
         if x is None or not x.is_floating_point():
             return
         count = self.calls[info.name] = self.calls.get(info.name, 0) + 1
-        label = info.name if count == 1 else f"{info.name}#{count}"  # a module reused in one forward
+        if count & (count - 1):
+            return  # a module reused in one forward pass (a recurrent cell): its 1st, 2nd, 4th, 8th ... call
+        label = info.name if count == 1 else f"{info.name}#{count}"
         self._record(self.capture, label, info.module, Signal.ACTIVATION, x, units=info.activation)
         if x.requires_grad and not info.activation:
             capture = self.capture
@@ -236,51 +246,42 @@ class Probe:
         if not grads:
             return None
         if all(g.is_cpu for g in grads):
-            return _squares(grads), tuple(rows)
-        norms = _norms(grads)
+            return squares(grads), tuple(rows)
+        norms = l2_norms(grads)
         device = norms[0].device
         if any(n.device != device for n in norms):  # model parallel: bring them to the first device
             norms = [n.to(device, non_blocking=True) for n in norms]
         return torch.stack(norms), tuple(rows)  # one vector, one copy later
 
     def _step_pre(self, optimizer, args, kwargs):
+        closure = step_closure(args, kwargs)
+        if closure is None:
+            self._before_update()
+            return None
+        # A step that evaluates a closure (LBFGS) has no gradient yet: read it once the
+        # closure's first evaluation made it, with the weights the step starts from.
+        done = []
+
+        def first_then_read():
+            value = closure()
+            if not done:
+                done.append(True)
+                self._before_update()
+            return value
+        return with_closure(args, kwargs, first_then_read)
+
+    def _before_update(self) -> None:
+        """The step's vital signs and, when it is sampled, its gradients and weights."""
         self.vitals = self._vitals()
         capture = self.capture
         if capture is None:
             return
-        self.stepped = [(p, name, module) for p, (name, module) in self._params()
-                        if p.grad is not None and not p.grad.is_sparse and p.grad.is_floating_point()
-                        and p.grad.numel() > 0]
-        self.param_indices = {}
-        small = [entry for entry in self.stepped if entry[0].numel() <= self.sample_size]
-        # Small parameters (biases, norms) travel whole: their gradients and weights are
-        # copied in one kernel per device each, not one per parameter.
-        for group in _by_device(small):
-            grads = _joined([p.grad for p, _, _ in group])
-            weights = _joined([p for p, _, _ in group])
-            for (_, name, module), grad, weight in zip(group, grads, weights):
-                reduced = Reduced(numel=grad.numel(), moments=[], counted=False, sample=grad, whole=True)
-                capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced, vectors=[weight])
-        for p, name, module in self.stepped:
-            if p.numel() <= self.sample_size:
-                continue
-            idx = self.param_indices[id(p)] = sample_indices(p.numel(), self.sample_size, p.device,
-                                                             self._generator(p.device))
-            reduced = reduce_tensor(p.grad, indices=idx)
-            capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced,
-                                vectors=[p.detach().reshape(-1).index_select(0, idx)])
+        self.stepped = [(p, name, module) for p, (name, module) in self._params() if has_dense_grad(p)]
+        self.param_indices = add_params_before(capture, self.stepped, self.sample_size, self._generator)
 
     def _step_post(self, optimizer, args, kwargs):
-        capture = self.capture
-        if capture is not None and self.stepped:
-            after = {}
-            for group in _by_device([e for e in self.stepped if id(e[0]) not in self.param_indices]):
-                after.update(zip((id(p) for p, _, _ in group), _joined([p for p, _, _ in group])))
-            norms = _norms([p.detach() for p, _, _ in self.stepped])
-            for (p, name, _), norm in zip(self.stepped, norms):
-                idx = self.param_indices.get(id(p))
-                w = after[id(p)] if idx is None else p.detach().reshape(-1).index_select(0, idx)
-                capture.add("param_post", {"layer": name}, [norm], [w])
+        if self.capture is not None and self.stepped:
+            add_params_after(self.capture, self.stepped, self.param_indices)
         self.stepped, self.param_indices = [], {}
         self.on_optimizer_step()
 
@@ -304,42 +305,15 @@ class Probe:
         capture.add("filters", {"layer": name, "shape": tuple(scaled.shape)}, [], [scaled])
 
 
-def _by_device(entries: list[tuple]) -> list[list[tuple]]:
-    groups: dict[torch.device, list[tuple]] = {}
-    for entry in entries:
-        groups.setdefault(entry[0].device, []).append(entry)
-    return list(groups.values())
+
+def step_closure(args: tuple, kwargs: dict):
+    """The closure an ``optimizer.step`` call was given (None: none). A step hook's
+    ``args`` start with the optimizer itself."""
+    return kwargs.get("closure", args[1] if len(args) > 1 else None)
 
 
-def _joined(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Copies of several tensors (one device) made by a single kernel, as flat views."""
-    flat = [t.detach().reshape(-1) for t in tensors]
-    return torch.cat(flat).split([t.numel() for t in flat])
-
-
-def _squares(tensors: list[torch.Tensor]) -> list[float]:
-    """The squared L2 norm of each CPU tensor: ``dot(t, t)`` for contiguous float32 and
-    float64 ones (BLAS, summed in blocks: as exact as a norm and twice as fast), else a
-    float64 norm squared (half precision, strided views). Read at once: on the CPU that
-    is no sync, and a small tensor per step held until the writer reads it fragments the
-    heap between the gradients freed each step (the resident set grew 20 MiB in 200 steps)."""
-    out = []
-    for t in tensors:
-        if t.dtype in _BLAS_DTYPES and t.is_contiguous():
-            flat = t.view(-1)
-            out.append(torch.dot(flat, flat).item())
-        else:
-            out.append(torch.linalg.vector_norm(t, dtype=torch.float64).square().item())
-    return out
-
-
-_BLAS_DTYPES = (torch.float32, torch.float64)
-
-
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The L2 norm of each tensor, in float32 or wider: one multi-tensor kernel where torch
-    has it (``_foreach_norm`` with a dtype, torch >= 2.3), else one norm each."""
-    try:
-        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
-    except (AttributeError, TypeError, RuntimeError):
-        return [torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors]
+def with_closure(args: tuple, kwargs: dict, closure) -> tuple[tuple, dict]:
+    """The step's arguments with its closure replaced (what a pre-step hook returns)."""
+    if "closure" in kwargs or len(args) < 2:
+        return args, {**kwargs, "closure": closure}
+    return (args[0], closure, *args[2:]), kwargs

@@ -487,7 +487,8 @@ def test_a_model_that_is_one_linear_layer_gets_every_statistic_under_its_class_n
     run = train_few(nn.Linear(4, 1), tmp_path, "one-layer")
     stats = run.layer_stats
     assert set(zip(stats["layer"], stats["signal"])) == {
-        ("Linear", "activation"), ("Linear", "output_grad"), ("weight", "param_grad"), ("bias", "param_grad")}
+        ("Linear", "activation"), ("Linear", "output_grad"), ("Linear.weight", "param_grad"),
+        ("Linear.bias", "param_grad")}
     assert stats[stats["signal"] == "activation"]["step"].tolist() == [0, 1, 2, 3, 4]
     assert (stats[stats["signal"] == "param_grad"]["update_ratio"] > 0).all()
     assert set(run.vitals["layer"]) == {"(global)", "Linear"}
@@ -502,3 +503,37 @@ def test_parameters_a_model_owns_itself_count_as_a_layer_of_their_own(tmp_path):
     assert set(vitals.index) == {"(global)", "ScaledLinear", "fc"}
     assert math.isclose(vitals["(global)"] ** 2, vitals["ScaledLinear"] ** 2 + vitals["fc"] ** 2, rel_tol=1e-5)
     assert "ScaledLinear" not in set(run.layer_stats["layer"])  # not a leaf: its output is fc's, scaled
+
+
+@pytest.mark.parametrize("clear", ["none", "zero"])
+def test_a_model_updated_by_hand_gets_gradient_norms_and_update_ratios_equal_to_plain_torch(tmp_path, clear):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 2))  # every tensor travels whole: exact
+    x, y = torch.randn(64, 6), torch.randn(64, 2)
+    expected = []  # per step: name -> (||grad||, ||w_after - w_before|| / ||w_before||), in plain torch
+    with watch(model, logdir=tmp_path, run="by-hand", every=1, sample_size=4096) as mon:
+        for _ in range(6):
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            grads = {n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters()}
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-0.3)  # the update babysit does not see happen
+                if clear == "zero":
+                    p.grad.zero_()
+                else:
+                    p.grad = None
+            mon.log(loss=loss)  # after the gradients are gone: they were read as they arrived
+            expected.append({n: (grads[n], (torch.linalg.vector_norm(p.detach() - before[n])
+                                            / torch.linalg.vector_norm(before[n])).item())
+                             for n, p in model.named_parameters()})
+    run = monitor.load_run(mon.run_id, logdir=tmp_path)
+    params = run.layer_stats[run.layer_stats["signal"] == "param_grad"]
+    assert sorted(set(params["step"])) == list(range(6))
+    for row in params.itertuples():
+        norm, ratio = expected[row.step][row.layer]
+        assert row.norm == pytest.approx(norm, rel=1e-5), (row.step, row.layer)
+        assert row.update_ratio == pytest.approx(ratio, rel=1e-4), (row.step, row.layer)
+    vitals = run.vitals[run.vitals["layer"] == "(global)"].set_index("step")["grad_norm"]
+    for step, grads in enumerate(expected):
+        assert vitals[step] == pytest.approx(math.sqrt(sum(g * g for g, _ in grads.values())), rel=1e-5)

@@ -170,7 +170,7 @@ class Monitor:
         if self.model in _watched and _watched[self.model]() is self:
             del _watched[self.model]
         self.model, self.optimizer = unwrap(check_model(model)), check_optimizer(optimizer)
-        self._lr_logged = None
+        self._lr_logged, self._forward_step = None, None
         self.probe = self._probe()
         _watched[self.model] = weakref.ref(self)
 
@@ -309,7 +309,7 @@ class Monitor:
         self.probe.remove()
         if self.model in _watched and _watched[self.model]() is self:  # not a later handle's
             del _watched[self.model]
-        self._finish_capture()
+        self._capture = self.probe.capture = None  # a forward pass no step followed (an evaluation with grad on)
         if self._awaiting is not None:
             self._seal_awaiting()
         self._put_vitals(self._vitals.take())

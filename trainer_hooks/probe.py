@@ -107,7 +107,9 @@ class Probe:
         self.dead_window = dead_window
         self.dead_span = dead_span  # steps back a unit window's batches may reach (reduce.dead_span)
         self.modules = watched_modules(model)
-        self.param_names = {id(p): (n, type(model.get_submodule(n.rpartition(".")[0])).__name__)
+        own = {id(p) for p in model.parameters(recurse=False)}  # the model's own: named after it, as a layer
+        self.param_names = {id(p): (f"{root_label(model)}.{n}" if id(p) in own else n,
+                                    type(model.get_submodule(n.rpartition(".")[0])).__name__)
                             for n, p in model.named_parameters()}
         self.capture: StepCapture | None = None
         self.capturing = False  # inside the first forward pass of a sampled step

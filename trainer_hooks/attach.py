@@ -88,7 +88,8 @@ class Attacher:
             optimizer_hooks.register_optimizer_step_pre_hook(self._step_pre),
             optimizer_hooks.register_optimizer_step_post_hook(self._step_post),
         ]
-        torch.autograd.backward = self._wrapped_backward
+        self._wrapper = self._wrapped_backward  # one bound method, to tell it apart when restoring
+        torch.autograd.backward = self._wrapper
         if self._scale is not None:
             self._scale_method = self._scale.scale
             self._scale.scale = self._wrapped_scale(self._scale_method)
@@ -100,7 +101,7 @@ class Attacher:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if torch.autograd.backward is self._wrapped_backward:
+        if torch.autograd.backward is self._wrapper:
             torch.autograd.backward = self._backward
         if self._scale is not None and "_babysit" in getattr(self._scale.scale, "__dict__", {}):
             self._scale.scale = self._scale_method
@@ -368,7 +369,7 @@ class Attacher:
         """The evaluation since the last training forward pass, as ``val_loss`` (one read)."""
         values, trained.eval_losses = trained.eval_losses, []
         if values and trained.monitor is not None:
-            trained.monitor.log(val_loss=torch.stack([v.float().cpu() for v in values]).mean())
+            trained.monitor.log_evaluation(val_loss=torch.stack([v.float().cpu() for v in values]).mean())
 
 
 def _reach(trained: Trained) -> None:

@@ -261,6 +261,14 @@ class Monitor:
                        if isinstance(unnamed[0], Mapping) else "mon.log(loss=loss)")
             self._warn("(unnamed)", f"babysit: not recording {len(unnamed)} unnamed value(s): mon.log takes "
                                     f"scalars by name: pass {example}")
+        self._log(scalars)
+
+    def log_evaluation(self, **metrics: Any) -> None:
+        """Record an evaluation's metrics at the last step taken, also when it is seen only
+        once the next step has begun (``babysit run`` and framework callbacks do)."""
+        self._log(metrics, at=max(self._step - 1, 0))
+
+    def _log(self, scalars: Mapping[str, Any], at: int | None = None) -> None:
         values = {}
         for name, value in scalars.items():
             problem = _scalar_problem(name, value)
@@ -272,9 +280,9 @@ class Monitor:
             return
         if "lr" in values:
             self._user_logs_lr = True
-        advances = self.optimizer is None and any(
+        advances = at is None and self.optimizer is None and any(
             not n.startswith("val_") and n not in POSITION_SCALARS for n in values)
-        step = self._step if advances or self._forward_step is None else self._forward_step
+        step = at if at is not None else self._step if advances or self._forward_step is None else self._forward_step
         self._put(ScalarRecord(step, time.time(), values))
         if self.early_stopping is not None and self.early_stopping.monitor in values:
             self._evaluate(step, values[self.early_stopping.monitor])

@@ -169,7 +169,7 @@ def test_parameter_summaries_carry_the_exact_update_ratio_of_small_weights():
         summaries = decode(capture.pack()).layer_stats.summaries
     finally:
         probe.remove()
-    weight = next(s for s in summaries if s.layer == "weight")
+    weight = next(s for s in summaries if s.layer == "Linear.weight")
     expected = ((model.weight.detach() - before).norm() / before.norm()).item()
     assert weight.update_ratio == pytest.approx(expected, rel=1e-6)
     assert weight.norm == pytest.approx(grad_norm, rel=1e-6)

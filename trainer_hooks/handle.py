@@ -450,7 +450,7 @@ class Monitor:
 
     def _finish_capture(self) -> bool:
         capture, self._capture, self.probe.capture = self._capture, None, None
-        self.probe.capturing = False
+        self.probe.stop_capturing()
         if capture is None:
             return False
         by_hand = self.probe.by_hand

@@ -128,10 +128,10 @@ class Probe:
         self._layout: tuple | None = None  # the optimizer's shape, its parameters and their rows
         self.on_root_forward = lambda args: None  # set by the Monitor
         self.on_optimizer_step = lambda: None
-        self._handles = [
-            module_hooks.register_module_forward_pre_hook(self._forward_pre),
-            module_hooks.register_module_forward_hook(self._forward),
-        ]
+        # The forward hook exists only while a sampled forward pass runs (see begin): with
+        # none, unsampled calls skip it, and a recurrent cell may be called thousands of times a step.
+        self._handles = [module_hooks.register_module_forward_pre_hook(self._forward_pre)]
+        self._forward_handle = None
         self.by_hand = None  # without an optimizer: the gradients read as they arrive (trainer_hooks.by_hand)
         if optimizer is not None:
             self._handles += [optimizer.register_step_pre_hook(self._step_pre),
@@ -144,7 +144,14 @@ class Probe:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.stop_capturing()
+
+    def stop_capturing(self) -> None:
+        """The sampled forward pass is over (or never ended: an exception, a closed run)."""
         self.capturing = False
+        if self._forward_handle is not None:
+            self._forward_handle.remove()
+            self._forward_handle = None
 
     # ------------------------------------------------------------------ forward
 
@@ -156,6 +163,8 @@ class Probe:
         """Open a capture for the forward pass that is starting."""
         self.capture = capture
         self.capturing = True
+        if self._forward_handle is None:  # the root's own forward hooks are read after its forward: it sees it
+            self._forward_handle = module_hooks.register_module_forward_hook(self._forward)
         if self.by_hand is not None:
             self.by_hand.capture = capture
         self.calls = {}
@@ -173,7 +182,7 @@ class Probe:
             return  # not a sampled step: nothing else runs
         info = self.modules.get(id(module))
         if module is self.root:
-            self.capturing = False  # the forward pass is over; the model itself is recorded if it is one layer
+            self.stop_capturing()  # the forward pass is over; the model itself is recorded if it is one layer
             if info is None:
                 return
         elif info is None:

@@ -369,7 +369,7 @@ class Attacher:
         """The evaluation since the last training forward pass, as ``val_loss`` (one read)."""
         values, trained.eval_losses = trained.eval_losses, []
         if values and trained.monitor is not None:
-            trained.monitor.log_evaluation(val_loss=torch.stack([v.float().cpu() for v in values]).mean())
+            trained.monitor.log_after_step(val_loss=torch.stack([v.float().cpu() for v in values]).mean())
 
 
 def _reach(trained: Trained) -> None:

@@ -263,10 +263,20 @@ class Monitor:
                                     f"scalars by name: pass {example}")
         self._log(scalars)
 
-    def log_evaluation(self, **metrics: Any) -> None:
-        """Record an evaluation's metrics at the last step taken, also when it is seen only
-        once the next step has begun (``babysit run`` and framework callbacks do)."""
-        self._log(metrics, at=max(self._step - 1, 0))
+    def batch_starts(self, batch: Any = None) -> None:
+        """A training batch begins: for framework callbacks, so that the step is sampled
+        (and its input recorded) also when the framework calls a part of the model rather
+        than the watched module itself (a LightningModule that calls ``self.net(x)``)."""
+        items = batch.values() if isinstance(batch, Mapping) else \
+            batch if isinstance(batch, (tuple, list)) else (batch,)
+        x = next((b for b in items if isinstance(b, torch.Tensor) and b.is_floating_point()), None)
+        self._on_root_forward(() if x is None else (x,))
+
+    def log_after_step(self, **scalars: Any) -> None:
+        """Record scalars for the step just taken, also once the next one has begun: an
+        evaluation that followed it, or a loss a framework hands over after its step
+        (``babysit run`` and the framework callbacks do)."""
+        self._log(scalars, at=max(self._step - 1, 0))
 
     def _log(self, scalars: Mapping[str, Any], at: int | None = None) -> None:
         values = {}

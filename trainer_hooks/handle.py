@@ -34,6 +34,7 @@ from monitor.validation import is_run_id, is_scalar_name
 from trainer_hooks.agreement import StopAgreement, distributed_world
 from trainer_hooks.by_hand import after as hand_update_done
 from trainer_hooks.capture import StepCapture
+from trainer_hooks.notebook import show_link
 from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
 from trainer_hooks.probe import Probe, parameter_modules
 from trainer_hooks.reduce import dead_span
@@ -150,6 +151,8 @@ class Monitor:
         atexit.register(self._close_at_exit)
         _remember_uncaught()
         print(f"babysit: {self.where()}", file=sys.stderr, flush=True)  # where to find the run, from the start
+        if self.dashboard_url:
+            show_link(self.dashboard_url, self.run_id)  # in a notebook, the page as a link in the cell's output
 
     def _probe(self) -> Probe:
         options = self.options

@@ -11,9 +11,14 @@ The collective is launched asynchronously and read one round later, when it fini
 long ago: with NCCL its result is copied to pinned host memory behind a CUDA event, so
 reading it never stalls the GPU's queue; with gloo (CPU) it is waited for. A stop is
 therefore agreed between ``AGREE_EVERY`` and ``2 * AGREE_EVERY`` steps after it was
-asked for, at a cost of one tiny all-reduce every ``AGREE_EVERY`` steps.
+asked for, at a cost of one tiny all-gather (three numbers a rank) every ``AGREE_EVERY`` steps.
+
+A distributed run is one job: rank 0's run id is the job's, broadcast to every rank at
+``watch()``, and rank r's run is ``<job>.r<r>`` (:func:`job_run_id`).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -45,32 +50,51 @@ class StopAgreement:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    def exchange(self, wanted: bool) -> bool:
-        """Read the round in flight, then launch the next one with this rank's wish."""
-        agreed = self._result()
-        value = torch.tensor([1 if wanted else 0], dtype=torch.int32, device=self.device)
-        work = dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+    def exchange(self, wanted: bool, loss=math.nan, grad_norm=math.nan) -> tuple[bool, list | None]:
+        """Read the round in flight, then launch the next one with this rank's wish and
+        evidence (floats, or one-element tensors on the run's device: never read here).
+        Returns (any rank wished to stop, each rank's (loss, gradient norm) of that round)."""
+        agreed, gathered = self._result()
+        parts = [torch.as_tensor(v, dtype=torch.float32).reshape(1).to(self.device)
+                 for v in (float(wanted), loss, grad_norm)]
+        value = torch.cat(parts)
+        slots = [torch.empty_like(value) for _ in range(dist.get_world_size(self.group))]
+        work = dist.all_gather(slots, value, group=self.group, async_op=True)
         host = event = None
         if value.is_cuda:
             work.wait()  # orders the copy after the collective on the current stream; the host goes on
-            host = torch.empty_like(value, device="cpu").pin_memory()
-            host.copy_(value, non_blocking=True)
+            host = torch.empty((len(slots), 3), dtype=torch.float32).pin_memory()
+            host.copy_(torch.stack(slots), non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        self._pending = (work, value, host, event)
-        return agreed
+        self._pending = (work, slots, host, event)
+        return agreed, gathered
 
     def finish(self) -> bool:
         """Complete the round in flight (at close: every rank launched it at the same step)."""
-        return self._result()
+        return self._result()[0]
 
-    def _result(self) -> bool:
+    def _result(self) -> tuple[bool, list | None]:
         if self._pending is None:
-            return False
-        work, value, host, event = self._pending
+            return False, None
+        work, slots, host, event = self._pending
         self._pending = None
         if event is not None:
             event.synchronize()
-            return bool(host.item())
-        work.wait()
-        return bool(value.item())
+            rows = host.tolist()
+        else:
+            work.wait()
+            rows = [slot.tolist() for slot in slots]
+        return any(row[0] > 0 for row in rows), [(row[1], row[2]) for row in rows]
+
+
+def job_run_id(run_id: str, group=None) -> str:
+    """This rank's run id in a distributed job: rank 0's own (the job's, sent to every
+    rank: a collective, which every rank's ``watch()`` takes part in), ``<job>.r<rank>``
+    on the others; the id unchanged outside one."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) < 2:
+        return run_id
+    shared = [run_id]
+    dist.broadcast_object_list(shared, src=0, group=group)
+    rank = dist.get_rank(group)
+    return shared[0] if rank == 0 else f"{shared[0]}.r{rank}"

@@ -37,6 +37,8 @@ DEAD_WINDOW = 8
 #: Longest run name: the stored id adds a time stamp and a tag, and must stay within the
 #: 128 characters of a run id (monitor.validation).
 RUN_NAME_LENGTH = 100
+#: What ``ranks`` may be: the ranks of a distributed run that record layer statistics.
+RANKS = ("zero", "all")
 #: The variables that stand in for options that are not given (an empty one counts as unset).
 ENVIRONMENT = {"server": "BABYSIT_SERVER", "token": "BABYSIT_TOKEN"}
 
@@ -65,6 +67,9 @@ class WatchConfig:
       None: the default set of :mod:`monitor.detectors`; ``[]``: none.
     * ``early_stopping``: a :class:`monitor.EarlyStopping` policy, or None.
     * ``agree_every``: steps between two rounds of the ranks' stop agreement (distributed runs).
+    * ``ranks``: in a distributed run, which ranks record layer statistics: ``"zero"``
+      (rank 0, the default: the replicas hold the same weights) or ``"all"``. Every rank
+      records its scalars and vital signs.
     """
 
     run: str | None = None
@@ -81,6 +86,7 @@ class WatchConfig:
     detectors: tuple | None = None
     early_stopping: EarlyStopping | None = None
     agree_every: int = AGREE_EVERY
+    ranks: str = "zero"
 
     def __post_init__(self):
         def set_(name: str, value: Any) -> None:  # frozen: the checked value replaces the given one
@@ -106,6 +112,9 @@ class WatchConfig:
                              "(serve a dashboard from this process), not both: pass only one of them")
         if self.token is not None:
             check_token("token", self.token)
+        if self.ranks not in RANKS:
+            raise ValueError(_message("ranks", "'zero' or 'all' (the ranks that record layer statistics)",
+                                      self.ranks, "pass ranks='zero' (the default) or ranks='all'"))
         set_("detectors", _detectors(self.detectors))
         _early_stopping(self.early_stopping)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import math
 import numbers
 import os
 import re
@@ -26,19 +27,20 @@ import torch
 from torch import nn
 
 from monitor.detectors import default_detectors
+from monitor.detectors.rank_desync import RankDesync
 from monitor.diagnosis import Diagnosis
 from monitor.early_stopping import StopCause, StopReason
 from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
 from monitor.store import DB_FILENAME, RunStore
 from monitor.validation import is_run_id, is_scalar_name
-from trainer_hooks.agreement import StopAgreement, distributed_world
+from trainer_hooks.agreement import StopAgreement, distributed_world, job_run_id
 from trainer_hooks.by_hand import after as hand_update_done
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.notebook import show_link
 from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
 from trainer_hooks.probe import Probe, parameter_modules
 from trainer_hooks.reduce import dead_span
-from trainer_hooks.schedule import make_schedule
+from trainer_hooks.schedule import NoSamples, make_schedule
 from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, NUDGE_STEPS,
                                   CaptureRecord, EventRecord, ScalarRecord, StopRecord, VitalsBlock, VitalsRecord,
@@ -93,9 +95,15 @@ class Monitor:
         self.options = options  # what the run was watched with, checked
         self.optimizer = optimizer
         self.early_stopping = options.early_stopping
-        self.run_id = _run_id(options.run or _default_run_name(self.model))
-        self.schedule = make_schedule(options.every, options.overhead,
-                                      background=lambda: self._writer.capture_cost())
+        self.rank, self.world = _rank_world()
+        # One job: rank 0's id, sent to every rank (a collective every rank's watch() joins).
+        self.run_id = job_run_id(_run_id(options.run or _default_run_name(self.model)))
+        if self.world > 1 and self.rank != 0 and options.ranks == "zero":
+            self.schedule = NoSamples(f"rank {self.rank}: rank 0 records the layer statistics "
+                                      "(watch(..., ranks='all') records every rank's)")
+        else:
+            self.schedule = make_schedule(options.every, options.overhead,
+                                          background=lambda: self._writer.capture_cost())
         self.filters_every = options.filters_every
         self.flags: list = []
         self._step = 0
@@ -114,6 +122,12 @@ class Monitor:
         self._restored = False
         self._agreement = StopAgreement(options.agree_every) if distributed_world() > 1 else None
         self._agreed = False
+        # What the agreement rounds carry for the ranks' comparison (monitor.detectors.rank_desync).
+        self._desync = RankDesync() if self._agreement is not None and self.rank == 0 else None
+        self._shared_gradients = isinstance(model, nn.parallel.DistributedDataParallel)
+        self._last_loss: Any = math.nan
+        self._last_norms: Any = None
+        self._round_step = 0
         self._warned: set[str] = set()
         self._lr_logged: Any = None  # the learning rate last recorded for the user (see _record_lr)
         self._lr_held: ScalarRecord | None = None
@@ -293,6 +307,8 @@ class Monitor:
             return
         if "lr" in values:
             self._user_logs_lr = True
+        if "loss" in values:
+            self._last_loss = values["loss"]
         advances = at is None and self.optimizer is None and any(
             not n.startswith("val_") and n not in POSITION_SCALARS for n in values)
         step = at if at is not None else self._step if advances or self._forward_step is None else self._forward_step
@@ -404,6 +420,7 @@ class Monitor:
         vitals = self.probe.vitals if self.probe.by_hand is None else self.probe.by_hand.take_vitals()
         if vitals is not None:
             self.probe.vitals = None
+            self._last_norms = vitals[0]
             self._put_vitals(self._vitals.add(self._step, *vitals))
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
@@ -416,11 +433,22 @@ class Monitor:
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
 
     def _agree(self) -> None:
-        """A round of the ranks' stop agreement; a stop another rank asked for becomes ours."""
-        if self._agreement.exchange(self._stop is not None) and not self._agreed:
+        """A round of the ranks' stop agreement; a stop another rank asked for becomes ours.
+        The round also compares the ranks' last loss and gradient norm (rank 0 flags one
+        out of step); nothing here is read from a device: the tensors travel as they are."""
+        norms = self._last_norms
+        grad_norm = math.nan if norms is None else math.sqrt(sum(norms)) if isinstance(norms, list) \
+            else torch.linalg.vector_norm(norms.float())
+        stop, evidence = self._agreement.exchange(self._stop is not None, self._last_loss, grad_norm)
+        if stop and not self._agreed:
             self._request_stop(StopReason(StopCause.PEER, "another rank of this distributed run asked to stop",
                                           self._step))
             self._agreed = True
+        if evidence is not None and self._desync is not None:
+            losses, grads = zip(*evidence)
+            for flag in self._desync.update(self._round_step, losses, grads, shared_gradients=self._shared_gradients):
+                self.add_flag(flag)
+        self._round_step = self._step - 1
 
     def _detect(self, event) -> list[Flag]:
         """The writer's detect stage, on each decoded event before it is committed: the

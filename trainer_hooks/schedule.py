@@ -81,6 +81,26 @@ class FixedInterval:
         return {"mode": "fixed", "every": self.every}
 
 
+class NoSamples:
+    """Never sample: a distributed run's other ranks, whose layers rank 0 records (their
+    scalars and vital signs are recorded on every step all the same)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def due(self, step: int) -> bool:
+        return False
+
+    def observe(self, step: int, seconds: float, sampled: bool) -> None:
+        pass
+
+    def look(self, step: int, steps: int) -> bool:
+        return False
+
+    def describe(self) -> dict:
+        return {"mode": "none", "why": self.why}
+
+
 class AutoInterval:
     """The start, the ramp, then as often as the budget allows, measured on this very run,
     and closer looks on request (see the module).

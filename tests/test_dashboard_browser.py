@@ -256,3 +256,31 @@ def test_the_healthy_demo_shows_no_flag_on_its_run_page(server, page, tmp_path):
     wait_until(lambda: page.locator("#status").inner_text() == "finished", what="the page to show the run finished")
     assert page.locator("#flag-count").inner_text() == "0" and page.locator("#flags li").count() == 0
     assert source_length(page, "flag_marks") == 0
+
+
+def test_the_ranks_of_a_distributed_job_are_one_row_and_the_run_page_links_them(page, tmp_path, make_events):
+    import dataclasses
+
+    from monitor.events import Kind
+    from monitor.store import RunStore
+
+    job = "ddp-20261201-120000-ab12"
+    with RunStore(tmp_path / "store") as store:
+        for rank, run in enumerate((job, f"{job}.r1")):
+            events = [dataclasses.replace(e, data=dataclasses.replace(e.data, rank=rank, world=2))
+                      if e.kind == Kind.RUN_START else e for e in make_events(run=run)]
+            store.append(events)
+    with serving(tmp_path / "store") as running:
+        page.goto(running.url + "/")
+        page.wait_for_selector("#runs tbody tr")
+        rows = page.locator("#runs tbody tr")
+        assert rows.count() == 1 and "job of 2 ranks" in rows.nth(0).inner_text()
+        assert rows.nth(0).locator("a >> text=compare ranks").get_attribute("href") == \
+            f"/compare?runs={job},{job}.r1"
+        page.goto(f"{running.url}/runs/{job}.r1")
+        ranks = page.wait_for_selector("#config th:text('ranks')")
+        cell = ranks.evaluate_handle("th => th.nextElementSibling")
+        links = [(a.inner_text(), a.get_attribute("href")) for a in cell.query_selector_all("a")]
+        assert links == [("rank 0", f"/runs/{job}"), ("rank 1", f"/runs/{job}.r1"),
+                         ("compare the ranks' curves", f"/compare?runs={job},{job}.r1")]
+        page.goto("about:blank")

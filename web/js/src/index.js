@@ -5,6 +5,7 @@ import { getJSON } from "./codec.js";
 import { connect, request } from "./live.js";
 import { RESYNC, RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
 import { clock, duration, el, num } from "./format.js";
+import { foldRanks, rankRuns } from "./ranks.js";
 
 const RELOAD_MS = 500;
 // A lost run (its training process went silent) is not active: its duration stops at
@@ -16,7 +17,7 @@ let reloadTimer = null;
 
 async function reload() {
   reloadTimer = null;
-  runs = await getJSON("/api/runs");
+  runs = foldRanks(await getJSON("/api/runs"));  // a job's ranks are one row: rank 0's
   render();
 }
 
@@ -46,11 +47,22 @@ function render() {
     tr.append(tick, name, status, el("td", r.last_loss === null ? "–" : num(r.last_loss)),
       el("td", r.last_step.toLocaleString()), el("td", r.flags, r.flags ? "flagged" : ""),
       el("td", clock(r.started)), el("td", duration(end - r.started)),
-      el("td", r.world > 1 ? `${r.host} (rank ${r.rank}/${r.world})` : r.host));
+      hostCell(r));
     return tr;
   }));
   document.getElementById("empty").hidden = runs.length > 0;
   updateCompare();
+}
+
+function hostCell(r) {
+  if (!r.ranks) return el("td", r.world > 1 ? `${r.host} (rank ${r.rank}/${r.world})` : r.host);
+  const cell = el("td", `${r.host} · job of ${r.ranks.length} ranks `);
+  const compare = el("a", "compare ranks");
+  compare.href = `/compare?runs=${rankRuns(r.run, r.world).map(encodeURIComponent).join(",")}`;
+  const states = new Set(r.ranks.map((m) => m.status));
+  if (states.size > 1) cell.title = r.ranks.map((m) => `rank ${m.rank}: ${m.status}`).join(", ");
+  cell.append(compare);
+  return cell;
 }
 
 function updateCompare() {

@@ -10,6 +10,7 @@ import { FlagPanel } from "./flags.js";
 import { LayerPanel, UpdateRatios, bandsUrl, showDeadUnits } from "./layers.js";
 import { el, num } from "./format.js";
 import { RunHeader } from "./header.js";
+import { jobOf, rankRuns } from "./ranks.js";
 
 const RUN = document.body.dataset.run;
 const API = `/api/runs/${encodeURIComponent(RUN)}`;
@@ -245,6 +246,25 @@ async function getOptional(url) {
   }
 }
 
+// A distributed job's ranks: a link to each rank's run, and one that overlays their curves.
+function ranksRow(world) {
+  const { job } = jobOf(RUN);
+  const ids = rankRuns(job, world);
+  const cell = el("td");
+  ids.forEach((id, r) => {
+    const link = el("a", `rank ${r}`);
+    link.href = `/runs/${encodeURIComponent(id)}`;
+    if (id === RUN) link.setAttribute("aria-current", "page");
+    cell.append(link, " ");
+  });
+  const compare = el("a", "compare the ranks' curves");
+  compare.href = `/compare?runs=${ids.map(encodeURIComponent).join(",")}`;
+  cell.append("· ", compare);
+  const tr = el("tr");
+  tr.append(el("th", "ranks"), cell);
+  return tr;
+}
+
 function showConfig(start) {
   if (!start) return;
   const config = document.querySelector("#config tbody");
@@ -254,6 +274,7 @@ function showConfig(start) {
   for (const [k, v] of Object.entries(start.versions || {})) rows.push([k, String(v)]);
   for (const [k, v] of Object.entries(start.sampling || {})) rows.push([`sampling ${k}`, JSON.stringify(v)]);
   config.replaceChildren(...rows.map(([k, v]) => { const tr = el("tr"); tr.append(el("th", k), el("td", v)); return tr; }));
+  if (start.world > 1) config.append(ranksRow(start.world));
   const model = document.querySelector("#model tbody");
   let total = 0, trainable = 0;
   model.replaceChildren(...(start.model || []).map((m) => {

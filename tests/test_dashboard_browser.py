@@ -283,4 +283,6 @@ def test_the_ranks_of_a_distributed_job_are_one_row_and_the_run_page_links_them(
         links = [(a.inner_text(), a.get_attribute("href")) for a in cell.query_selector_all("a")]
         assert links == [("rank 0", f"/runs/{job}"), ("rank 1", f"/runs/{job}.r1"),
                          ("compare the ranks' curves", f"/compare?runs={job},{job}.r1")]
+        wait_until(lambda: source_length(page, "loss_ranks") == 1,  # one step with finite losses
+                   what="the band of the ranks' losses")
         page.goto("about:blank")

@@ -219,3 +219,30 @@ def empty_server(tmp_path_factory):
 def test_every_run_page_route_refuses_an_unknown_or_hostile_run_id(empty_server, http_get, path, run, status):
     code, _, body = http_get(f"{empty_server.url}/api/runs/{run}{path}")
     assert code == status and "run" in codec.loads(body)["error"]
+
+
+def _ranked_run(run: str, rank: int, losses) -> list[Event]:
+    from monitor.events import RunStart
+
+    start = RunStart(name="ddp", config={}, model=(), host="h", pid=1, rank=rank, world=2, versions={}, sampling={})
+    return [Event(run, 0, 0, 1000.0, Kind.RUN_START, start)] + [
+        Event(run, 1 + step, step, 1001.0 + step, Kind.SCALARS, Scalars({"loss": value}))
+        for step, value in enumerate(losses)]
+
+
+def test_the_ranks_of_a_job_come_as_one_band_of_their_losses_lowest_to_highest(server, get):
+    _, app = server
+    job = "ddp-20261201-120000-ab12"
+    app.store.append(_ranked_run(job, 0, [1.0, 2.0, 3.0, math.nan]))
+    app.store.append(_ranked_run(f"{job}.r1", 1, [3.0, 1.0, 2.0, 4.0]))
+    for run in (job, f"{job}.r1"):  # from either rank's page
+        status, body = get(f"/api/runs/{run}/ranks")
+        assert status == 200
+        assert body == {"ranks": [job, f"{job}.r1"], "step": [0, 1, 2, 3], "low": [1.0, 1.0, 2.0, 4.0],
+                        "high": [3.0, 2.0, 3.0, 4.0]}  # a NaN on one rank leaves the other's value
+
+
+def test_a_run_of_one_process_has_no_band_of_ranks(server, get, make_events):
+    _, app = server
+    app.store.append(make_events(run="solo"))
+    assert get("/api/runs/solo/ranks") == (200, {"ranks": ["solo"], "step": [], "low": [], "high": []})

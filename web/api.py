@@ -26,6 +26,7 @@ def json_response(value, status: int = 200) -> Response:
 
 def api_blueprint(app) -> Blueprint:
     from web.history import add_history_routes, max_points_arg, scalar_series  # it imports this module
+    from web.ranks import loss_spread
 
     api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -58,6 +59,19 @@ def api_blueprint(app) -> Blueprint:
         except (SchemaError, ValueError) as exc:
             return json_response({"error": str(exc)}, 400)
         return json_response(scalar_series(app.store, run, names, max_points))
+
+    @api.get("/runs/<run>/ranks")
+    def ranks(run: str):
+        """``?max_points=2000``: the stored ranks of the run's distributed job and their loss as
+        a band, ``{"ranks", "step", "low", "high"}`` (empty for a run of one process)."""
+        problem = known_run(app, run)
+        if problem is not None:
+            return problem
+        try:
+            max_points = max_points_arg()
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response(loss_spread(app.store, run, max_points, scalar_series))
 
     @api.get("/runs/<run>/flags")
     def flags(run: str):

@@ -50,12 +50,14 @@ def loss_figures() -> list:
     train = _source("loss_train", SCALAR_COLUMNS)
     val = _source("loss_val", SCALAR_COLUMNS)
     flags = _source("flag_marks", ("step", "y", "kind", "severity", "layer", "message", "color"))
+    ranks = _source("loss_ranks", ("step", "low", "high"))  # a distributed job: its ranks' loss, lowest to highest
     figures = []
     x_range = None
     for axis in ("linear", "log"):
         fig = _figure(f"loss_{axis}", None, height=320, y_axis_type=axis,
                       **({"x_range": x_range} if x_range is not None else {}))
         x_range = fig.x_range
+        fig.varea("step", "low", "high", source=ranks, color=TRAIN_COLOR, alpha=0.12)
         fig.line("step", "value", source=train, color=TRAIN_COLOR, alpha=0.25, line_width=1)
         fig.line("step", "smooth", source=train, color=TRAIN_COLOR, line_width=2, legend_label="train")
         fig.line("step", "value", source=val, color=VAL_COLOR, alpha=0.25, line_width=1)

@@ -18,7 +18,8 @@ const API = `/api/runs/${encodeURIComponent(RUN)}`;
 const NOT_METRICS = new Set(["loss", "lr", "epoch"]);
 // Points per parameter in the update-ratio plot's history: 50 parameters share one plot.
 const RATIO_POINTS = 500;
-const SOURCES = ["loss_train", "loss_val", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
+const RANKS_MS = 5000;  // how often a running job's band of rank losses is read again
+const SOURCES = ["loss_train", "loss_val", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
   "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
 class RunPage {
@@ -62,6 +63,19 @@ class RunPage {
 
   // ---------------------------------------------------------------- history
 
+  // A distributed job: every rank's loss as a band behind rank 0's curve, refreshed while it runs.
+  async loadRanks() {
+    clearTimeout(this.ranksTimer);
+    try {
+      const spread = await getJSON(`${API}/ranks`);
+      setData(this.m.loss_ranks, { step: spread.step, low: spread.low, high: spread.high });
+    } catch (err) {
+      console.warn(`babysit: the ranks' losses did not load (${err.message})`);
+    }
+    const status = document.getElementById("status").textContent;
+    if (status === "running" || status === "stopping") this.ranksTimer = setTimeout(() => this.loadRanks(), RANKS_MS);
+  }
+
   // Load the history again (a reconnection, a long live session): the chosen layers stay.
   async load() {
     const history = await fetchHistory({ activation: this.act.layer, output_grad: this.grad.layer });
@@ -79,6 +93,7 @@ class RunPage {
     this.lastSeq = run.last_seq;
     this.header.load(run);
     showConfig(run.start);
+    if (run.start && run.start.world > 1) this.loadRanks();
     this.loss.load(series.loss);
     this.val.load(series.val_loss);
     this.loadLr(series.lr);
@@ -259,7 +274,7 @@ function ranksRow(world) {
   });
   const compare = el("a", "compare the ranks' curves");
   compare.href = `/compare?runs=${ids.map(encodeURIComponent).join(",")}`;
-  cell.append("· ", compare);
+  cell.append("· ", compare, " · the shaded band behind the loss: the ranks' lowest to highest");
   const tr = el("tr");
   tr.append(el("th", "ranks"), cell);
   return tr;

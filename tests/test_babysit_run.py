@@ -262,3 +262,32 @@ def test_run_name_and_sampling_interval_are_babysit_options_and_the_rest_is_the_
     frames = both.run("regression")
     # Found at its first optimizer step, after step 0's forward pass: sampled from step 10 on.
     assert set(frames.layer_stats.step) == set(range(10, 120, 10))
+
+
+def test_babysit_run_streams_to_a_server_and_records_the_sweep_it_belongs_to(tmp_path):
+    from servers import serving
+
+    with serving(tmp_path / "server") as running:
+        both = run_both(tmp_path, EXAMPLES / "manual_sgd.py",
+                        babysit=("--server", running.url, "--sweep", "lr-coarse", "--run", "streamed"))
+    assert_same_output(both)
+    frames = monitor.load_run("streamed", logdir=tmp_path / "server")  # in the server's store
+    assert len(frames.series("loss")) == 60 and frames.status.state.iloc[-1] == "finished"
+    assert frames.info["config"]["sweep"] == "lr-coarse" and frames.info["config"]["optimizer"] is None
+    assert any(f"streamed to {running.url}" in line for line in both.babysit_lines)
+
+
+def test_babysit_run_with_its_own_dashboard_serves_it_while_the_script_runs(tmp_path):
+    both = run_both(tmp_path, EXAMPLES / "trainer_class.py", babysit=("--dashboard",))
+    assert_same_output(both)
+    assert any(line.startswith("babysit: live dashboard at http://127.0.0.1:") for line in both.babysit_lines)
+    frames = both.run("trainer_class")
+    assert len(frames.series("loss")) == 80 and frames.status.state.iloc[-1] == "finished"
+
+
+def test_babysit_run_refuses_what_it_cannot_run_in_one_line(tmp_path):
+    for args, problem in ((["no-such.py"], "no script at 'no-such.py'"), ([], "give the script to run"),
+                          (["--run", "bad name", "x.py"], "--run: expected")):
+        done = subprocess.run([sys.executable, "-m", "monitor.cli", "run", *args], cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and problem in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

@@ -40,7 +40,7 @@ from torch.nn.modules import module as module_hooks
 from torch.nn.modules.loss import _Loss
 from torch.optim import optimizer as optimizer_hooks
 
-from trainer_hooks.handle import Monitor, _watched, unwrap, watch
+from trainer_hooks.handle import Monitor, unwrap, watch, watching
 from trainer_hooks.probe import step_closure, with_closure
 
 
@@ -322,7 +322,7 @@ class Attacher:
 
     def _watch(self, trained: Trained, optimizer) -> None:
         model = unwrap(trained.model)
-        previous = _watched[model]() if model in _watched else None
+        previous = watching(model)
         if previous is not None:  # the script watches it itself
             trained.optimizer = optimizer
             self._say_once(f"own{id(model)}", f"the script watches {type(model).__name__} itself "

@@ -10,10 +10,7 @@ import atexit
 import dataclasses
 import math
 import numbers
-import os
 import re
-import secrets
-import socket
 import sys
 import threading
 import time
@@ -30,16 +27,18 @@ from monitor.detectors import default_detectors
 from monitor.detectors.rank_desync import RankDesync
 from monitor.diagnosis import Diagnosis
 from monitor.early_stopping import StopCause, StopReason
-from monitor.events import Flag, Kind, ModuleInfo, RunEnd, RunStart, RunState, Status
+from monitor.events import Flag, Kind, RunEnd, RunState, Status
 from monitor.store import DB_FILENAME, RunStore
-from monitor.validation import is_run_id, is_scalar_name
+from monitor.validation import is_scalar_name
 from trainer_hooks.agreement import StopAgreement, distributed_world, job_run_id
 from trainer_hooks.by_hand import after as hand_update_done
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.notebook import show_link
-from trainer_hooks.config import RUN_NAME_LENGTH, WatchConfig, check_model, check_optimizer
-from trainer_hooks.probe import Probe, parameter_modules
+from trainer_hooks.config import WatchConfig, check_model, check_optimizer
+from trainer_hooks.endings import ending, remember_uncaught, uncaught
+from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import dead_span
+from trainer_hooks.run_start import default_run_name, rank_world, run_id, run_start
 from trainer_hooks.schedule import NoSamples, make_schedule
 from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, NUDGE_STEPS,
@@ -59,6 +58,13 @@ POSITION_SCALARS = frozenset({"epoch"})
 
 #: The open handle of each watched model (a weak reference: the handle holds the model).
 _watched: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+def watching(model: nn.Module) -> "Monitor | None":
+    """The open handle that watches ``model`` (unwrapped), if one does."""
+    model = unwrap(model)
+    ref = _watched.get(model)
+    return ref() if ref is not None else None
 
 
 class BabysitWarning(UserWarning):
@@ -95,9 +101,9 @@ class Monitor:
         self.options = options  # what the run was watched with, checked
         self.optimizer = optimizer
         self.early_stopping = options.early_stopping
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         # One job: rank 0's id, sent to every rank (a collective every rank's watch() joins).
-        self.run_id = job_run_id(_run_id(options.run or _default_run_name(self.model)))
+        self.run_id = job_run_id(run_id(options.run or default_run_name(self.model)))
         if self.world > 1 and self.rank != 0 and options.ranks == "zero":
             self.schedule = NoSamples(f"rank {self.rank}: rank 0 records the layer statistics "
                                       "(watch(..., ranks='all') records every rank's)")
@@ -156,14 +162,14 @@ class Monitor:
         self._writer = Writer(self.run_id, self._sink, detect=self._detect, explain=self._explain_stop,
                               first_seq=self.store.next_seq(self.run_id) if self.store is not None else 0,
                               flush_seconds=FLUSH_SECONDS if server is None else LIVE_FLUSH_SECONDS)
-        self._emit(Kind.RUN_START, _run_start(self.run_id, self.model, options.config, self.schedule,
+        self._emit(Kind.RUN_START, run_start(self.run_id, self.model, options.config, self.schedule,
                                               options.sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
         self._vitals = VitalsBlock()  # this step's vital signs join it; handed over every NUDGE_STEPS steps
         self.probe = self._probe()
         _watched[self.model] = weakref.ref(self)
         atexit.register(self._close_at_exit)
-        _remember_uncaught()
+        remember_uncaught()
         print(f"babysit: {self.where()}", file=sys.stderr, flush=True)  # where to find the run, from the start
         if self.dashboard_url:
             show_link(self.dashboard_url, self.run_id)  # in a notebook, the page as a link in the cell's output
@@ -396,7 +402,7 @@ class Monitor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(*_ending(exc_type, exc))
+        self.close(*ending(exc_type, exc))
 
     # ------------------------------------------------------------------ hooks' side
 
@@ -538,35 +544,8 @@ class Monitor:
     def _close_at_exit(self) -> None:
         """At interpreter exit without a ``close()``: the exception that ended the script, if
         one did (sys.excepthook ran before us), decides how the run ended."""
-        state, reason = _ending(*_uncaught[-1]) if _uncaught else (None, "")
+        state, reason = ending(*uncaught[-1]) if uncaught else (None, "")
         self.close(state, (reason + "; " if reason else "") + "closed at interpreter exit (mon.close() was not called)")
-
-
-#: The exception that is ending the interpreter, as (type, value), once sys.excepthook saw it.
-_uncaught: list[tuple[type, BaseException]] = []
-
-
-def _ending(exc_type: type | None, exc: BaseException | None) -> tuple[RunState | None, str]:
-    """How an exception (or none) ends a run: (state, reason); None: from the run itself."""
-    if exc_type is None:
-        return None, ""
-    if issubclass(exc_type, KeyboardInterrupt):
-        return RunState.INTERRUPTED, "interrupted (Ctrl-C)"
-    return RunState.CRASHED, f"{exc_type.__name__}: {exc}"[:4000]
-
-
-def _remember_uncaught() -> None:
-    """Chain sys.excepthook (once) so that a run left open sees the exception that ends
-    the script: Python calls the hook before the atexit handlers."""
-    previous = sys.excepthook
-    if getattr(previous, "_babysit", False):
-        return
-
-    def hook(exc_type, exc, tb):
-        _uncaught[:] = [(exc_type, exc)]  # the last one only: a REPL may see many
-        previous(exc_type, exc, tb)
-    hook._babysit = True
-    sys.excepthook = hook
 
 
 def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
@@ -595,18 +574,6 @@ def watch(model: nn.Module, optimizer=None, **options: Any) -> Monitor:
 
 # ---------------------------------------------------------------------- helpers
 
-def _run_id(name: str) -> str:
-    """The stored id: the (checked) name, the time and a tag, so that runs of one name differ."""
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _default_run_name(model: nn.Module) -> str:
-    """The model's class name as a run name: it was not chosen by the user, so it is made
-    usable (``_Net`` -> ``net``) rather than refused."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", type(model).__name__.lower()).lstrip("._-")[:RUN_NAME_LENGTH]
-    return name if is_run_id(name) else "run"
-
-
 def _scalar_problem(name: str, value: Any) -> str | None:
     """Why ``mon.log(name=value)`` cannot be recorded, and what to pass instead (None: it can)."""
     if not is_scalar_name(name):
@@ -627,53 +594,3 @@ def _scalar_problem(name: str, value: Any) -> str | None:
             f"pass a float, an int or a one-element tensor, e.g. {name}=0.5"
         return f"expected a number or a one-element tensor, got {type(value).__name__}: {hint}"
     return None
-
-
-def _config(config: Mapping[str, Any] | None) -> dict:
-    """Hyper-parameters as JSON data; values JSON cannot hold are kept as their repr."""
-    def plain(v):
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, Mapping):
-            return {str(k): plain(x) for k, x in v.items()}
-        return repr(v)
-    return {} if config is None else plain(dict(config))  # a mapping: checked by WatchConfig
-
-
-def _model_summary(model: nn.Module) -> tuple[ModuleInfo, ...]:
-    rows = []
-    for name, m in parameter_modules(model):
-        own = list(m.parameters(recurse=False))
-        rows.append(ModuleInfo(name=name, module=type(m).__name__, params=sum(p.numel() for p in own),
-                               trainable=sum(p.numel() for p in own if p.requires_grad),
-                               shape=", ".join("x".join(map(str, p.shape)) for p in own)))
-    everything = list(model.parameters())
-    rows.append(ModuleInfo(name="(total)", module=type(model).__name__, params=sum(p.numel() for p in everything),
-                           trainable=sum(p.numel() for p in everything if p.requires_grad)))
-    return tuple(rows)
-
-
-def _run_start(run_id, model, config, schedule, sample_size) -> RunStart:
-    rank, world = _rank_world()
-    return RunStart(
-        name=run_id.rsplit("-", 3)[0], config=_config(config), model=_model_summary(model),
-        host=socket.gethostname(), pid=os.getpid(), rank=rank, world=world,
-        versions={"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-                  "babysit": _version()},
-        sampling={**schedule.describe(), "sample_size": sample_size})
-
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), max(int(os.environ.get("WORLD_SIZE", 1)), 1)
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("babysit")
-    except Exception:
-        return "unknown"

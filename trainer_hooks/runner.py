@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer_hooks.attach import Attacher
-from trainer_hooks.handle import _ending
+from trainer_hooks.endings import ending
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _run_as_main(target: Target, attacher: Attacher) -> int:
         attacher.close(*((("crashed", f"exited with status {code}") if failed else (None, ""))))
         raise
     except BaseException as exc:  # noqa: BLE001 - the script's, passed on as Python would
-        attacher.close(*_ending(type(exc), exc))
+        attacher.close(*ending(type(exc), exc))
         exc.with_traceback(_script_frames(exc.__traceback__))
         sys.excepthook(type(exc), exc, exc.__traceback__)
         if isinstance(exc, KeyboardInterrupt):

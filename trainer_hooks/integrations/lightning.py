@@ -24,7 +24,8 @@ except ImportError:  # the older package name
         raise ImportError("babysit's Lightning callback needs PyTorch Lightning: pip install 'babysit[lightning]' "
                           "(or pip install lightning)") from exc
 
-from trainer_hooks.handle import Monitor, _ending, watch
+from trainer_hooks.endings import ending
+from trainer_hooks.handle import Monitor, watch
 from trainer_hooks.integrations.common import StepLoss, numbers_of, torch_optimizer, validation_name
 
 
@@ -81,7 +82,7 @@ class BabysitCallback(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if self.monitor is not None:
-            self.monitor.close(*_ending(type(exception), exception))
+            self.monitor.close(*ending(type(exception), exception))
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.monitor is not None:

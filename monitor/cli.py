@@ -522,13 +522,6 @@ def split_run_argv(argv: Sequence[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    target = list(args.target)
-    if target[:1] == ["--"]:  # put there by split_run_argv
-        target = target[1:]
-    if args.module is None and not target:
-        raise CliError("give the script to run (babysit run train.py ARGS...) or a module (-m MODULE ARGS...)")
-    if args.module is None and not Path(target[0]).is_file():
-        raise CliError(f"no script at {target[0]!r} (give the path of a Python file, or -m MODULE for a module)")
     watch = {key: value for key in ("logdir", "server", "token") if (value := getattr(args, key)) is not None}
     if args.every is not None:
         watch["every"] = args.every
@@ -540,6 +533,13 @@ def _run(args: argparse.Namespace) -> int:
         if not is_run_id(args.run):
             raise CliError(f"--run: expected 1-100 characters from A-Z a-z 0-9 . _ - (starting with a letter or "
                            f"digit), got {args.run!r}")
+    target = list(args.target)
+    if target[:1] == ["--"]:  # put there by split_run_argv
+        target = target[1:]
+    if args.module is None and not target:
+        raise CliError("give the script to run (babysit run train.py ARGS...) or a module (-m MODULE ARGS...)")
+    if args.module is None and not Path(target[0]).is_file():
+        raise CliError(f"no script at {target[0]!r} (give the path of a Python file, or -m MODULE for a module)")
     from trainer_hooks.runner import RunOptions, Target, run
 
     where = Target(module=args.module, args=tuple(target)) if args.module is not None else \

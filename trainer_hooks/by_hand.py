@@ -37,6 +37,7 @@ class HandUpdates:
         self._norms: dict[int, tuple[int, object]] = {}  # this step's, by parameter id
         self.stepped: list[tuple] = []  # (parameter, name, module) read on the sampled step
         self.indices: dict = {}
+        self._read: set[int] = set()  # ids of the parameters in stepped
         self._handles = [p.register_post_accumulate_grad_hook(self._ready)
                          for p in model.parameters() if p.requires_grad]
 
@@ -53,12 +54,13 @@ class HandUpdates:
         norm = squares([g])[0] if g.is_cpu else l2_norms([g])[0]
         self._norms[id(p)] = (self.rows.get(id(p), -1), norm)
         capture = self.capture
-        if capture is None or any(q is p for q, _, _ in self.stepped):  # (accumulation: the first pass's)
+        if capture is None or id(p) in self._read:  # (accumulation: the first pass's)
             return
         name, module = self.names.get(id(p), (f"param{len(self.stepped)}", "Parameter"))
         entry = [(p, name, module)]
         self.indices.update(add_params_before(capture, entry, self.sample_size, self.generator))
         self.stepped += entry
+        self._read.add(id(p))
 
     def take_vitals(self):
         """The step's vital signs as :meth:`Probe._vitals` gives them (None: no gradient came)."""
@@ -75,7 +77,7 @@ class HandUpdates:
     def take_stepped(self) -> tuple[list[tuple], dict]:
         """What the sampled step read (for :func:`after`), and forget it."""
         taken = (self.stepped, self.indices)
-        self.stepped, self.indices, self.capture = [], {}, None
+        self.stepped, self.indices, self.capture, self._read = [], {}, None, set()
         return taken
 
 

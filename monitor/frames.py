@@ -57,6 +57,19 @@ class RunFrames:
     status: pd.DataFrame
     vitals: pd.DataFrame  # every step's gradient norms, long form: layer ``(global)`` is the global norm
 
+    @property
+    def incidents(self) -> list:
+        """The run's flags grouped by cause (:func:`monitor.incidents.group_flags`): a list of
+        :class:`monitor.incidents.Incident`, most severe first, then by the step each began at."""
+        from monitor.events import Flag
+        from monitor.incidents import group_flags
+
+        return group_flags(Flag(kind=row.kind, severity=row.severity, step=int(row.step),
+                                layer=row.layer if isinstance(row.layer, str) and row.layer else None,
+                                message=row.message, advice=row.advice,
+                                evidence=row.evidence if isinstance(row.evidence, dict) else {})
+                           for row in self.flags.itertuples())
+
     def series(self, name: str) -> pd.Series:
         """One metric (``loss``, ``val_acc``, ...) as a float Series indexed by step."""
         rows = self.scalars[self.scalars["name"] == name]

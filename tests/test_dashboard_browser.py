@@ -286,3 +286,35 @@ def test_the_ranks_of_a_distributed_job_are_one_row_and_the_run_page_links_them(
         wait_until(lambda: source_length(page, "loss_ranks") == 1,  # one step with finite losses
                    what="the band of the ranks' losses")
         page.goto("about:blank")
+
+
+def test_flags_show_as_incidents_cause_first_with_their_symptoms_folded_and_one_advice(page, tmp_path, make_events):
+    from monitor.events import Event, Kind
+    from monitor.store import RunStore
+
+    flags = [Flag("vanishing_gradient", "warning", "gradients vanish", "raise the lr?", "bn1"),
+             Flag("update_ratio", "warning", "updates are tiny", "raise the learning rate", None,
+                  {"direction": "low"}),
+             Flag("dead_relu", "critical", "relu1 is dead", "lower the learning rate", "relu1"),
+             Flag("dead_relu", "warning", "relu2 is dead", "lower the learning rate", "relu2"),
+             Flag("exploding_gradient", "warning", "gradients explode", "lower the learning rate", "fc0")]
+    events = [e for e in make_events(run="sick") if e.kind != Kind.FLAG]
+    seq = events[-1].seq + 1
+    events += [Event("sick", seq + i, 20 + 10 * i, 2000.0 + i, Kind.FLAG, f) for i, f in enumerate(flags)]
+    with RunStore(tmp_path / "store") as store:
+        store.append(events)
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "sick")
+        items = page.locator("#flags > li")
+        assert items.count() == 2 and page.locator("#flag-count").inner_text() == "2"
+        first = items.nth(0)
+        assert first.get_attribute("data-kind") == "dead_relu" and "critical" in first.get_attribute("class")
+        assert first.locator(".flag-title").inner_text() == "relu1 is dead"
+        assert "explains: vanishing_gradient, update_ratio" in first.locator(".flag-symptoms").inner_text()
+        assert "layers relu1, relu2, bn1" in first.locator(".flag-meta").first.inner_text()
+        assert first.locator(".flag-advice").count() == 1 and first.locator(".flag-note").count() == 0
+        first.locator("summary").first.click()
+        assert [m.get_attribute("data-kind") for m in first.locator(".flag-member").all()] == [
+            "dead_relu", "dead_relu", "vanishing_gradient", "update_ratio"]
+        assert items.nth(1).get_attribute("data-kind") == "exploding_gradient"
+        page.goto("about:blank")

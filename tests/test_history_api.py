@@ -246,3 +246,19 @@ def test_a_run_of_one_process_has_no_band_of_ranks(server, get, make_events):
     _, app = server
     app.store.append(make_events(run="solo"))
     assert get("/api/runs/solo/ranks") == (200, {"ranks": ["solo"], "step": [], "low": [], "high": []})
+
+
+def test_incidents_come_cause_first_with_the_seqs_of_their_flags(server, get):
+    from monitor.events import Flag
+
+    _, app = server
+    flags = [("vanishing_gradient", 20, "bn1", {}), ("update_ratio", 20, None, {"direction": "low"}),
+             ("dead_relu", 50, "relu1", {}), ("overfitting", 90, None, {})]
+    app.store.append([Event("pile", seq, step, 1000.0 + seq, Kind.FLAG,
+                            Flag(kind, "warning", f"{kind} seen", f"fix {kind}", layer, evidence))
+                      for seq, (kind, step, layer, evidence) in enumerate(flags)])
+    status, incidents = get("/api/runs/pile/incidents")
+    assert status == 200
+    assert [(i["cause"], i["symptoms"], i["flags"], i["step"]) for i in incidents] == [
+        ("dead_relu", ["vanishing_gradient", "update_ratio"], [2, 0, 1], 20), ("overfitting", [], [3], 90)]
+    assert incidents[0]["layers"] == ["relu1", "bn1"] and incidents[0]["advice"] == "fix dead_relu"

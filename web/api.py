@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, request
@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from monitor import codec, protocol
 from monitor.events import Kind
 from monitor.export import FORMATS, export_run
+from monitor.incidents import group_flags
 from monitor.validation import SchemaError, check_run_id, check_scalar_name
 
 
@@ -81,6 +82,26 @@ def api_blueprint(app) -> Blueprint:
             return problem
         return json_response([{**e.data.to_dict(), "seq": e.seq, "step": e.step, "wall": e.wall}
                               for e in app.store.events(run, kinds=[Kind.FLAG])])
+
+    @api.get("/runs/<run>/incidents")
+    def incidents(run: str):
+        """The run's flags grouped by cause (``monitor.incidents``), most severe first:
+        ``[{"cause", "severity", "step", "layers", "symptoms", "message", "advice", "note",
+        "flags": [seq, ...]}]``, the cause's flags first (``seq`` as ``/flags`` gives them)."""
+        problem = known_run(app, run)
+        if problem is not None:
+            return problem
+        events = app.store.events(run, kinds=[Kind.FLAG])
+        seqs = {}
+        flags = []
+        for e in events:
+            flag = e.data if e.data.step == e.step else replace(e.data, step=e.step)
+            seqs[id(flag)] = e.seq
+            flags.append(flag)
+        return json_response([{
+            "cause": i.cause, "severity": i.severity.value, "step": i.step, "layers": list(i.layers),
+            "symptoms": list(i.symptoms), "message": i.message, "advice": i.advice, "note": i.note,
+            "flags": [seqs[id(f)] for f in i.flags]} for i in group_flags(flags)])
 
     @api.get("/runs/<run>/export")
     def export(run: str):

@@ -31,7 +31,7 @@ class RunPage {
     this.metricTrain = new ScalarSeries(models.metric_train, weight);
     this.metricVal = new ScalarSeries(models.metric_val, weight);
     this.lr = { source: models.lr, lastStep: -Infinity };
-    this.flags = new FlagPanel(models.flag_marks, this.loss);
+    this.flags = new FlagPanel(models.flag_marks, this.loss, API);
     this.header = new RunHeader(RUN);
     this.act = new LayerPanel({ run: RUN, signal: "activation", select: document.getElementById("act-layer"),
       info: document.getElementById("act-info"), bands: models.act_bands, hist: models.act_hist });
@@ -99,7 +99,7 @@ class RunPage {
     this.loadLr(series.lr);
     this.addMetrics(Object.keys(series));
     if (this.metric) this.showMetric(this.metric, series);
-    this.flags.load(h.flags);
+    this.flags.load(h.flags, h.incidents);
     this.ratios.load(h.ratios.layers);
     setData(this.m.inputs, { step: h.inputs.step, mean: h.inputs.mean, std: h.inputs.std });
     this.showInputInfo(h.inputs);
@@ -244,12 +244,14 @@ async function fetchHistory(chosen) {
     const layer = layerOf(signal);
     return [layer, layer === null ? null : await getJSON(bandsUrl(RUN, signal, layer))];
   };
-  const [series, flags, latest, inputs, ratios, activation, outputGrad, filters] = await Promise.all([
-    getJSON(`${API}/series`), getJSON(`${API}/flags`), getOptional(`${API}/latest/layer_stats`),
+  const [series, flags, incidents, latest, inputs, ratios, activation, outputGrad, filters] = await Promise.all([
+    getJSON(`${API}/series`), getJSON(`${API}/flags`), getJSON(`${API}/incidents`),
+    getOptional(`${API}/latest/layer_stats`),
     getJSON(`${API}/inputs`), getJSON(`${API}/layers?signal=param_grad&fields=step,update_ratio&max_points=${RATIO_POINTS}`),
     bands("activation"), bands("output_grad"), getOptional(`${API}/latest/filters`),
   ]);
-  return { run, series, flags, latest, inputs, ratios, bands: { activation, output_grad: outputGrad }, filters };
+  return { run, series, flags, incidents, latest, inputs, ratios, bands: { activation, output_grad: outputGrad },
+    filters };
 }
 
 async function getOptional(url) {

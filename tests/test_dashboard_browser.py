@@ -318,3 +318,55 @@ def test_flags_show_as_incidents_cause_first_with_their_symptoms_folded_and_one_
             "dead_relu", "dead_relu", "vanishing_gradient", "update_ratio"]
         assert items.nth(1).get_attribute("data-kind") == "exploding_gradient"
         page.goto("about:blank")
+
+
+def _source_data(page, name: str) -> dict:
+    return page.evaluate("""name => {
+        for (const doc of Bokeh.documents) {
+            const m = doc.get_model_by_name(name);
+            if (m) return Object.fromEntries(Object.entries(m.data).map(([k, v]) => [k, Array.from(v)]));
+        }
+        return null;
+    }""", name)
+
+
+def test_validation_points_are_drawn_as_they_are_with_the_best_one_marked(page, tmp_path):
+    from monitor.events import Event, Kind, Scalars
+    from monitor.store import RunStore
+
+    val = {100: 3.0, 200: 2.5, 300: 2.57, 400: 2.8}  # a rise after the best: what overfitting looks like
+    events = [Event("sparse", i, step, 1000.0 + i, Kind.SCALARS, Scalars({"loss": 3.5 - step / 1000}))
+              for i, step in enumerate(range(0, 401, 20))]
+    events += [Event("sparse", 100 + i, step, 2000.0 + i, Kind.SCALARS, Scalars({"val_loss": v}))
+               for i, (step, v) in enumerate(val.items())]
+    with RunStore(tmp_path / "store") as store:
+        store.append(events)
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "sparse")
+        drawn = _source_data(page, "loss_val")
+        assert drawn["smooth"] == drawn["value"] == list(val.values())  # not averaged into a lagging line
+        assert _source_data(page, "val_best") == {"step": [200], "value": [2.5]}
+        page.fill("#smoothing", "0.95")
+        page.dispatch_event("#smoothing", "input")
+        assert _source_data(page, "loss_val")["smooth"] == list(val.values())
+        train = _source_data(page, "loss_train")
+        assert train["smooth"] != train["value"]  # the dense training loss is what the slider smooths
+        page.goto("about:blank")
+
+
+def test_on_a_log_scale_the_points_it_cannot_draw_are_counted(page, tmp_path):
+    from monitor.events import Event, Kind, Scalars
+    from monitor.store import RunStore
+
+    losses = [1.0, 0.5, 0.0, -0.2, 0.3]  # a loss that reaches zero and below (a log-likelihood, say)
+    with RunStore(tmp_path / "store") as store:
+        store.append([Event("negative", i, i, 1000.0 + i, Kind.SCALARS, Scalars({"loss": v}))
+                      for i, v in enumerate(losses)])
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "negative")
+        assert page.locator("#log-note").is_hidden()
+        page.check("#log-scale")
+        assert page.locator("#log-note").inner_text().startswith("2 values are at or below 0 and not drawn")
+        page.uncheck("#log-scale")
+        assert page.locator("#log-note").is_hidden()
+        page.goto("about:blank")

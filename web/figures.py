@@ -50,6 +50,7 @@ def loss_figures() -> list:
     train = _source("loss_train", SCALAR_COLUMNS)
     val = _source("loss_val", SCALAR_COLUMNS)
     flags = _source("flag_marks", ("step", "y", "kind", "severity", "layer", "message", "color"))
+    best = _source("val_best", ("step", "value"))  # the lowest validation loss so far
     ranks = _source("loss_ranks", ("step", "low", "high"))  # a distributed job: its ranks' loss, lowest to highest
     figures = []
     x_range = None
@@ -60,9 +61,13 @@ def loss_figures() -> list:
         fig.varea("step", "low", "high", source=ranks, color=TRAIN_COLOR, alpha=0.12)
         fig.line("step", "value", source=train, color=TRAIN_COLOR, alpha=0.25, line_width=1)
         fig.line("step", "smooth", source=train, color=TRAIN_COLOR, line_width=2, legend_label="train")
-        fig.line("step", "value", source=val, color=VAL_COLOR, alpha=0.25, line_width=1)
-        fig.line("step", "smooth", source=val, color=VAL_COLOR, line_width=2, legend_label="validation")
-        fig.scatter("step", "value", source=val, color=VAL_COLOR, size=4, alpha=0.6)
+        # Validation: the points as they are, joined, never smoothed (see run.js).
+        fig.line("step", "value", source=val, color=VAL_COLOR, line_width=2, legend_label="validation")
+        fig.scatter("step", "value", source=val, color=VAL_COLOR, size=6)
+        best_mark = fig.scatter("step", "value", source=best, marker="star", size=16, color=VAL_COLOR,
+                                line_color="white")  # named by its hover: no legend entry while there is none
+        fig.add_tools(HoverTool(renderers=[best_mark], tooltips=[("best validation loss", "@value"),
+                                                                 ("step", "@step")]))
         marks = fig.scatter("step", "y", source=flags, marker="triangle", size=13, color="color",
                             line_color="white", legend_label="flags")
         fig.add_tools(HoverTool(renderers=[marks], tooltips=[("flag", "@kind (@severity)"), ("step", "@step"),
@@ -79,8 +84,12 @@ def metric_figure():
     fig = _figure("metric_fig", None, height=260)
     for name, color, label in (("metric_train", TRAIN_COLOR, "train"), ("metric_val", VAL_COLOR, "validation")):
         source = _source(name, SCALAR_COLUMNS)
-        fig.line("step", "value", source=source, color=color, alpha=0.25)
-        fig.line("step", "smooth", source=source, color=color, line_width=2, legend_label=label)
+        if name == "metric_val":  # as they are, with markers (see loss_figures)
+            fig.line("step", "value", source=source, color=color, line_width=2, legend_label=label)
+            fig.scatter("step", "value", source=source, color=color, size=6)
+        else:
+            fig.line("step", "value", source=source, color=color, alpha=0.25)
+            fig.line("step", "smooth", source=source, color=color, line_width=2, legend_label=label)
     fig.legend.location = "bottom_right"
     return fig
 

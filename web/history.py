@@ -93,7 +93,9 @@ def add_history_routes(api: Blueprint, app) -> None:
 
     @api.get("/runs/<run>/latest/<kind>")
     def latest(run: str, kind: str):
-        """The run's last event of ``kind``: ``{"seq", "step", "wall", "kind", "data"}``."""
+        """The run's last event of ``kind``: ``{"seq", "step", "wall", "kind", "data"}``, or
+        ``null`` while the run has none (not an error: a transformer has no filter image, a
+        run starts without layer statistics)."""
         problem = known_run(app, run)
         if problem is not None:
             return problem
@@ -103,7 +105,7 @@ def add_history_routes(api: Blueprint, app) -> None:
             return json_response({"error": str(exc)}, 400)
         event = app.store.latest(run, kind)
         if event is None:
-            return json_response({"error": f"no {kind.value} event in run {run!r}"}, 404)
+            return json_response(None)
         return json_response({"seq": event.seq, "step": event.step, "wall": event.wall, "kind": kind.value,
                               "data": event.data.to_dict()})
 

@@ -19,7 +19,7 @@ const NOT_METRICS = new Set(["loss", "lr", "epoch"]);
 // Points per parameter in the update-ratio plot's history: 50 parameters share one plot.
 const RATIO_POINTS = 500;
 const RANKS_MS = 5000;  // how often a running job's band of rank losses is read again
-const SOURCES = ["loss_train", "loss_val", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
+const SOURCES = ["loss_train", "loss_val", "val_best", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
   "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
 class RunPage {
@@ -27,9 +27,11 @@ class RunPage {
     this.m = models;
     const weight = Number(document.getElementById("smoothing").value);
     this.loss = new ScalarSeries(models.loss_train, weight);
-    this.val = new ScalarSeries(models.loss_val, weight);
+    // Validation points are drawn as they are: each is an average over the validation set
+    // already, a handful per run, and an average over them lags the very trend they show.
+    this.val = new ScalarSeries(models.loss_val, 0);
     this.metricTrain = new ScalarSeries(models.metric_train, weight);
-    this.metricVal = new ScalarSeries(models.metric_val, weight);
+    this.metricVal = new ScalarSeries(models.metric_val, 0);
     this.lr = { source: models.lr, lastStep: -Infinity };
     this.flags = new FlagPanel(models.flag_marks, this.loss, API);
     this.header = new RunHeader(RUN);
@@ -51,14 +53,34 @@ class RunPage {
     slider.addEventListener("input", () => {
       const w = Number(slider.value);
       shown.textContent = w.toFixed(2);
-      for (const s of [this.loss, this.val, this.metricTrain, this.metricVal]) s.setWeight(w);
+      for (const s of [this.loss, this.metricTrain]) s.setWeight(w);
       this.flags.placeMarks();
     });
     document.getElementById("log-scale").addEventListener("change", (e) => {
       this.m.loss_linear.visible = !e.target.checked;
       this.m.loss_log.visible = e.target.checked;
+      this.logNote();
     });
     document.getElementById("metric").addEventListener("change", (e) => this.chooseMetric(e.target.value));
+  }
+
+  // The best (lowest) validation loss so far, marked on the plot; and on a log scale, the
+  // points it cannot draw (at or below zero) counted under it.
+  markBest() {
+    const { step, value } = this.val.source.data;
+    let best = -1;
+    for (let i = 0; i < value.length; i++) if (Number.isFinite(value[i]) && (best < 0 || value[i] < value[best])) best = i;
+    setData(this.m.val_best, best < 0 ? { step: [], value: [] } : { step: [step[best]], value: [value[best]] });
+    this.logNote();
+  }
+
+  logNote() {
+    const note = document.getElementById("log-note");
+    const log = document.getElementById("log-scale").checked;
+    const hidden = [this.loss, this.val].reduce((n, s) => n + Array.from(s.source.data.value).filter((v) => v <= 0).length, 0);
+    note.hidden = !log || hidden === 0;
+    note.textContent = `${hidden} value${hidden === 1 ? " is" : "s are"} at or below 0 and not drawn on the log scale ` +
+      "(a loss that goes negative, a log-likelihood say, reads on the linear scale)";
   }
 
   // ---------------------------------------------------------------- history
@@ -96,6 +118,7 @@ class RunPage {
     if (run.start && run.start.world > 1) this.loadRanks();
     this.loss.load(series.loss);
     this.val.load(series.val_loss);
+    this.markBest();
     this.loadLr(series.lr);
     this.addMetrics(Object.keys(series));
     if (this.metric) this.showMetric(this.metric, series);
@@ -173,7 +196,7 @@ class RunPage {
     }
     let compact = false;
     if (points.loss) compact ||= this.loss.push(points.loss);
-    if (points.val_loss) compact ||= this.val.push(points.val_loss);
+    if (points.val_loss) { compact ||= this.val.push(points.val_loss); this.markBest(); }
     if (points.lr) this.pushLr(points.lr);
     if (this.metric) {
       if (points[this.metric]) this.metricTrain.push(points[this.metric]);

@@ -370,3 +370,26 @@ def test_on_a_log_scale_the_points_it_cannot_draw_are_counted(page, tmp_path):
         page.uncheck("#log-scale")
         assert page.locator("#log-note").is_hidden()
         page.goto("about:blank")
+
+
+def test_dead_unit_bars_take_the_rules_colours_and_smooth_activations_are_named_not_drawn(page, tmp_path):
+    from conftest import summary
+
+    from monitor.events import Event, Kind, LayerStats, Scalars
+    from monitor.store import RunStore
+
+    layers = [summary("relu1", module="ReLU", units=100, dead_units=45),  # healthy, as the demo's hidden layer
+              summary("relu2", module="ReLU", units=100, dead_units=55),  # watched closely
+              summary("relu3", module="ReLU", units=100, dead_units=70),  # flagged
+              summary("gelu", module="GELU", units=100, dead_units=90)]
+    with RunStore(tmp_path / "store") as store:
+        store.append([Event("units", 0, 0, 1000.0, Kind.SCALARS, Scalars({"loss": 1.0})),
+                      Event("units", 1, 0, 1001.0, Kind.LAYER_STATS, LayerStats(tuple(layers)))])
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "units")
+        wait_until(lambda: source_length(page, "dead") == 3, what="the three ReLU layers' bars")
+        drawn = _source_data(page, "dead")
+        colours = dict(zip((name.split(" ")[0] for name in drawn["layer"]), drawn["color"]))
+        assert colours == {"relu1": "#1f6fb4", "relu2": "#e8a30a", "relu3": "#c5221f"}
+        assert "GELU layers are not shown" in page.locator("#dead-note").inner_text()
+        page.goto("about:blank")

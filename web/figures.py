@@ -11,11 +11,14 @@ from __future__ import annotations
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Range1d, Span
 from bokeh.plotting import figure
 
+from monitor.detectors.dead_relu import DEAD_FRACTION, RELU_FAMILY, SUSPECT_FRACTION
+
 #: Update/weight ratio a healthy layer sits near (CS231n: about 1e-3 per step; far above
 #: means the learning rate is too high, far below too low).
 UPDATE_RATIO_REFERENCE = 1e-3
-#: Dead fraction beyond which a layer is in trouble (SageMaker's dead-ReLU rule: 50 %).
-DEAD_FRACTION_REFERENCE = 0.5
+#: The dead-ReLU rule's own bars (monitor.detectors.dead_relu): a layer past the first is
+#: watched closely, past the second flagged; the panel colours its bars by them.
+DEAD_THRESHOLDS = {"suspect": SUSPECT_FRACTION, "dead": DEAD_FRACTION, "modules": list(RELU_FAMILY)}
 
 QUANTILES = tuple(f"q{i}" for i in range(7))
 SCALAR_COLUMNS = ("step", "value", "smooth")
@@ -126,16 +129,15 @@ def histogram_figure(prefix: str, title: str):
 
 
 def dead_units_figure():
-    """Share of each activation layer's units that were never positive over the window,
-    with the 50 % line of the dead-ReLU rule."""
-    source = _source("dead", ("layer", "dead_frac", "zero_frac"))
+    """Share of each ReLU layer's units that were never positive over the window, with the
+    dead-ReLU rule's line, each bar coloured by the rule's bars (``color``: the page's)."""
+    source = _source("dead", ("layer", "dead_frac", "zero_frac", "color"))
     fig = _figure("dead_fig", None, height=300,
                   x_label="fraction", y_range=FactorRange(name="dead_layers"), x_range=Range1d(0, 1))
     fig.hbar(y="layer", right="zero_frac", height=0.8, source=source, color="#9aa0a6", alpha=0.4,
              legend_label="zero outputs")
-    fig.hbar(y="layer", right="dead_frac", height=0.5, source=source, color=FLAG_COLOR, legend_label="dead units")
-    fig.add_layout(Span(location=DEAD_FRACTION_REFERENCE, dimension="height", line_dash="dashed",
-                        line_color=FLAG_COLOR))
+    fig.hbar(y="layer", right="dead_frac", height=0.5, source=source, color="color", legend_label="dead units")
+    fig.add_layout(Span(location=DEAD_FRACTION, dimension="height", line_dash="dashed", line_color=FLAG_COLOR))
     fig.legend.orientation = "horizontal"
     fig.add_layout(fig.legend[0], "above")  # the bars reach the right edge: keep the legend off them
     return fig

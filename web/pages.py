@@ -19,7 +19,7 @@ from bokeh.util.paths import bokehjs_path
 from flask import Blueprint, abort, g, render_template, request, send_from_directory
 
 from monitor.validation import SchemaError, check_run_id
-from web.figures import compare_figures, run_page_figures
+from web.figures import DEAD_THRESHOLDS, compare_figures, run_page_figures
 
 #: Runs the compare page overlays at most (one colour each in a 10-colour palette).
 MAX_COMPARED = 10
@@ -75,7 +75,7 @@ def pages_blueprint(app) -> Blueprint:
         except SchemaError:
             abort(404)
         script, divs = run_page_components()
-        return render("run.html", run=run, bokeh_script=script, plots=divs)
+        return render("run.html", run=run, bokeh_script=script, plots=divs, dead=DEAD_THRESHOLDS)
 
     @pages.get("/compare")
     def compare():

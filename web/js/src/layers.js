@@ -119,15 +119,33 @@ export class LayerPanel {
   }
 }
 
-// Dead units of every activation layer at the latest sampled step.
-export function showDeadUnits(source, range, summaries) {
-  const rows = summaries.filter((s) => s.signal === "activation" && s.units);
+// Dead units of every ReLU layer at the latest sampled step, each bar coloured by the
+// dead-ReLU rule's own bars (the page's data-thresholds: healthy, watched closely, flagged);
+// other activations are named in a line: a smooth one is rarely exactly zero, "dead" does not apply.
+const DEAD_COLORS = { healthy: "#1f6fb4", suspect: "#e8a30a", dead: "#c5221f" };
+
+export function deadColor(fraction, thresholds) {
+  if (fraction > thresholds.dead) return DEAD_COLORS.dead;
+  return fraction > thresholds.suspect ? DEAD_COLORS.suspect : DEAD_COLORS.healthy;
+}
+
+export function showDeadUnits(source, range, summaries, thresholds) {
+  const activations = summaries.filter((s) => s.signal === "activation" && s.units);
+  const rows = activations.filter((s) => thresholds.modules.includes(s.module));
+  const others = [...new Set(activations.filter((s) => !thresholds.modules.includes(s.module)).map((s) => s.module))];
+  const note = document.getElementById("dead-note");
+  note.hidden = rows.length > 0 && !others.length;
+  note.textContent = rows.length || others.length
+    ? (others.length ? `${others.join(", ")} layers are not shown: a smooth activation is rarely exactly zero, ` +
+      "so dead units do not apply to it." : "")
+    : "No ReLU layer has been sampled yet.";
   if (!rows.length) return;
   const layers = rows.map((s) => `${s.layer} · ${s.module}`).reverse();  // first layer at the top
+  const dead = rows.map((s) => s.dead_units / s.units).reverse();
   range.factors = layers;
   setData(source, {
-    layer: layers, dead_frac: rows.map((s) => s.dead_units / s.units).reverse(),
-    zero_frac: rows.map((s) => s.zero_frac).reverse(),
+    layer: layers, dead_frac: dead, zero_frac: rows.map((s) => s.zero_frac).reverse(),
+    color: dead.map((f) => deadColor(f, thresholds)),
   });
 }
 

@@ -18,7 +18,8 @@ const API = `/api/runs/${encodeURIComponent(RUN)}`;
 const NOT_METRICS = new Set(["loss", "lr", "epoch"]);
 // Points per parameter in the update-ratio plot's history: 50 parameters share one plot.
 const RATIO_POINTS = 500;
-const RANKS_MS = 5000;  // how often a running job's band of rank losses is read again
+const RANKS_MS = 5000;
+const DEAD_THRESHOLDS = JSON.parse(document.getElementById("dead-card").dataset.thresholds);  // how often a running job's band of rank losses is read again
 const SOURCES = ["loss_train", "loss_val", "val_best", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
   "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
@@ -220,7 +221,7 @@ class RunPage {
     const summaries = event.data.summaries;
     this.act.update(event.step, summaries, live);
     this.grad.update(event.step, summaries, live);
-    showDeadUnits(this.m.dead, this.m.dead_layers, summaries);
+    showDeadUnits(this.m.dead, this.m.dead_layers, summaries, DEAD_THRESHOLDS);
     if (live) this.ratios.update(event.step, summaries);
   }
 

@@ -393,3 +393,28 @@ def test_dead_unit_bars_take_the_rules_colours_and_smooth_activations_are_named_
         assert colours == {"relu1": "#1f6fb4", "relu2": "#e8a30a", "relu3": "#c5221f"}
         assert "GELU layers are not shown" in page.locator("#dead-note").inner_text()
         page.goto("about:blank")
+
+
+def test_the_index_tells_runs_apart_by_the_config_that_differs_and_filters_them(page, tmp_path, make_events):
+    import dataclasses
+
+    from monitor.events import Kind
+    from monitor.store import RunStore
+
+    with RunStore(tmp_path / "store") as store:
+        for run, lr in (("digits-1", 1.0), ("digits-2", 0.001)):
+            store.append([dataclasses.replace(e, data=dataclasses.replace(e.data, config={"lr": lr, "batch": 32}))
+                          if e.kind == Kind.RUN_START else e for e in make_events(run=run)])
+    with serving(tmp_path / "store") as running:
+        page.goto(running.url + "/")
+        page.wait_for_selector("#runs tbody tr >> nth=1")
+        assert page.locator("#runs thead th.config").all_inner_texts() == ["lr"]  # batch is the same: no column
+        assert sorted(page.locator("#runs tbody td.config").all_inner_texts()) == ["0.001", "1"]
+        page.fill("#filter", "0.001")
+        wait_until(lambda: page.locator("#runs tbody tr").count() == 1, what="the filter to keep one run")
+        assert page.locator("#runs tbody tr").get_attribute("data-run") == "digits-2"
+        assert page.locator("#filtered").inner_text() == "1 run hidden by the filter"
+        page.fill("#filter", "")
+        page.select_option("#status-filter", "finished")
+        wait_until(lambda: page.locator("#runs tbody tr").count() == 0, what="no finished run (both diverged)")
+        page.goto("about:blank")

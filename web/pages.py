@@ -18,6 +18,7 @@ from bokeh.embed import components
 from bokeh.util.paths import bokehjs_path
 from flask import Blueprint, abort, g, render_template, request, send_from_directory
 
+from monitor.events import RunState
 from monitor.validation import SchemaError, check_run_id
 from web.figures import DEAD_THRESHOLDS, compare_figures, run_page_figures
 
@@ -65,7 +66,7 @@ def pages_blueprint(app) -> Blueprint:
 
     @pages.get("/")
     def index():
-        return render("index.html")
+        return render("index.html", states=[state.value for state in RunState])
 
     @pages.get("/runs/<run>")
     def run_page(run: str):

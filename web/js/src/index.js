@@ -6,6 +6,7 @@ import { connect, request } from "./live.js";
 import { RESYNC, RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
 import { clock, duration, el, num } from "./format.js";
 import { foldRanks, rankRuns } from "./ranks.js";
+import { configCell, differingKeys, keeps } from "./runlist.js";
 
 const RELOAD_MS = 500;
 // A lost run (its training process went silent) is not active: its duration stops at
@@ -25,10 +26,19 @@ function scheduleReload() {
   if (reloadTimer === null) reloadTimer = setTimeout(() => reload().catch(console.error), RELOAD_MS);
 }
 
+function filters() {
+  return { text: document.getElementById("filter").value, status: document.getElementById("status-filter").value };
+}
+
 function render() {
   const body = document.querySelector("#runs tbody");
   const now = Date.now() / 1000;
-  body.replaceChildren(...runs.map((r) => {
+  const shown = runs.filter((r) => keeps(r, filters()));
+  const keys = differingKeys(shown);  // the hyper-parameters that tell these runs apart
+  const head = document.querySelector("#runs thead tr");
+  head.querySelectorAll("th.config").forEach((th) => th.remove());
+  for (const k of keys) head.append(el("th", k, "config"));
+  body.replaceChildren(...shown.map((r) => {
     const tr = el("tr");
     tr.dataset.run = r.run;
     const box = document.createElement("input");
@@ -47,10 +57,14 @@ function render() {
     tr.append(tick, name, status, el("td", r.last_loss === null ? "–" : num(r.last_loss)),
       el("td", r.last_step.toLocaleString()), el("td", r.flags, r.flags ? "flagged" : ""),
       el("td", clock(r.started)), el("td", duration(end - r.started)),
-      hostCell(r));
+      hostCell(r), ...keys.map((k) => el("td", configCell((r.config || {})[k]), "config")));
     return tr;
   }));
   document.getElementById("empty").hidden = runs.length > 0;
+  const hidden = runs.length - shown.length;
+  const note = document.getElementById("filtered");
+  note.hidden = hidden === 0;
+  note.textContent = `${hidden} run${hidden === 1 ? "" : "s"} hidden by the filter`;
   updateCompare();
 }
 
@@ -69,6 +83,9 @@ function updateCompare() {
   const button = document.getElementById("compare");
   button.disabled = selected.size < 2;
 }
+
+document.getElementById("filter").addEventListener("input", render);
+document.getElementById("status-filter").addEventListener("change", render);
 
 document.getElementById("compare").addEventListener("click", () => {
   const chosen = runs.map((r) => r.run).filter((r) => selected.has(r));

@@ -1,0 +1,28 @@
+// What the index shows of a list of runs: the hyper-parameters that tell them apart, and
+// which runs a filter keeps. Pure functions, unit-tested.
+
+// Config keys whose values differ between the runs (at most `max`, in first-seen order):
+// the columns that tell a run at lr=1 from one at lr=1e-3. A key some runs lack differs.
+export function differingKeys(runs, max = 6) {
+  const keys = [];
+  for (const r of runs) for (const k of Object.keys(r.config || {})) if (!keys.includes(k)) keys.push(k);
+  const shown = (r, k) => JSON.stringify((r.config || {})[k]);
+  return keys.filter((k) => new Set(runs.map((r) => shown(r, k))).size > 1).slice(0, max);
+}
+
+// A config value as a cell: numbers short, lists and objects as JSON, absent as a dash.
+export function configCell(value) {
+  if (value === undefined) return "–";
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toPrecision(3).replace(/\.?0+(e|$)/, "$1");
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+// Whether a run passes the index's filters: `text` in its id, name or a differing config
+// value; `status` its status (or "" for any).
+export function keeps(run, { text = "", status = "" }) {
+  if (status && run.status !== status) return false;
+  const needle = text.trim().toLowerCase();
+  if (!needle) return true;
+  const haystack = [run.run, run.name, ...Object.values(run.config || {}).map((v) => JSON.stringify(v))];
+  return haystack.some((s) => String(s).toLowerCase().includes(needle));
+}

@@ -114,7 +114,7 @@ def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(se
     assert training.stopped_by_request and training.steps_done < 5000
     page.wait_for_function("() => document.getElementById('status').textContent === 'stopped'", timeout=20_000)
     assert "by dashboard" in page.locator("#stopped-by").inner_text()
-    assert page.locator("#stop").is_disabled()
+    assert page.locator("#stop").is_disabled() and page.locator("#stop").is_hidden()  # an ended run: no button
 
 
 def test_a_finished_run_reopens_from_the_store_with_everything(page, tmp_path):

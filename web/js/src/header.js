@@ -83,6 +83,7 @@ export class RunHeader {
     this.badge.textContent = state;
     this.badge.className = `badge ${state}`;
     this.button.disabled = state !== "running";
+    this.button.hidden = state !== "running" && state !== "stopping";  // an ended run has nothing to stop
     if (state === "running") {
       this.stoppedBy.textContent = "";
     } else if (status && (status.by || status.reason)) {

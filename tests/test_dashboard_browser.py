@@ -418,3 +418,27 @@ def test_the_index_tells_runs_apart_by_the_config_that_differs_and_filters_them(
         page.select_option("#status-filter", "finished")
         wait_until(lambda: page.locator("#runs tbody tr").count() == 0, what="no finished run (both diverged)")
         page.goto("about:blank")
+
+
+def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
+    from conftest import summary
+
+    from monitor.events import Event, Kind, LayerStats, ModuleInfo, RunStart, Scalars
+    from monitor.store import RunStore
+
+    start = RunStart(name="gpt", config={}, host="h", pid=1, rank=0, world=1, versions={}, sampling={},
+                     model=(ModuleInfo("embed", "Embedding", 2048, 2048, "64x32"),
+                            ModuleInfo("head", "Linear", 2080, 2080, "64x32, 64")))
+    layers = LayerStats((summary("mlp.act", module="GELU", units=None, dead_units=None, window=None),
+                         summary("head", module="Linear", units=None, dead_units=None, window=None)))
+    with RunStore(tmp_path / "store") as store:
+        store.append([Event("gpt", 0, 0, 1000.0, Kind.RUN_START, start),
+                      Event("gpt", 1, 0, 1001.0, Kind.SCALARS, Scalars({"loss": 4.1})),
+                      Event("gpt", 2, 0, 1002.0, Kind.LAYER_STATS, layers)])
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "gpt")
+        assert page.locator("#metric").is_hidden()
+        assert page.locator("#metric-note").inner_text().startswith("No metric but the loss is logged")
+        assert page.locator("#no-filters").inner_text().startswith("No filter image: the model's first layer")
+        assert "not a floating-point tensor" in page.locator("#input-note").inner_text()
+        page.goto("about:blank")

@@ -79,7 +79,8 @@ def add_history_routes(api: Blueprint, app) -> None:
 
     @api.get("/runs/<run>/inputs")
     def inputs(run: str):
-        """``?max_points=2000``: the input batches' statistics, ``{<column>: [...], "total"}``."""
+        """``?max_points=2000``: the input batches' statistics, ``{<column>: [...], "total",
+        "shape"}`` (``shape``: the latest batch's, null before the first)."""
         problem = known_run(app, run)
         if problem is not None:
             return problem
@@ -89,7 +90,9 @@ def add_history_routes(api: Blueprint, app) -> None:
             return json_response({"error": str(exc)}, 400)
         columns = app.store.input_points(run)
         keep = _rows(columns, ["max", "min"], max_points)
-        return json_response({**{f: columns[f][keep].tolist() for f in INPUT_FIELDS}, "total": len(columns["step"])})
+        latest = app.store.latest(run, Kind.INPUT_STATS) if len(columns["step"]) else None
+        return json_response({**{f: columns[f][keep].tolist() for f in INPUT_FIELDS}, "total": len(columns["step"]),
+                              "shape": list(latest.data.shape) if latest is not None else None})
 
     @api.get("/runs/<run>/latest/<kind>")
     def latest(run: str, kind: str):

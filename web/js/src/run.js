@@ -44,6 +44,10 @@ class RunPage {
     this.metric = null;
     this.metricNames = new Set();
     this.loaded = false;
+    this.sampled = false;  // a layer_stats event seen: the panels that have nothing by now will not
+    this.hasInputs = false;
+    this.inputShape = null;
+    this.start = null;
     this.held = [];
     this.lastSeq = -1;
     this.controls();
@@ -135,6 +139,10 @@ class RunPage {
     }
     if (h.latest) this.layerStats(h.latest, false);
     if (h.filters) this.showFilters(h.filters);
+    this.start = run.start;
+    this.hasInputs = h.inputs.step.length > 0;
+    this.inputShape = h.inputs.shape || null;
+    this.explainPanels();
     this.loaded = true;
     const held = this.held;
     this.held = [];
@@ -144,6 +152,25 @@ class RunPage {
   loadLr(history) {
     setData(this.lr.source, { step: history ? [...history.step] : [], value: history ? [...history.value] : [] });
     this.lr.lastStep = history && history.step.length ? history.step[history.step.length - 1] : -Infinity;
+  }
+
+  // Each panel that has nothing to draw says why, once the run shows it will not: no
+  // metric logged, no image-like first layer, an input that is not floating point.
+  explainPanels() {
+    const note = (id, text) => { const p = document.getElementById(id); p.textContent = text || ""; p.hidden = !text; };
+    const metrics = this.metricNames.size > 0;
+    document.getElementById("metric").hidden = !metrics;
+    note("metric-note", metrics ? "" : "No metric but the loss is logged: log any other by name, " +
+      "mon.log(val_acc=...), and it shows here.");
+    const modules = ((this.start && this.start.model) || []).map((m) => m.module);
+    const image = modules.includes("Conv2d") || (this.inputShape !== null && this.inputShape.length === 4);
+    if (document.getElementById("filters").hidden) {
+      document.getElementById("no-filters").textContent = this.sampled && !image
+        ? "No filter image: the model's first layer is neither a convolution nor a linear layer over an image."
+        : "No filter image yet.";
+    }
+    note("input-note", this.sampled && !this.hasInputs ? "No input statistics: the model's first input is not a " +
+      "floating-point tensor (token ids, say)." : "");
   }
 
   addMetrics(names) {
@@ -157,6 +184,7 @@ class RunPage {
       option.textContent = base;
       select.append(option);
       if (this.metric === null) { this.metric = base; select.value = base; }
+      if (this.metricNames.size === 1) this.explainPanels();
     }
   }
 
@@ -219,6 +247,7 @@ class RunPage {
 
   layerStats(event, live) {
     const summaries = event.data.summaries;
+    if (!this.sampled) { this.sampled = true; this.explainPanels(); }
     this.act.update(event.step, summaries, live);
     this.grad.update(event.step, summaries, live);
     showDeadUnits(this.m.dead, this.m.dead_layers, summaries, DEAD_THRESHOLDS);
@@ -235,6 +264,7 @@ class RunPage {
   }
 
   inputStats(event) {
+    if (!this.hasInputs) { this.hasInputs = true; this.inputShape = event.data.shape; this.explainPanels(); }
     const d = event.data, steps = this.m.inputs.data.step;
     if (steps.length && steps[steps.length - 1] >= event.step) return;  // in the history already
     stream(this.m.inputs, { step: [event.step], mean: [d.mean], std: [d.std] });

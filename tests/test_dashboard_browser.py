@@ -320,6 +320,19 @@ def test_flags_show_as_incidents_cause_first_with_their_symptoms_folded_and_one_
         page.goto("about:blank")
 
 
+def _legend(page, figure: str) -> list[str]:
+    """The labels of the figure's legend entries that are shown."""
+    return page.evaluate("""name => {
+        for (const doc of Bokeh.documents) {
+            const fig = doc.get_model_by_name(name);
+            if (!fig) continue;
+            const legend = [...fig.center, ...fig.above, ...fig.right].find((m) => m.items !== undefined);
+            return legend.items.filter((i) => i.visible).map((i) => i.label.value);
+        }
+        return null;
+    }""", figure)
+
+
 def _source_data(page, name: str) -> dict:
     return page.evaluate("""name => {
         for (const doc of Bokeh.documents) {
@@ -351,6 +364,8 @@ def test_validation_points_are_drawn_as_they_are_with_the_best_one_marked(page, 
         assert _source_data(page, "loss_val")["smooth"] == list(val.values())
         train = _source_data(page, "loss_train")
         assert train["smooth"] != train["value"]  # the dense training loss is what the slider smooths
+        wait_until(lambda: _legend(page, "loss_linear") == ["train", "validation"],
+                   what="a legend without the flags this run has none of")
         page.goto("about:blank")
 
 

@@ -8,7 +8,7 @@ The column names below are the contract with ``web/js/src/run.js``.
 """
 from __future__ import annotations
 
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Range1d, Span
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, PrintfTickFormatter, Range1d, Span
 from bokeh.plotting import figure
 
 from monitor.detectors.dead_relu import DEAD_FRACTION, RELU_FAMILY, SUSPECT_FRACTION
@@ -27,6 +27,9 @@ BAND_COLUMNS = ("step", "min", "max", "mean", *QUANTILES)
 TRAIN_COLOR, VAL_COLOR, FLAG_COLOR = "#1f6fb4", "#e8710a", "#c5221f"
 BAND_COLOR = "#1f6fb4"
 TOOLS = "pan,box_zoom,wheel_zoom,reset,save"
+#: Tick labels read at a glance: 3 significant digits, 0.0002 rather than -2.000e-4
+#: (printf's %g: plain down to 1e-4, then 2e-05; the same for large values).
+READABLE = "%.3g"
 
 
 def _source(name: str, columns) -> ColumnDataSource:
@@ -114,6 +117,7 @@ def bands_figure(prefix: str, title: str):
         fig.varea("step", low, high, source=source, color=BAND_COLOR, alpha=alpha)
     fig.line("step", "q3", source=source, color=BAND_COLOR, line_width=1.5, legend_label="median")
     fig.line("step", "mean", source=source, color="#202124", line_dash="dashed", line_width=1, legend_label="mean")
+    fig.yaxis.formatter = PrintfTickFormatter(format=READABLE)
     fig.legend.location = "top_left"
     return fig
 
@@ -125,6 +129,7 @@ def histogram_figure(prefix: str, title: str):
              source=_source(f"{prefix}_hist", ("left", "right", "count")),
              color=BAND_COLOR, alpha=0.7, line_color="white")
     fig.xaxis.ticker.desired_num_ticks = 4  # tiny gradients have long tick labels
+    fig.xaxis.formatter = PrintfTickFormatter(format=READABLE)
     return fig
 
 

@@ -41,3 +41,17 @@ export function length(source) {
 // Categorical colours for layers (Tableau 10 ordering, as Bokeh's Category10).
 export const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
   "#7f7f7f", "#bcbd22", "#17becf"];
+
+// Legend entries only for what is drawn: an entry whose glyphs' sources are all empty is
+// hidden ("flags" on a run without flags, "train" on a metric only validated).
+export function syncLegends() {
+  for (const doc of (window.Bokeh && window.Bokeh.documents) || []) {
+    for (const model of doc.all_models) {
+      if (model.items === undefined || model.click_policy === undefined) continue;  // a Legend
+      for (const item of model.items) {
+        const drawn = item.renderers.some((r) => r.data_source && length(r.data_source) > 0);
+        if (item.visible !== drawn) item.visible = drawn;
+      }
+    }
+  }
+}

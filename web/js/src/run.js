@@ -2,7 +2,7 @@
 // (joined on /dashboard) into the same Bokeh sources. One path for a finished run and a
 // live one; events that arrive while the history loads are held and applied after it.
 import { getJSON, HttpError } from "./codec.js";
-import { bokehModels, setData, stream } from "./models.js";
+import { bokehModels, setData, stream, syncLegends } from "./models.js";
 import { connect, decodeEvent, request } from "./live.js";
 import { EVENTS, JOIN, RESYNC, RUN_STATUS } from "./protocol.js";
 import { ScalarSeries } from "./series.js";
@@ -368,7 +368,7 @@ async function main() {
     page = new RunPage(models);
     window.babysitPage = page;  // for the browser tests and for poking at it in the console
     for (const batch of early.splice(0)) page.onEvents(batch);
-    setInterval(() => page.header.tick(), 1000);
+    setInterval(() => { page.header.tick(); syncLegends(); }, 1000);
     return page;
   });
   const joinAndLoad = async (socket) => {

@@ -457,3 +457,22 @@ def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
         assert page.locator("#no-filters").inner_text().startswith("No filter image: the model's first layer")
         assert "not a floating-point tensor" in page.locator("#input-note").inner_text()
         page.goto("about:blank")
+
+
+def test_the_compare_page_shows_what_differs_between_the_runs_beside_their_curves(page, tmp_path, make_events):
+    import dataclasses
+
+    from monitor.events import Kind
+    from monitor.store import RunStore
+
+    with RunStore(tmp_path / "store") as store:
+        for run, lr in (("digits-1", 1.0), ("digits-2", 0.001)):
+            store.append([dataclasses.replace(e, data=dataclasses.replace(e.data, config={"lr": lr, "batch": 32}))
+                          if e.kind == Kind.RUN_START else e for e in make_events(run=run)])
+    with serving(tmp_path / "store") as running:
+        page.goto(f"{running.url}/compare?runs=digits-1,digits-2")
+        page.wait_for_selector("#config-diff:not([hidden])")
+        assert page.locator("#config-diff thead th").all_inner_texts() == ["run", "lr"]
+        assert [row.inner_text().split("\t") for row in page.locator("#config-diff tbody tr").all()] == [
+            ["digits-1", "1"], ["digits-2", "0.001"]]
+        page.goto("about:blank")

@@ -202,7 +202,8 @@ def compare_figures(runs: list[str]) -> dict:
             train = out.setdefault(f"train{i}", _source(f"cmp_loss_{i}", SCALAR_COLUMNS))
             val = out.setdefault(f"val{i}", _source(f"cmp_val_{i}", SCALAR_COLUMNS))
             fig.line("step", "smooth", source=train, color=color, line_width=2, legend_label=run)
-            fig.line("step", "smooth", source=val, color=color, line_width=2, line_dash="dashed")
+            fig.line("step", "value", source=val, color=color, line_width=2, line_dash="dashed")  # as they are
+            fig.scatter("step", "value", source=val, color=color, size=5)
         fig.legend.click_policy = "hide"
         fig.visible = axis == "linear"
         out[axis] = fig

@@ -476,3 +476,26 @@ def test_the_compare_page_shows_what_differs_between_the_runs_beside_their_curve
         assert [row.inner_text().split("\t") for row in page.locator("#config-diff tbody tr").all()] == [
             ["digits-1", "1"], ["digits-2", "0.001"]]
         page.goto("about:blank")
+
+
+def test_the_update_ratio_panel_draws_the_weight_tensors_and_adds_biases_and_norms_on_request(page, tmp_path):
+    from conftest import summary
+
+    from monitor.events import Event, Kind, LayerStats, Scalars
+    from monitor.store import RunStore
+
+    def params(step):
+        return LayerStats(tuple(summary(name, signal="param_grad", module=module, quantiles=(), units=None,
+                                        dead_units=None, window=None, weight_norm=1.0, update_ratio=1e-3 * (1 + step))
+                                for name, module in (("conv.weight", "Conv2d"), ("conv.bias", "Conv2d"),
+                                                     ("bn.weight", "BatchNorm2d"))))
+    with RunStore(tmp_path / "store") as store:
+        store.append([Event("ratios", 0, 0, 1000.0, Kind.SCALARS, Scalars({"loss": 1.0}))]
+                     + [Event("ratios", 1 + s, s, 1001.0 + s, Kind.LAYER_STATS, params(s)) for s in range(3)])
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "ratios")
+        wait_until(lambda: (_source_data(page, "update_ratio") or {}).get("layer") == ["conv.weight"],
+                   what="the weight tensor's line alone")
+        page.check("#ratio-all")
+        assert sorted(_source_data(page, "update_ratio")["layer"]) == ["bn.weight", "conv.bias", "conv.weight"]
+        page.goto("about:blank")

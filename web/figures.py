@@ -12,6 +12,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool, PrintfTickFor
 from bokeh.plotting import figure
 
 from monitor.detectors.dead_relu import DEAD_FRACTION, RELU_FAMILY, SUSPECT_FRACTION
+from monitor.detectors.update_ratio import NORM_WORDS
 
 #: Update/weight ratio a healthy layer sits near (CS231n: about 1e-3 per step; far above
 #: means the learning rate is too high, far below too low).
@@ -19,6 +20,9 @@ UPDATE_RATIO_REFERENCE = 1e-3
 #: The dead-ReLU rule's own bars (monitor.detectors.dead_relu): a layer past the first is
 #: watched closely, past the second flagged; the panel colours its bars by them.
 DEAD_THRESHOLDS = {"suspect": SUSPECT_FRACTION, "dead": DEAD_FRACTION, "modules": list(RELU_FAMILY)}
+
+#: The update-ratio rule's reading of a parameter: weight tensors only (its NORM_WORDS are no weights).
+RATIO_PANEL = {"norms": list(NORM_WORDS)}
 
 QUANTILES = tuple(f"q{i}" for i in range(7))
 SCALAR_COLUMNS = ("step", "value", "smooth")

@@ -20,7 +20,7 @@ from flask import Blueprint, abort, g, render_template, request, send_from_direc
 
 from monitor.events import RunState
 from monitor.validation import SchemaError, check_run_id
-from web.figures import DEAD_THRESHOLDS, compare_figures, run_page_figures
+from web.figures import DEAD_THRESHOLDS, RATIO_PANEL, compare_figures, run_page_figures
 
 #: Runs the compare page overlays at most (one colour each in a 10-colour palette).
 MAX_COMPARED = 10
@@ -76,7 +76,8 @@ def pages_blueprint(app) -> Blueprint:
         except SchemaError:
             abort(404)
         script, divs = run_page_components()
-        return render("run.html", run=run, bokeh_script=script, plots=divs, dead=DEAD_THRESHOLDS)
+        return render("run.html", run=run, bokeh_script=script, plots=divs, dead=DEAD_THRESHOLDS,
+                      ratio=RATIO_PANEL)
 
     @pages.get("/compare")
     def compare():

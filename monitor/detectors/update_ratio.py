@@ -64,7 +64,7 @@ ADVICE_HIGH = ("The learning rate is probably too high: lower it (about 10x; sea
                "runs), add a warm-up, or clip gradients (torch.nn.utils.clip_grad_norm_). With AdamW, a strong "
                "weight decay also keeps this ratio high.")
 
-_NORMS = ("Norm",)  # BatchNorm*, LayerNorm, GroupNorm, InstanceNorm*, RMSNorm...
+NORM_WORDS = ("Norm",)  # BatchNorm*, LayerNorm, GroupNorm, InstanceNorm*, RMSNorm... (the dashboard reads it too)
 
 
 def is_weight(summary: TensorSummary) -> bool:
@@ -77,7 +77,7 @@ def is_weight(summary: TensorSummary) -> bool:
 @functools.lru_cache(maxsize=4096)  # a model's parameter names, asked about at every sampled step
 def _is_weight_name(layer: str, module: str) -> bool:
     name = layer.rpartition(".")[2]
-    return (name.startswith("weight") or name.endswith("_weight")) and not any(word in module for word in _NORMS)
+    return (name.startswith("weight") or name.endswith("_weight")) and not any(word in module for word in NORM_WORDS)
 
 
 @dataclass

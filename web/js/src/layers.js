@@ -150,16 +150,27 @@ export function showDeadUnits(source, range, summaries, thresholds) {
 }
 
 // ||dw|| / ||w|| per parameter over time: one line each in a multi_line source.
+// A weight tensor, as the update-ratio rule reads them (monitor/detectors/update_ratio.py:
+// _is_weight_name; `norms` are its normalisation module words, handed to the page): not a
+// bias, not a normalisation layer's scale.
+export function isWeight(layer, module, norms) {
+  const last = layer.split(".").pop();
+  return (last.startsWith("weight") || last.endsWith("_weight")) && !norms.some((w) => (module || "").includes(w));
+}
+
 export class UpdateRatios {
-  constructor(source) {
+  constructor(source, norms, toggle) {
     this.source = source;
-    this.lines = new Map();  // parameter -> {xs, ys}
+    this.norms = norms;
+    this.toggle = toggle;  // the "biases and norms" checkbox: off, the weight tensors only
+    this.lines = new Map();  // parameter -> {xs, ys, module}
+    toggle.addEventListener("change", () => this.draw());
   }
 
   load(layers) {
     this.lines = new Map();
     for (const [name, columns] of Object.entries(layers)) {
-      this.lines.set(name, { xs: [...columns.step], ys: columns.update_ratio.map(positiveOrNaN) });
+      this.lines.set(name, { xs: [...columns.step], ys: columns.update_ratio.map(positiveOrNaN), module: columns.module });
     }
     this.draw();
   }
@@ -169,7 +180,7 @@ export class UpdateRatios {
     for (const s of summaries) {
       if (s.signal !== "param_grad" || s.update_ratio === null || s.update_ratio === undefined) continue;
       let line = this.lines.get(s.layer);
-      if (!line) { line = { xs: [], ys: [] }; this.lines.set(s.layer, line); }
+      if (!line) { line = { xs: [], ys: [], module: s.module }; this.lines.set(s.layer, line); }
       if (line.xs.length && line.xs[line.xs.length - 1] >= step) continue;
       line.xs.push(step);
       line.ys.push(positiveOrNaN(s.update_ratio));
@@ -185,7 +196,10 @@ export class UpdateRatios {
   }
 
   draw() {
-    const names = [...this.lines.keys()];
+    const every = [...this.lines.keys()];
+    const weights = every.filter((n) => isWeight(n, this.lines.get(n).module, this.norms));
+    const names = this.toggle.checked || !weights.length ? every : weights;
+    this.toggle.parentElement.hidden = weights.length === every.length;  // nothing to add: no control
     // Fresh arrays: BokehJS compares a new data object's columns with what it drew, and
     // the same (grown) array objects would look unchanged.
     setData(this.source, {

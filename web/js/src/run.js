@@ -19,7 +19,8 @@ const NOT_METRICS = new Set(["loss", "lr", "epoch"]);
 // Points per parameter in the update-ratio plot's history: 50 parameters share one plot.
 const RATIO_POINTS = 500;
 const RANKS_MS = 5000;
-const DEAD_THRESHOLDS = JSON.parse(document.getElementById("dead-card").dataset.thresholds);  // how often a running job's band of rank losses is read again
+const DEAD_THRESHOLDS = JSON.parse(document.getElementById("dead-card").dataset.thresholds);
+const RATIO = JSON.parse(document.getElementById("ratio-card").dataset.ratio);  // how often a running job's band of rank losses is read again
 const SOURCES = ["loss_train", "loss_val", "val_best", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
   "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
@@ -40,7 +41,7 @@ class RunPage {
       info: document.getElementById("act-info"), bands: models.act_bands, hist: models.act_hist });
     this.grad = new LayerPanel({ run: RUN, signal: "output_grad", select: document.getElementById("grad-layer"),
       info: document.getElementById("grad-info"), bands: models.grad_bands, hist: models.grad_hist });
-    this.ratios = new UpdateRatios(models.update_ratio);
+    this.ratios = new UpdateRatios(models.update_ratio, RATIO.norms, document.getElementById("ratio-all"));
     this.metric = null;
     this.metricNames = new Set();
     this.loaded = false;

@@ -48,7 +48,7 @@ def page_calls(run: str, first_layer: str) -> list[tuple[str, str]]:
     """(label, path) of every call the run page makes when it opens ``run``."""
     base = f"/api/runs/{run}"
     bands = "step,min,max,mean,q0,q1,q2,q3,q4,q5,q6"  # what web/js/src/layers.js asks for
-    return [("run", base), ("series", f"{base}/series"), ("flags", f"{base}/flags"),
+    return [("run", base), ("series", f"{base}/series"), ("flags", f"{base}/flags"), ("incidents", f"{base}/incidents"),
             ("layers activation", f"{base}/layers?signal=activation&layer={first_layer}&fields={bands}"),
             ("layers output_grad", f"{base}/layers?signal=output_grad&layer={first_layer}&fields={bands}"),
             ("layers param_grad", f"{base}/layers?signal=param_grad&fields=step,update_ratio&max_points=500"),

@@ -410,16 +410,21 @@ def test_dead_unit_bars_take_the_rules_colours_and_smooth_activations_are_named_
         page.goto("about:blank")
 
 
-def test_the_index_tells_runs_apart_by_the_config_that_differs_and_filters_them(page, tmp_path, make_events):
+def _store_two_learning_rates(logdir, make_events) -> None:
+    """Runs digits-1 (lr 1) and digits-2 (lr 0.001), alike in everything else."""
     import dataclasses
 
     from monitor.events import Kind
     from monitor.store import RunStore
 
-    with RunStore(tmp_path / "store") as store:
+    with RunStore(logdir) as store:
         for run, lr in (("digits-1", 1.0), ("digits-2", 0.001)):
             store.append([dataclasses.replace(e, data=dataclasses.replace(e.data, config={"lr": lr, "batch": 32}))
                           if e.kind == Kind.RUN_START else e for e in make_events(run=run)])
+
+
+def test_the_index_tells_runs_apart_by_the_config_that_differs_and_filters_them(page, tmp_path, make_events):
+    _store_two_learning_rates(tmp_path / "store", make_events)
     with serving(tmp_path / "store") as running:
         page.goto(running.url + "/")
         page.wait_for_selector("#runs tbody tr >> nth=1")
@@ -460,15 +465,7 @@ def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
 
 
 def test_the_compare_page_shows_what_differs_between_the_runs_beside_their_curves(page, tmp_path, make_events):
-    import dataclasses
-
-    from monitor.events import Kind
-    from monitor.store import RunStore
-
-    with RunStore(tmp_path / "store") as store:
-        for run, lr in (("digits-1", 1.0), ("digits-2", 0.001)):
-            store.append([dataclasses.replace(e, data=dataclasses.replace(e.data, config={"lr": lr, "batch": 32}))
-                          if e.kind == Kind.RUN_START else e for e in make_events(run=run)])
+    _store_two_learning_rates(tmp_path / "store", make_events)
     with serving(tmp_path / "store") as running:
         page.goto(f"{running.url}/compare?runs=digits-1,digits-2")
         page.wait_for_selector("#config-diff:not([hidden])")

@@ -205,9 +205,12 @@ def compare_figures(runs: list[str]) -> dict:
             color = Category10_10[i % 10]
             train = out.setdefault(f"train{i}", _source(f"cmp_loss_{i}", SCALAR_COLUMNS))
             val = out.setdefault(f"val{i}", _source(f"cmp_val_{i}", SCALAR_COLUMNS))
-            fig.line("step", "smooth", source=train, color=color, line_width=2, legend_label=run)
-            fig.line("step", "value", source=val, color=color, line_width=2, line_dash="dashed")  # as they are
+            lines = [fig.line("step", "smooth", source=train, color=color, line_width=2, legend_label=run,
+                              hover_line_width=4),
+                     fig.line("step", "value", source=val, color=color, line_width=2, line_dash="dashed",
+                              hover_line_width=4)]  # validation as it is
             fig.scatter("step", "value", source=val, color=color, size=5)
+            fig.add_tools(HoverTool(renderers=lines, tooltips=[("run", run), ("step", "@step"), ("loss", "@value")]))
         fig.legend.click_policy = "hide"
         fig.visible = axis == "linear"
         out[axis] = fig

@@ -58,7 +58,10 @@ CREATE TABLE IF NOT EXISTS runs (
     world INTEGER NOT NULL DEFAULT 1, config TEXT NOT NULL DEFAULT '{}');
 """ + store_blocks.SCHEMA + store_layers.SCHEMA + store_liveness.SCHEMA
 _RUN_COLUMNS = ("runs.run, name, status, started, updated, last_step, last_loss, loss_step, flags, "
-                "host, rank, world, config, lost_runs.at, coalesce(lost_runs.reason, '')")
+                "host, rank, world, config, lost_runs.at, coalesce(lost_runs.reason, ''), "
+                # the kinds of its flags, through the (run, kind) index: a few rows per run
+                "(SELECT group_concat(DISTINCT json_extract(e.data, '$.kind')) FROM events e "
+                "WHERE e.run = runs.run AND e.kind = 'flag')")
 # A lost run's when and why (monitor.store_liveness), beside its row.
 _RUNS = "runs LEFT JOIN lost_runs ON lost_runs.run = runs.run AND runs.status = 'lost'"
 
@@ -86,6 +89,7 @@ class RunInfo:
     config: dict[str, Any]
     lost_at: float | None = None  # status lost: when the server marked it (unix seconds)
     lost_reason: str = ""  # and why ("no heartbeat for 31 s")
+    flag_kinds: tuple[str, ...] = ()  # the kinds of its flags, sorted (the index filters by them)
 
 
 class RunStore(RunPageReads):
@@ -384,8 +388,9 @@ class RunStore(RunPageReads):
 
 
 def _run_info(row: tuple) -> RunInfo:
-    *head, config, lost_at, lost_reason = row
-    info = RunInfo(*head, config=codec.loads(config), lost_at=lost_at, lost_reason=lost_reason)
+    *head, config, lost_at, lost_reason, kinds = row
+    info = RunInfo(*head, config=codec.loads(config), lost_at=lost_at, lost_reason=lost_reason,
+                   flag_kinds=tuple(sorted(kinds.split(","))) if kinds else ())
     if info.loss_step is not None and info.last_loss is None:  # SQLite stored the NaN loss as NULL
         info = replace(info, last_loss=math.nan)
     return info

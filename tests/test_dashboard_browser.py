@@ -496,3 +496,20 @@ def test_the_update_ratio_panel_draws_the_weight_tensors_and_adds_biases_and_nor
         page.check("#ratio-all")
         assert sorted(_source_data(page, "update_ratio")["layer"]) == ["bn.weight", "conv.bias", "conv.weight"]
         page.goto("about:blank")
+
+
+def test_the_index_filters_runs_by_the_kind_of_flag_they_raised(page, tmp_path, make_events):
+    from monitor.events import Kind
+    from monitor.store import RunStore
+
+    with RunStore(tmp_path / "store") as store:
+        store.append(make_events(run="flagged"))  # raises nan_loss
+        store.append([e for e in make_events(run="clean") if e.kind != Kind.FLAG])
+    with serving(tmp_path / "store") as running:
+        page.goto(running.url + "/")
+        page.wait_for_selector("#runs tbody tr >> nth=1")
+        assert page.locator("#kind-filter option").all_inner_texts() == ["any", "nan_loss"]
+        page.select_option("#kind-filter", "nan_loss")
+        wait_until(lambda: page.locator("#runs tbody tr").count() == 1, what="the flagged run alone")
+        assert page.locator("#runs tbody tr").get_attribute("data-run") == "flagged"
+        page.goto("about:blank")

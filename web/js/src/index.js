@@ -6,7 +6,7 @@ import { connect, request } from "./live.js";
 import { RESYNC, RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
 import { clock, duration, el, num } from "./format.js";
 import { foldRanks, rankRuns } from "./ranks.js";
-import { configCell, differingKeys, keeps } from "./runlist.js";
+import { configCell, differingKeys, flagKinds, keeps } from "./runlist.js";
 
 const RELOAD_MS = 500;
 // A lost run (its training process went silent) is not active: its duration stops at
@@ -27,10 +27,24 @@ function scheduleReload() {
 }
 
 function filters() {
-  return { text: document.getElementById("filter").value, status: document.getElementById("status-filter").value };
+  return { text: document.getElementById("filter").value, status: document.getElementById("status-filter").value,
+    kind: document.getElementById("kind-filter").value };
+}
+
+// The kind filter offers the kinds the runs raised (its choice kept across reloads).
+function offerKinds() {
+  const select = document.getElementById("kind-filter");
+  const chosen = select.value;
+  const kinds = flagKinds(runs);
+  const options = [el("option", "any"), ...kinds.map((k) => el("option", k))];
+  options[0].value = "";
+  select.replaceChildren(...options);
+  select.value = kinds.includes(chosen) ? chosen : "";
+  select.parentElement.hidden = kinds.length === 0;
 }
 
 function render() {
+  offerKinds();
   const body = document.querySelector("#runs tbody");
   const now = Date.now() / 1000;
   const shown = runs.filter((r) => keeps(r, filters()));
@@ -86,6 +100,7 @@ function updateCompare() {
 
 document.getElementById("filter").addEventListener("input", render);
 document.getElementById("status-filter").addEventListener("change", render);
+document.getElementById("kind-filter").addEventListener("change", render);
 
 document.getElementById("compare").addEventListener("click", () => {
   const chosen = runs.map((r) => r.run).filter((r) => selected.has(r));

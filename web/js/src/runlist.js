@@ -17,12 +17,18 @@ export function configCell(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
 }
 
-// Whether a run passes the index's filters: `text` in its id, name or a differing config
-// value; `status` its status (or "" for any).
-export function keeps(run, { text = "", status = "" }) {
+// Whether a run passes the index's filters: `text` in its id, name or a config value;
+// `status` its status, `kind` one of its flags' kinds ("" for any).
+export function keeps(run, { text = "", status = "", kind = "" }) {
   if (status && run.status !== status) return false;
+  if (kind && !(run.flag_kinds || []).includes(kind)) return false;
   const needle = text.trim().toLowerCase();
   if (!needle) return true;
   const haystack = [run.run, run.name, ...Object.values(run.config || {}).map((v) => JSON.stringify(v))];
   return haystack.some((s) => String(s).toLowerCase().includes(needle));
+}
+
+// The flag kinds any of the runs has, sorted: the choices of the kind filter.
+export function flagKinds(runs) {
+  return [...new Set(runs.flatMap((r) => r.flag_kinds || []))].sort();
 }

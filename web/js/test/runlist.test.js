@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { configCell, differingKeys, keeps } from "../src/runlist.js";
+import { configCell, differingKeys, flagKinds, keeps } from "../src/runlist.js";
 
 const runs = [
   { run: "a-1", name: "a", status: "finished", config: { lr: 1, batch: 32, script: "t.py" } },
@@ -25,4 +25,11 @@ test("the filters keep runs by status and by text in the id, name or config", ()
   assert.deepEqual(runs.filter((r) => keeps(r, { text: "0.001" })).map((r) => r.run), ["a-2"]);
   assert.deepEqual(runs.filter((r) => keeps(r, { text: "A-1" })).map((r) => r.run), ["a-1"]);
   assert.equal(runs.filter((r) => keeps(r, {})).length, 2);
+});
+
+test("the kind filter keeps the runs that raised a flag of that kind", () => {
+  const flagged = [{ run: "x", flag_kinds: ["dead_relu", "plateau"] }, { run: "y", flag_kinds: ["divergence"] },
+    { run: "z", flag_kinds: [] }];
+  assert.deepEqual(flagKinds(flagged), ["dead_relu", "divergence", "plateau"]);
+  assert.deepEqual(flagged.filter((r) => keeps(r, { kind: "plateau" })).map((r) => r.run), ["x"]);
 });

@@ -92,7 +92,7 @@ class Monitor:
                             f"{type(options).__name__}: call watch(model, optimizer, **options) instead")
         self.model = unwrap(check_model(model))
         optimizer = check_optimizer(optimizer)
-        previous = _watched[self.model]() if self.model in _watched else None
+        previous = watching(self.model)
         if previous is not None:  # a notebook cell run again, or a close() forgotten: end that run first
             warnings.warn(f"babysit: this model was still watched by run {previous.run_id}, never closed; closing "
                           "it now (mon.close(), or `with watch(...) as mon:`, ends a run yourself)",
@@ -190,12 +190,16 @@ class Monitor:
         if self._awaiting is not None:
             self._seal_awaiting()
         self.probe.remove()
-        if self.model in _watched and _watched[self.model]() is self:
-            del _watched[self.model]
+        self._unregister()
         self.model, self.optimizer = unwrap(check_model(model)), check_optimizer(optimizer)
         self._lr_logged, self._forward_step = None, None
         self.probe = self._probe()
         _watched[self.model] = weakref.ref(self)
+
+    def _unregister(self) -> None:
+        """Leave the registry of watched models (unless a later handle of the model took our place)."""
+        if watching(self.model) is self:
+            del _watched[self.model]
 
     def where(self) -> str:
         """One line naming the run, where it is stored, and its live page when there is one."""
@@ -350,8 +354,7 @@ class Monitor:
         self._closed = True
         atexit.unregister(self._close_at_exit)
         self.probe.remove()
-        if self.model in _watched and _watched[self.model]() is self:  # not a later handle's
-            del _watched[self.model]
+        self._unregister()
         self._capture = self.probe.capture = None  # a forward pass no step followed (an evaluation with grad on)
         if self._awaiting is not None:
             self._seal_awaiting()

@@ -18,10 +18,10 @@ from monitor.validation import (
     json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name, shown_names,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schema versions this reader accepts in a run's ``run_start``: v2 added ``vitals`` events,
-#: so a v1 run is a v2 run without them.
-READABLE_SCHEMAS = (1, 2)
+#: v3 the integer-input fields of ``input_stats``, so an older run is a newer one without them.
+READABLE_SCHEMAS = (1, 2, 3)
 
 #: TensorBoard's distribution bands: the normal CDF at -1.5, -1, -0.5, 0, 0.5, 1, 1.5 sigma.
 #: Together with the exact min and max they draw the familiar percentile-band plot.
@@ -225,7 +225,13 @@ class Filters(Payload):
 
 @dataclass(frozen=True)
 class InputStats(Payload):
-    """The model's input batch: is it zero-centred and of unit variance?"""
+    """The model's input batch. Floating point: is it zero-centred and of unit variance?
+    Integer (``integer``: token or category ids, read where the model embeds them, the
+    input of its first ``nn.Embedding``): which ids (``min``..``max`` of a vocabulary of
+    ``vocab``), how many ``distinct`` ones in the batch, and the share of ``padding``
+    (positions holding the embedding's ``padding_idx``, ``pad_id``; None when the
+    embedding declares none, so padding cannot be told from text). Mean and std of ids
+    mean nothing: the input-normalisation rule skips integer input."""
 
     shape: tuple[int, ...]
     mean: float
@@ -236,6 +242,11 @@ class InputStats(Payload):
     inf: int
     channel_mean: tuple[float, ...] = ()
     channel_std: tuple[float, ...] = ()
+    integer: bool = False
+    distinct: int | None = None
+    vocab: int | None = None
+    padding: float | None = None
+    pad_id: int | None = None
 
     def __post_init__(self):
         set_field(self, "shape", tuple(as_int("shape", v) for v in as_list("shape", self.shape)))
@@ -245,6 +256,12 @@ class InputStats(Payload):
         set_field(self, "channel_std", floats("channel_std", self.channel_std))
         if len(self.channel_mean) != len(self.channel_std):
             raise fail("channel_std", f"{len(self.channel_mean)} values like channel_mean", self.channel_std)
+        if not isinstance(self.integer, bool):
+            raise fail("integer", "true or false", self.integer)
+        convert_fields(self, as_int, ("distinct", "vocab", "pad_id"), optional=True)
+        convert_fields(self, as_float, ("padding",), optional=True)
+        if self.padding is not None and not 0.0 <= self.padding <= 1.0:
+            raise fail("padding", "a share between 0 and 1", self.padding)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ COLUMNS = {
                     "hist", "hist_lo", "hist_hi"),
     "flags": ("step", "wall", "kind", "severity", "layer", "message", "advice", "evidence"),
     "input_stats": ("step", "wall", "shape", "mean", "std", "min", "max", "nan", "inf",
-                    "channel_mean", "channel_std"),
+                    "channel_mean", "channel_std", "integer", "distinct", "vocab", "padding", "pad_id"),
     "filters": ("step", "wall", "layer", "image"),
     "status": ("step", "wall", "state", "reason", "by"),
     "vitals": ("step", "wall", "layer", "grad_norm"),

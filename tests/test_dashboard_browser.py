@@ -443,9 +443,11 @@ def test_the_index_tells_runs_apart_by_the_config_that_differs_and_filters_them(
 def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
     from conftest import summary
 
-    from monitor.events import Event, Kind, LayerStats, ModuleInfo, RunStart, Scalars
+    from monitor.events import Event, InputStats, Kind, LayerStats, ModuleInfo, RunStart, Scalars
     from monitor.store import RunStore
 
+    ids = InputStats(shape=(8, 64), mean=1000.0, std=600.0, min=0.0, max=2047.0, nan=0, inf=0, integer=True,
+                     distinct=380, vocab=2048, padding=0.25, pad_id=0)
     start = RunStart(name="gpt", config={}, host="h", pid=1, rank=0, world=1, versions={}, sampling={},
                      model=(ModuleInfo("embed", "Embedding", 2048, 2048, "64x32"),
                             ModuleInfo("head", "Linear", 2080, 2080, "64x32, 64")))
@@ -454,13 +456,21 @@ def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
     with RunStore(tmp_path / "store") as store:
         store.append([Event("gpt", 0, 0, 1000.0, Kind.RUN_START, start),
                       Event("gpt", 1, 0, 1001.0, Kind.SCALARS, Scalars({"loss": 4.1})),
-                      Event("gpt", 2, 0, 1002.0, Kind.LAYER_STATS, layers)])
+                      Event("gpt", 2, 0, 1002.0, Kind.LAYER_STATS, layers),
+                      Event("gpt", 3, 0, 1002.0, Kind.INPUT_STATS, ids)])
     with serving(tmp_path / "store") as running:
         open_run(page, running, "gpt")
         assert page.locator("#metric").is_hidden()
         assert page.locator("#metric-note").inner_text().startswith("No metric but the loss is logged")
         assert page.locator("#no-filters").inner_text().startswith("No filter image: the model's first layer")
-        assert "not a floating-point tensor" in page.locator("#input-note").inner_text()
+        # token ids: what they are, not a mean and std
+        assert page.locator("#input-note").inner_text().startswith("Integer input")
+        assert page.locator("#input-plot").is_hidden()
+        table = page.locator("#input-ids")
+        rows = dict(zip(table.locator("th").all_inner_texts(), table.locator("td").all_inner_texts()))
+        assert rows["ids"] == "0..2047 of a vocabulary of 2048"
+        assert rows["distinct in the batch"] == "380 (18.6 % of the vocabulary)"
+        assert rows["padding"].startswith("25 % of the positions (id 0")
         page.goto("about:blank")
 
 

@@ -34,6 +34,13 @@ def test_raw_digit_pixels_are_flagged_once_after_the_patience():
     assert "training set" in flag.advice and "per channel" in flag.advice and "validation" in flag.advice
 
 
+def test_integer_ids_are_never_judged_for_normalisation():
+    """Token ids 0..50000 have a huge mean and std: that is what ids are, not a fault."""
+    ids = InputStats(shape=(8, 128), mean=20000.0, std=14000.0, min=0.0, max=50256.0, nan=0, inf=0, integer=True,
+                     distinct=900, vocab=50257)
+    assert flags_of([ids] * 20) == []
+
+
 def test_raw_pixels_in_0_to_255_are_flagged_for_their_scale():
     [flag] = flags_of([batch(mean=0.8, std=70.0, low=0.0, high=255.0)] * 6)
     assert "std above 10" in flag.message

@@ -234,6 +234,48 @@ def test_input_statistics_per_channel_equal_plain_torch_on_raw_pixels(tmp_path):
     assert (stats["mean"], stats["std"]) == pytest.approx((x64.mean().item(), x64.std().item()), rel=1e-5)
 
 
+class _Embedded(torch.nn.Module):
+    """Token ids in, as a Hugging Face model takes them: by keyword."""
+
+    def __init__(self, padding_idx):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8, padding_idx=padding_idx)
+        self.norm = torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8, 50)
+
+    def forward(self, input_ids):
+        return self.head(torch.nn.functional.gelu(self.norm(self.embed(input_ids))))
+
+
+@pytest.mark.parametrize("padding_idx", [0, None])
+def test_integer_input_statistics_equal_plain_torch_and_find_the_padding(tmp_path, padding_idx):
+    """Ids passed by keyword are read where the model embeds them: their range, distinct
+    count and (with a padding_idx) the share of padding, exactly as torch counts them."""
+    import monitor
+    from trainer_hooks import watch
+
+    torch.manual_seed(0)
+    model = _Embedded(padding_idx)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids = torch.randint(1, 40, (6, 12))
+    ids[:, 9:] = 0  # right-padded rows
+    ids[0, 3:] = 0
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).reshape(-1, 50), ids.reshape(-1))
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    stats = monitor.load_run(mon.run_id, tmp_path).input_stats.iloc[0]
+    assert stats.integer and tuple(stats["shape"]) == (6, 12) and stats.vocab == 50
+    assert (stats["min"], stats["max"]) == (ids.min().item(), ids.max().item())
+    assert stats.distinct == torch.unique(ids).numel()
+    if padding_idx is None:
+        assert stats.padding is None and stats.pad_id is None
+    else:
+        assert stats.pad_id == 0 and stats.padding == pytest.approx((ids == 0).double().mean().item(), abs=1e-12)
+    assert stats["mean"] == pytest.approx(ids.double().mean().item(), rel=1e-12)
+
+
 def test_a_large_tensor_far_from_zero_keeps_a_meaningful_std():
     """Mean 1e4, std 1: float32 sums of squares cancel to noise; the std comes from the
     sample instead, within a few per cent (2048 draws: relative error about 1.6 %)."""

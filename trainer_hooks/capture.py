@@ -24,7 +24,7 @@ from trainer_hooks.reduce import Reduced
 
 
 class Item(NamedTuple):  # a tuple: made per tensor on the training thread, it must be cheap
-    kind: str  # "tensor", "param_pre", "param_post", "input", "filters"
+    kind: str  # "tensor", "param_pre", "param_post", "input", "ids", "filters"
     meta: dict[str, Any]
     scalars: range  # indices of its 0-d pieces
     vectors: range  # indices of its 1-d pieces
@@ -144,6 +144,8 @@ def _decode(packed: Packed, values: np.ndarray) -> Decoded:
             inputs = host.input_stats(meta["shape"], meta["numel"], _raw(meta, scalars, vectors[0]),
                                       meta["counted"],
                                       *(vectors[1:3] if len(vectors) == 3 else (np.empty(0), np.empty(0))))
+        elif item.kind == "ids" and inputs is None:  # a float model input comes first and stays
+            inputs = host.id_stats(meta, scalars)
         elif item.kind == "filters":
             filters = host.filter_grid(meta["layer"], vectors[0].reshape(meta["shape"]))
     for meta, scalars, (grad_sample, before) in pending_params:

@@ -253,6 +253,16 @@ def input_stats(shape: tuple[int, ...], numel: int, raw: np.ndarray, counted: bo
                       channel_mean=channel_mean, channel_std=channel_std)
 
 
+def id_stats(meta: dict, scalars: np.ndarray) -> InputStats:
+    """Integer input from :func:`trainer_hooks.probe.record_ids`'s scalars: least and
+    greatest id, distinct ids, mean, std, then (with a padding id) its count."""
+    low, high, distinct, mean, std = (float(v) for v in scalars[:5])
+    pad_id = meta["pad_id"]
+    padding = float(scalars[5]) / meta["numel"] if pad_id is not None else None
+    return InputStats(shape=meta["shape"], mean=mean, std=std, min=low, max=high, nan=0, inf=0, integer=True,
+                      distinct=int(distinct), vocab=meta["vocab"], padding=padding, pad_id=pad_id)
+
+
 def filter_grid(layer: str, filters: np.ndarray) -> Filters:
     """Tile normalised filters (n, c, h, w in [0, 1]) into one image with 1-pixel gutters.
 

@@ -35,6 +35,8 @@ ACTIVATIONS = (
     nn.SiLU, nn.Mish, nn.Softplus, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
     nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
 )
+#: Modules whose input is ids (token or category indices): integer input statistics are read there.
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 #: Channels of the model input above which only whole-tensor input statistics are kept.
 MAX_INPUT_CHANNELS = 64
 #: Filters shown in the first-layer grid (an 8 x 8 tile).
@@ -96,6 +98,29 @@ def first_layer(model: nn.Module, input_shape: tuple[int, ...] | None):
     return None
 
 
+def record_ids(capture: StepCapture, embedding: nn.Module, args) -> None:
+    """The token (or category) ids a model embeds, as integer input statistics: their
+    range, how many distinct ones the batch holds (the sorted ids' changes: on the device,
+    no sync), and the share of the embedding's ``padding_idx`` when it declares one
+    (padding cannot be told from text otherwise). Read at the model's first embedding
+    because that is where ids meet the model, however they were passed to it (keyword
+    arguments of a Hugging Face model too)."""
+    ids = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if ids is None or ids.is_floating_point() or ids.is_complex() or ids.dtype is torch.bool or ids.numel() == 0:
+        return
+    flat = ids.detach().reshape(-1)
+    ordered = flat.sort().values
+    distinct = (ordered[1:] != ordered[:-1]).sum() + 1
+    as_float = flat.double()
+    pad = getattr(embedding, "padding_idx", None)
+    scalars = [ordered[0], ordered[-1], distinct, as_float.mean(), as_float.std() if flat.numel() > 1
+               else torch.zeros((), dtype=torch.float64, device=flat.device)]
+    if pad is not None:
+        scalars.append((flat == pad).sum())
+    capture.add("ids", {"shape": tuple(ids.shape), "numel": flat.numel(), "vocab": embedding.num_embeddings,
+                        "pad_id": pad}, scalars, [])
+
+
 class Probe:
     """Registers the hooks and fills a :class:`StepCapture` while one is open."""
 
@@ -119,6 +144,7 @@ class Probe:
         self.param_indices: dict[int, torch.Tensor] = {}  # sample positions of large parameters
         self.stepped: list[tuple[torch.Tensor, str, str]] = []  # parameters the current step updates
         self.input_shape: tuple[int, ...] | None = None
+        self._ids_pending = False
         # The vital signs of the step being taken (see _vitals), for the Monitor to hand on.
         self.vitals: tuple[torch.Tensor | list[float], tuple[int, ...]] | None = None
         self.param_rows: dict[int, int] = {}  # parameter -> the row of its module in the vitals
@@ -168,6 +194,7 @@ class Probe:
         if self.by_hand is not None:
             self.by_hand.capture = capture
         self.calls = {}
+        self._ids_pending = True  # the first embedding's input, once per sampled pass (record_ids)
         x = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
         if x is not None:
             self.input_shape = tuple(x.shape)
@@ -187,6 +214,9 @@ class Probe:
                 return
         elif info is None:
             return
+        if self._ids_pending and isinstance(module, EMBEDDINGS):
+            self._ids_pending = False
+            record_ids(self.capture, module, args)
         x = output if isinstance(output, torch.Tensor) else next(
             (o for o in output if isinstance(o, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None
         if x is None or not x.is_floating_point():

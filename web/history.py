@@ -80,7 +80,8 @@ def add_history_routes(api: Blueprint, app) -> None:
     @api.get("/runs/<run>/inputs")
     def inputs(run: str):
         """``?max_points=2000``: the input batches' statistics, ``{<column>: [...], "total",
-        "shape"}`` (``shape``: the latest batch's, null before the first)."""
+        "shape", "latest"}`` (``shape``: the latest batch's, ``latest``: its whole reading, with
+        the id statistics of integer input; both null before the first)."""
         problem = known_run(app, run)
         if problem is not None:
             return problem
@@ -92,7 +93,8 @@ def add_history_routes(api: Blueprint, app) -> None:
         keep = _rows(columns, ["max", "min"], max_points)
         latest = app.store.latest(run, Kind.INPUT_STATS) if len(columns["step"]) else None
         return json_response({**{f: columns[f][keep].tolist() for f in INPUT_FIELDS}, "total": len(columns["step"]),
-                              "shape": list(latest.data.shape) if latest is not None else None})
+                              "shape": list(latest.data.shape) if latest is not None else None,
+                              "latest": latest.data.to_dict() if latest is not None else None})
 
     @api.get("/runs/<run>/latest/<kind>")
     def latest(run: str, kind: str):

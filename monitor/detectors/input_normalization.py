@@ -110,8 +110,8 @@ class InputNormalization:
         return self.min_steps if not self._fired and self._held.pending() else 0
 
     def update(self, event: Event) -> list[Flag]:
-        if self._fired or event.kind is not Kind.INPUT_STATS:
-            return []
+        if self._fired or event.kind is not Kind.INPUT_STATS or event.data.integer:
+            return []  # ids (tokens, categories) are not normalised: their mean and std mean nothing
         stats: InputStats = event.data
         reasons = self._reasons(stats)
         if not self._held.add("input", event.step, bool(reasons)):

@@ -9,6 +9,7 @@ import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";
 import { LayerPanel, UpdateRatios, bandsUrl, showDeadUnits } from "./layers.js";
 import { el, num } from "./format.js";
+import { showIds } from "./inputs.js";
 import { RunHeader } from "./header.js";
 import { jobOf, rankRuns } from "./ranks.js";
 
@@ -48,6 +49,7 @@ class RunPage {
     this.sampled = false;  // a layer_stats event seen: the panels that have nothing by now will not
     this.hasInputs = false;
     this.inputShape = null;
+    this.integerInput = false;
     this.start = null;
     this.held = [];
     this.lastSeq = -1;
@@ -143,6 +145,7 @@ class RunPage {
     this.start = run.start;
     this.hasInputs = h.inputs.step.length > 0;
     this.inputShape = h.inputs.shape || null;
+    if (h.inputs.latest && h.inputs.latest.integer) this.showIntegerInput(h.inputs.latest);
     this.explainPanels();
     this.loaded = true;
     const held = this.held;
@@ -170,8 +173,11 @@ class RunPage {
         ? "No filter image: the model's first layer is neither a convolution nor a linear layer over an image."
         : "No filter image yet.";
     }
-    note("input-note", this.sampled && !this.hasInputs ? "No input statistics: the model's first input is not a " +
-      "floating-point tensor (token ids, say)." : "");
+    note("input-note", this.integerInput ? "Integer input (ids read where the model embeds them): mean and std " +
+      "of ids mean nothing, so they are neither drawn nor judged." : this.sampled && !this.hasInputs
+      ? "No input statistics: the model's first input is neither a floating-point tensor nor ids an embedding reads."
+      : "");
+    document.getElementById("input-plot").hidden = this.integerInput;
   }
 
   addMetrics(names) {
@@ -267,9 +273,16 @@ class RunPage {
   inputStats(event) {
     if (!this.hasInputs) { this.hasInputs = true; this.inputShape = event.data.shape; this.explainPanels(); }
     const d = event.data, steps = this.m.inputs.data.step;
+    if (d.integer) { this.showIntegerInput(d); return; }
     if (steps.length && steps[steps.length - 1] >= event.step) return;  // in the history already
     stream(this.m.inputs, { step: [event.step], mean: [d.mean], std: [d.std] });
     this.showInputInfo({ shape: d.shape, mean: [d.mean], std: [d.std], min: [d.min], max: [d.max] });
+  }
+
+  showIntegerInput(d) {
+    showIds(document.getElementById("input-ids"), d);
+    document.getElementById("input-info").textContent = `latest: ${d.distinct} distinct ids · shape ${d.shape.join("×")}`;
+    if (!this.integerInput) { this.integerInput = true; this.explainPanels(); }
   }
 
   showInputInfo(inputs) {

@@ -96,7 +96,9 @@ class TensorSummary(Payload):
     hist_lo: float
     hist_hi: float
     zero_frac: float
-    sat_frac: float | None = None  # tanh/sigmoid-like layers: share of outputs near the bounds
+    # Saturating activations: the share of values where the slope is below 4 % of its peak
+    # (tanh/sigmoid: sampled outputs near a bound; GELU, SiLU, ELU...: inputs in the flat tail, exact)
+    sat_frac: float | None = None
     units: int | None = None  # channels (conv) or features (dense) of an activation
     dead_units: int | None = None  # units never positive over the last ``window`` sampled batches
     window: int | None = None

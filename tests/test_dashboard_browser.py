@@ -387,7 +387,7 @@ def test_on_a_log_scale_the_points_it_cannot_draw_are_counted(page, tmp_path):
         page.goto("about:blank")
 
 
-def test_dead_unit_bars_take_the_rules_colours_and_smooth_activations_are_named_not_drawn(page, tmp_path):
+def test_dead_and_saturated_bars_take_their_rules_colours_and_leaky_activations_are_named_not_drawn(page, tmp_path):
     from conftest import summary
 
     from monitor.events import Event, Kind, LayerStats, Scalars
@@ -396,7 +396,9 @@ def test_dead_unit_bars_take_the_rules_colours_and_smooth_activations_are_named_
     layers = [summary("relu1", module="ReLU", units=100, dead_units=45),  # healthy, as the demo's hidden layer
               summary("relu2", module="ReLU", units=100, dead_units=55),  # watched closely
               summary("relu3", module="ReLU", units=100, dead_units=70),  # flagged
-              summary("gelu", module="GELU", units=100, dead_units=90)]
+              summary("gelu", module="GELU", units=None, dead_units=None, window=None, sat_frac=0.03),  # healthy
+              summary("silu", module="SiLU", units=None, dead_units=None, window=None, sat_frac=0.8),  # flat tail
+              summary("leaky", module="LeakyReLU", units=100, dead_units=90)]
     with RunStore(tmp_path / "store") as store:
         store.append([Event("units", 0, 0, 1000.0, Kind.SCALARS, Scalars({"loss": 1.0})),
                       Event("units", 1, 0, 1001.0, Kind.LAYER_STATS, LayerStats(tuple(layers)))])
@@ -406,7 +408,11 @@ def test_dead_unit_bars_take_the_rules_colours_and_smooth_activations_are_named_
         drawn = _source_data(page, "dead")
         colours = dict(zip((name.split(" ")[0] for name in drawn["layer"]), drawn["color"]))
         assert colours == {"relu1": "#1f6fb4", "relu2": "#e8a30a", "relu3": "#c5221f"}
-        assert "GELU layers are not shown" in page.locator("#dead-note").inner_text()
+        saturated = _source_data(page, "saturated")  # smooth activations: the share in their flat tail
+        assert saturated["layer"] == ["gelu · GELU", "silu · SiLU"] and saturated["sat_frac"] == [0.03, 0.8]
+        assert saturated["color"] == ["#1f6fb4", "#c5221f"] and saturated["bar"] == [0.6, 0.6]
+        assert "LeakyReLU layers are not shown" in page.locator("#dead-note").inner_text()
+        assert _legend(page, "dead_fig") == ["zero outputs", "dead units", "saturated"]
         page.goto("about:blank")
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import monitor
 from monitor.detectors import diagnose
 from monitor.detectors.saturation import Saturation
 from monitor.events import Event, Kind, LayerStats
@@ -159,3 +160,54 @@ def test_a_binary_classifier_whose_sigmoid_output_grows_confident_is_not_flagged
     assert mon.flags and {f.layer for f in mon.flags} == {"3"}
     with RunStore(tmp_path) as store:
         assert [f for _, f in diagnose([Saturation()], store.events(mon.run_id))] == []
+
+
+@pytest.mark.parametrize("activation", [nn.GELU, nn.SiLU])
+def test_smooth_units_pushed_into_their_flat_tail_are_saturated_by_the_exact_share_of_inputs_there(
+        tmp_path, activation):
+    """GELU/SiLU outputs are rarely exactly zero, so "dead" does not apply; hidden biases of
+    -8 put every input deep in the flat tail, where the share is counted exactly (plain
+    torch on the same batch agrees) and the flag says so in the words of a smooth unit."""
+    from trainer_hooks.reduce import flat_tail_start
+
+    torch.manual_seed(0)
+    model = make_mlp(activation=activation)
+    with torch.no_grad():
+        model[0].bias.fill_(-8.0)
+    x, _ = blobs()
+    start = flat_tail_start(activation())
+    expected = (model[0](x[:32]) < start).double().mean().item()
+    mon = train_mlp(tmp_path, [Saturation()], model=model, epochs=1, every=1, lr=0.01)
+    stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
+    first = stats[(stats.layer == "1") & (stats.signal == "activation")]
+    assert first.iloc[0].sat_frac > 0.9 and math.isnan(first.iloc[0].units)  # no "dead units" for a smooth unit
+    flags = [f for f in mon.flags if f.layer == "1"]
+    assert flags and flags[0].kind == "saturation" and "lay in its flat tail" in flags[0].message
+    assert "LayerNorm" in flags[0].advice and "tanh" not in flags[0].advice
+    assert expected > 0.9
+
+
+def test_the_share_in_the_flat_tail_equals_plain_torch_on_a_healthy_gelu_layer(tmp_path):
+    from trainer_hooks.reduce import flat_tail_start
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 256), nn.GELU(), nn.Linear(256, 4))
+    x = torch.randn(64, 20) * 3  # wide pre-activations: some of them in the tail
+    with watch(model, every=1, logdir=tmp_path) as mon:
+        model(x)
+        mon.log(loss=0.0)
+    stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
+    gelu = stats[(stats.layer == "1") & (stats.signal == "activation")].iloc[0]
+    expected = (model[0](x) < flat_tail_start(nn.GELU())).double().mean().item()
+    assert 0.01 < expected < 0.5 and gelu.sat_frac == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_flat_tail_starts_where_the_slope_falls_below_the_tanh_margin_share():
+    """4 % of the steepest slope, the bar tanh meets at |y| = 0.98: GELU near -2.4, SiLU -4.3,
+    ELU ln(0.04) = -3.2; a leaky unit has no flat tail."""
+    from trainer_hooks.reduce import flat_tail_start
+
+    assert flat_tail_start(nn.GELU()) == pytest.approx(-2.4, abs=0.02)
+    assert flat_tail_start(nn.SiLU()) == pytest.approx(-4.27, abs=0.02)
+    assert flat_tail_start(nn.ELU()) == pytest.approx(math.log(0.04), abs=0.01)
+    assert flat_tail_start(nn.LeakyReLU(0.1)) is None

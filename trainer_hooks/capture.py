@@ -135,7 +135,8 @@ def _decode(packed: Packed, values: np.ndarray) -> Decoded:
                 layer=meta["layer"], signal=meta["signal"], module=meta["module"], numel=meta["numel"],
                 raw=None if meta["whole"] else _raw(meta, scalars, vectors[0]), counted=meta["counted"],
                 single=not meta["whole"], sample=vectors[0], wide=meta["wide"],
-                units=units, dead_units=units - int(scalars[-1]) if units else None, window=meta.get("window")))
+                units=units, dead_units=units - int(scalars[-1]) if units else None, window=meta.get("window"),
+                tail_frac=float(scalars[-1]) / meta["numel"] if meta.get("tail") else None))
         elif item.kind == "param_pre":
             pending_params.append((meta, scalars, vectors))
         elif item.kind == "param_post":

@@ -197,12 +197,15 @@ def tensor_summaries(specs: list[dict]) -> list[TensorSummary]:
     batch = SortedSamples.of([spec["sample"] for spec in specs], wide=any(spec["wide"] for spec in specs))
     which = np.array([i for i, spec in enumerate(specs) if spec["raw"] is None], dtype=np.int64)
     whole = dict(zip(which.tolist(), batch.raw_moments(which))) if which.size else {}
-    rest = [{k: v for k, v in spec.items() if k not in ("raw", "counted", "single", "sample", "wide")}
+    rest = [{k: v for k, v in spec.items() if k not in ("raw", "counted", "single", "sample", "wide", "tail_frac")}
             for spec in specs]
     stats = [_guarded(moments(spec["numel"], whole[i], True) if spec["raw"] is None
                       else moments(spec["numel"], spec["raw"], spec["counted"]), spec)
              for i, spec in enumerate(specs)]
     shapes = distributions(batch, [m[2] for m in stats], [m[3] for m in stats], [spec["module"] for spec in specs])
+    for spec, shape in zip(specs, shapes):
+        if spec.get("tail_frac") is not None:  # a smooth activation: the exact share of inputs in its flat tail
+            shape["sat_frac"] = spec["tail_frac"]
     return [
         TensorSummary.unchecked(**fields, nan=nan, inf=inf, mean=mean, std=std, min=low, max=high, norm=norm,
                                 **shape)

@@ -27,6 +27,7 @@ from trainer_hooks.by_hand import HandUpdates
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
 from trainer_hooks.reduce import (
+    flat_tail_start,
     DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, channel_moments, reduce_tensor, unit_maxima,
 )
 
@@ -35,6 +36,10 @@ ACTIVATIONS = (
     nn.SiLU, nn.Mish, nn.Softplus, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
     nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
 )
+#: Smooth activations with a flat negative tail: almost no gradient passes where their input
+#: is far below zero, yet their output is rarely exactly zero, so "dead" does not apply; the
+#: share of inputs in the tail is their saturation (trainer_hooks.reduce.flat_tail_start).
+FLAT_TAILED = (nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Hardswish)
 #: Modules whose input is ids (token or category indices): integer input statistics are read there.
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 #: Channels of the model input above which only whole-tensor input statistics are kept.
@@ -96,6 +101,20 @@ def first_layer(model: nn.Module, input_shape: tuple[int, ...] | None):
             if isinstance(m, nn.Linear) and m.in_features == c * h * w:
                 return name, m, (c, h, w)
     return None
+
+
+def flat_tail_input(module: nn.Module, args) -> torch.Tensor | None:
+    """For a smooth activation with a flat tail: how many of its inputs lie in that tail
+    (a 0-d count on the device). The input is read, not the output: GELU's output is near
+    zero both deep in its tail (no gradient) and near x = 0 (half the gradient). An
+    in-place module's input is its output by the time the hook runs: not judged."""
+    if not isinstance(module, FLAT_TAILED) or getattr(module, "inplace", False):
+        return None
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if x is None or not x.is_floating_point() or x.numel() == 0:
+        return None
+    start = flat_tail_start(module)
+    return None if start is None else (x.detach() < start).sum()
 
 
 def record_ids(capture: StepCapture, embedding: nn.Module, args) -> None:
@@ -225,13 +244,14 @@ class Probe:
         if count & (count - 1):
             return  # a module reused in one forward pass (a recurrent cell): its 1st, 2nd, 4th, 8th ... call
         label = info.name if count == 1 else f"{info.name}#{count}"
-        self._record(self.capture, label, info.module, Signal.ACTIVATION, x, units=info.activation)
+        tail = flat_tail_input(module, args) if info.activation else None
+        self._record(self.capture, label, info.module, Signal.ACTIVATION, x, units=info.activation, tail=tail)
         if x.requires_grad and not info.activation:
             capture = self.capture
             x.register_hook(lambda grad: self._record(capture, label, info.module, Signal.OUTPUT_GRAD, grad))
 
-    def _record(self, capture, label, module, signal, x, units=False) -> None:
-        maxima = unit_maxima(x) if units else None
+    def _record(self, capture, label, module, signal, x, units=False, tail=None) -> None:
+        maxima = unit_maxima(x) if units and tail is None else None  # a flat tail is judged instead of zeros
         reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device),
                                 maxima=maxima)
         if reduced is None:
@@ -246,6 +266,9 @@ class Probe:
                                                            self.dead_span)
             extra.append(window.add(active, capture.step))
             meta.update(units=int(active.shape[0]), window=window.filled)
+        if tail is not None:
+            extra.append(tail)
+            meta["tail"] = True
         capture.add_reduced("tensor", meta, reduced, scalars=extra)
         return None  # as a tensor hook: leave the gradient untouched
 

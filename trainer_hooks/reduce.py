@@ -214,3 +214,37 @@ def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:
     # time of a float64 norm along dims, a tenth of squaring a float64 copy.
     wide = xd if xd.dtype in (torch.float32, torch.float64) else xd.float()
     return [xd.sum(dim=dims, dtype=torch.float64), (wide * wide).sum(dim=dims, dtype=torch.float64)]
+
+
+#: A unit passes "almost no gradient" where its activation's slope is below this share of
+#: the activation's steepest slope: the bar tanh and sigmoid meet at the saturation margin
+#: (trainer_hooks.decode.SATURATION_MARGIN: tanh at |y| = 0.98 has slope 0.04, sigmoid at
+#: 0.99 has 0.0099 of its 0.25), so one word, "saturated", means the same for every activation.
+FLAT_SLOPE_SHARE = 0.04
+_TAIL_GRID = torch.linspace(-40.0, 40.0, 16001, dtype=torch.float64)  # steps of 0.005
+_tail_starts: dict[str, float | None] = {}
+
+
+def flat_tail_start(module: torch.nn.Module) -> float | None:
+    """The input below which ``module`` (an elementwise activation) stays flat: every
+    slope to the left is under :data:`FLAT_SLOPE_SHARE` of its steepest. Found numerically
+    on a grid, once per configuration (``repr``: GELU's tanh form, ELU's alpha and
+    Softplus's beta move it), so any smooth activation is judged by one rule. None when
+    the far left is not flat (a leaky unit always passes some gradient)."""
+    key = f"{type(module).__module__}.{type(module).__qualname__}:{module!r}"
+    if key not in _tail_starts:
+        _tail_starts[key] = _find_tail_start(module)
+    return _tail_starts[key]
+
+
+def _find_tail_start(module: torch.nn.Module) -> float | None:
+    x = _TAIL_GRID.clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = module.forward(x)  # not module(x): no hook sees the grid (ours would record it as a call)
+        (slope,) = torch.autograd.grad(y.sum(), x)
+    slope = slope.abs()
+    flat = slope < FLAT_SLOPE_SHARE * slope.max()
+    if not bool(flat[0]):
+        return None
+    steep = torch.nonzero(~flat)
+    return None if steep.numel() == 0 else float(_TAIL_GRID[int(steep[0])])

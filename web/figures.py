@@ -12,6 +12,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool, PrintfTickFor
 from bokeh.plotting import figure
 
 from monitor.detectors.dead_relu import DEAD_FRACTION, RELU_FAMILY, SUSPECT_FRACTION
+from monitor.detectors.saturation import BOUNDED, SAT_FRACTION
 from monitor.detectors.update_ratio import NORM_WORDS
 
 #: Update/weight ratio a healthy layer sits near (CS231n: about 1e-3 per step; far above
@@ -19,7 +20,10 @@ from monitor.detectors.update_ratio import NORM_WORDS
 UPDATE_RATIO_REFERENCE = 1e-3
 #: The dead-ReLU rule's own bars (monitor.detectors.dead_relu): a layer past the first is
 #: watched closely, past the second flagged; the panel colours its bars by them.
-DEAD_THRESHOLDS = {"suspect": SUSPECT_FRACTION, "dead": DEAD_FRACTION, "modules": list(RELU_FAMILY)}
+DEAD_THRESHOLDS = {"suspect": SUSPECT_FRACTION, "dead": DEAD_FRACTION, "modules": list(RELU_FAMILY),
+                   # the saturation rule's bar (monitor.detectors.saturation), and the modules a model
+                   # ends with on purpose, whose last one it leaves alone
+                   "saturated": SAT_FRACTION, "bounded": list(BOUNDED)}
 
 #: The update-ratio rule's reading of a parameter: weight tensors only (its NORM_WORDS are no weights).
 RATIO_PANEL = {"norms": list(NORM_WORDS)}
@@ -138,15 +142,29 @@ def histogram_figure(prefix: str, title: str):
 
 
 def dead_units_figure():
-    """Share of each ReLU layer's units that were never positive over the window, with the
-    dead-ReLU rule's line, each bar coloured by the rule's bars (``color``: the page's)."""
-    source = _source("dead", ("layer", "dead_frac", "zero_frac", "color"))
+    """Where units stop learning, one bar per activation layer: the share of a ReLU layer's
+    units never positive over the window (``dead``), the share of a saturating layer's
+    values where its slope is nearly 0 (``saturated``: tanh/sigmoid near a bound, GELU/SiLU
+    in its flat tail). Each bar is coloured by its rule's bars (``color``: the page's) and
+    carries its rule's flagging bar as a tick (``bar``)."""
+    dead = _source("dead", ("layer", "dead_frac", "zero_frac", "color", "bar"))
+    saturated = _source("saturated", ("layer", "sat_frac", "color", "bar"))
     fig = _figure("dead_fig", None, height=300,
                   x_label="fraction", y_range=FactorRange(name="dead_layers"), x_range=Range1d(0, 1))
-    fig.hbar(y="layer", right="zero_frac", height=0.8, source=source, color="#9aa0a6", alpha=0.4,
+    fig.hbar(y="layer", right="zero_frac", height=0.8, source=dead, color="#9aa0a6", alpha=0.4,
              legend_label="zero outputs")
-    fig.hbar(y="layer", right="dead_frac", height=0.5, source=source, color="color", legend_label="dead units")
-    fig.add_layout(Span(location=DEAD_FRACTION, dimension="height", line_dash="dashed", line_color=FLAG_COLOR))
+    dead_bars = fig.hbar(y="layer", right="dead_frac", height=0.5, source=dead, color="color",
+                         legend_label="dead units")
+    saturated_bars = fig.hbar(y="layer", right="sat_frac", height=0.5, source=saturated, color="color",
+                              hatch_pattern="/", hatch_color="white", hatch_alpha=0.5, legend_label="saturated")
+    for source in (dead, saturated):  # the rule's bar, per row: each rule has its own
+        fig.scatter(x="bar", y="layer", source=source, marker="dash", angle=1.5708, size=22, line_width=2,
+                    color=FLAG_COLOR)
+    fig.add_tools(HoverTool(renderers=[dead_bars], tooltips=[
+        ("layer", "@layer"), ("dead units", "@dead_frac{0%}"), ("zero outputs", "@zero_frac{0%}"),
+        ("flagged above", "@bar{0%}")]))
+    fig.add_tools(HoverTool(renderers=[saturated_bars], tooltips=[
+        ("layer", "@layer"), ("saturated", "@sat_frac{0%}"), ("flagged above", "@bar{0%}")]))
     fig.legend.orientation = "horizontal"
     fig.add_layout(fig.legend[0], "above")  # the bars reach the right edge: keep the legend off them
     return fig

@@ -1,4 +1,5 @@
-"""Saturation: tanh/sigmoid units pinned at the bounds of their range, where they stop learning.
+"""Saturation: units where their activation is flat, so they stop learning: tanh/sigmoid pinned
+at the bounds of their range, or GELU/SiLU/ELU-like units deep in their flat negative tail.
 
 Heuristic (CS231n, activation functions: "don't use sigmoid", "saturated neurons kill
 the gradients"; Glorot & Bengio 2010, who watched sigmoid layers saturate from a poor
@@ -8,7 +9,12 @@ pre-activations come from inputs that are not normalised, weights initialised to
 (anything much above Xavier's 1/sqrt(fan_in) scale), or updates that grow the weights.
 The hooks give each activation summary of a saturating module (Tanh, Sigmoid, Hardtanh,
 Softsign, Hardsigmoid) ``sat_frac``: the share of its sampled outputs within a small
-margin of a bound (for tanh, |y| above about 0.98).
+margin of a bound (for tanh, |y| above about 0.98). Smooth activations with a flat tail
+(GELU, SiLU, Mish, ELU, CELU, SELU, Softplus, Hardswish) get the exact share of their
+inputs where the slope stays below the same 4 % of its peak (GELU: below about -2.4,
+SiLU -4.3): their output is rarely exactly zero, so "dead" never applies to them, but a
+unit kept in that tail is as stuck as a dead ReLU (Hendrycks & Gimpel 2016 on GELU's
+shape; the same pre-activation causes).
 
 Rules:
 
@@ -20,7 +26,7 @@ Rules:
   one saturated from initialisation is flagged at step 10 while every step is sampled;
 * warning; critical when it is at least ``critical_fraction`` (almost no gradient passes);
 * the model's output nonlinearity is left alone (``skip_output``): the last activation
-  summary of the forward pass, when it is a saturating module, is a sigmoid of a binary
+  summary of the forward pass, when it is a bounded module (:data:`BOUNDED`), is a sigmoid of a binary
   classifier or a tanh of an image generator, whose outputs are meant to reach the bounds
   as it grows confident (a background pixel at -1);
 * once per layer per run, except that a warning is followed by a critical flag if the
@@ -48,6 +54,14 @@ CRITICAL_FRACTION = 0.95
 #: Fewest samples over the threshold (none under it in between, over ``min_steps`` steps) before the flag.
 PATIENCE = MIN_SAMPLES
 
+#: Activations with a bounded range: the only ones a model ends with on purpose.
+BOUNDED = ("Tanh", "Sigmoid", "Hardtanh", "Softsign", "Hardsigmoid")
+
+TAIL_ADVICE = ("Units deep in the flat negative tail of a smooth activation (GELU, SiLU, ELU...) pass almost no "
+               "gradient, much like dead ReLUs. Usual causes: a learning rate too high (large updates push the "
+               "pre-activations far below zero), large negative biases, or inputs that are not normalised. Lower "
+               "the learning rate (or warm it up), check the initialisation of the layer before it, and normalise "
+               "before the nonlinearity (LayerNorm or BatchNorm).")
 ADVICE = ("Saturated tanh/sigmoid units have a local gradient near 0, so the layers below them barely learn. "
           "Usual causes: pre-activations too large, from inputs that are not normalised or weights initialised "
           "too large. Normalise the inputs (zero mean, unit variance); initialise with Xavier (Glorot) init for "
@@ -85,7 +99,7 @@ class Saturation:
             return []
         # Activation summaries come in forward order: the last one is the model's output.
         activations = [s for s in event.data.summaries if s.signal is Signal.ACTIVATION]
-        if self.skip_output and activations:
+        if self.skip_output and activations and activations[-1].module in BOUNDED:
             activations.pop()
         flags = []
         for s in activations:
@@ -99,10 +113,13 @@ class Saturation:
         if not confirmed or not self._flagged.first(s.layer, severity):
             return []
         samples, span = self._held.samples[s.layer], self._held.span(s.layer, step)
+        where = ("of the outputs", "were pinned near a bound of its range") if s.module in BOUNDED else \
+            ("of the inputs", "lay in its flat tail")
         return [Flag(
             KIND, severity,
-            f"{s.sat_frac:.0%} of the outputs of layer {s.layer} ({s.module}) were pinned near a bound of its "
-            f"range over {span} steps ({samples} samples): they pass almost no gradient", ADVICE, layer=s.layer,
+            f"{s.sat_frac:.0%} {where[0]} of layer {s.layer} ({s.module}) {where[1]} over {span} steps "
+            f"({samples} samples): they pass almost no gradient", ADVICE if s.module in BOUNDED else TAIL_ADVICE,
+            layer=s.layer,
             evidence={"layer": s.layer, "module": s.module, "sat_frac": s.sat_frac, "samples": samples,
                       "steps": span, "min_steps": self.min_steps, "step": step, "mean": s.mean, "std": s.std,
                       "threshold": self.sat_fraction,

@@ -119,34 +119,64 @@ export class LayerPanel {
   }
 }
 
-// Dead units of every ReLU layer at the latest sampled step, each bar coloured by the
-// dead-ReLU rule's own bars (the page's data-thresholds: healthy, watched closely, flagged);
-// other activations are named in a line: a smooth one is rarely exactly zero, "dead" does not apply.
-const DEAD_COLORS = { healthy: "#1f6fb4", suspect: "#e8a30a", dead: "#c5221f" };
+// Where units stop learning, at the latest sampled step: the dead units of every ReLU
+// layer and the saturated share of every saturating one (tanh/sigmoid near a bound,
+// GELU/SiLU/ELU in the flat tail of their slope), each bar coloured by its rule's own bars
+// (the page's data-thresholds: healthy, watched closely, flagged) and ticked at the bar that
+// flags it. The model's own output nonlinearity (a last bounded activation: the sigmoid of a
+// binary classifier) is meant to reach its bounds, and is drawn grey, as its rule leaves it.
+const DEAD_COLORS = { healthy: "#1f6fb4", suspect: "#e8a30a", dead: "#c5221f", output: "#9aa0a6" };
 
 export function deadColor(fraction, thresholds) {
   if (fraction > thresholds.dead) return DEAD_COLORS.dead;
   return fraction > thresholds.suspect ? DEAD_COLORS.suspect : DEAD_COLORS.healthy;
 }
 
-export function showDeadUnits(source, range, summaries, thresholds) {
-  const activations = summaries.filter((s) => s.signal === "activation" && s.units);
-  const rows = activations.filter((s) => thresholds.modules.includes(s.module));
-  const others = [...new Set(activations.filter((s) => !thresholds.modules.includes(s.module)).map((s) => s.module))];
+export function saturatedColor(fraction, thresholds, output = false) {
+  if (output) return DEAD_COLORS.output;
+  return fraction > thresholds.saturated ? DEAD_COLORS.dead : DEAD_COLORS.healthy;
+}
+
+// The rows of both kinds, the axis' factors (first layer at the top), and the activations neither applies to.
+export function unitRows(summaries, thresholds) {
+  const activations = summaries.filter((s) => s.signal === "activation");
+  const isDead = (s) => thresholds.modules.includes(s.module) && s.units;
+  const isSaturating = (s) => s.sat_frac !== null && s.sat_frac !== undefined && Number.isFinite(s.sat_frac);
+  const last = activations[activations.length - 1];
+  const output = last && thresholds.bounded.includes(last.module) ? last : null;
+  const dead = activations.filter(isDead);
+  const saturated = activations.filter((s) => !isDead(s) && isSaturating(s));
+  const others = [...new Set(activations.filter((s) => !isDead(s) && !isSaturating(s)).map((s) => s.module))];
+  const label = (s) => `${s.layer} · ${s.module}${s === output ? " · output" : ""}`;
+  return {
+    factors: activations.filter((s) => isDead(s) || isSaturating(s)).map(label).reverse(),  // forward order, top down
+    dead: {
+      layer: dead.map(label), dead_frac: dead.map((s) => s.dead_units / s.units),
+      zero_frac: dead.map((s) => s.zero_frac), bar: dead.map(() => thresholds.dead),
+      color: dead.map((s) => deadColor(s.dead_units / s.units, thresholds)),
+    },
+    saturated: {
+      layer: saturated.map(label),
+      sat_frac: saturated.map((s) => s.sat_frac), bar: saturated.map(() => thresholds.saturated),
+      color: saturated.map((s) => saturatedColor(s.sat_frac, thresholds, s === output)),
+    },
+    others,
+  };
+}
+
+export function showDeadUnits(sources, range, summaries, thresholds) {
+  const rows = unitRows(summaries, thresholds);
+  const count = rows.dead.layer.length + rows.saturated.layer.length;
   const note = document.getElementById("dead-note");
-  note.hidden = rows.length > 0 && !others.length;
-  note.textContent = rows.length || others.length
-    ? (others.length ? `${others.join(", ")} layers are not shown: a smooth activation is rarely exactly zero, ` +
-      "so dead units do not apply to it." : "")
-    : "No ReLU layer has been sampled yet.";
-  if (!rows.length) return;
-  const layers = rows.map((s) => `${s.layer} · ${s.module}`).reverse();  // first layer at the top
-  const dead = rows.map((s) => s.dead_units / s.units).reverse();
-  range.factors = layers;
-  setData(source, {
-    layer: layers, dead_frac: dead, zero_frac: rows.map((s) => s.zero_frac).reverse(),
-    color: dead.map((f) => deadColor(f, thresholds)),
-  });
+  note.hidden = count > 0 && !rows.others.length;
+  note.textContent = count || rows.others.length
+    ? (rows.others.length ? `${rows.others.join(", ")} layers are not shown: they always pass some gradient ` +
+      "(a leaky slope), so neither dead units nor saturation applies." : "")
+    : "No activation layer has been sampled yet.";
+  if (!count) return;
+  range.factors = rows.factors;
+  setData(sources.dead, rows.dead);
+  setData(sources.saturated, rows.saturated);
 }
 
 // ||dw|| / ||w|| per parameter over time: one line each in a multi_line source.

@@ -23,7 +23,7 @@ const RANKS_MS = 5000;
 const DEAD_THRESHOLDS = JSON.parse(document.getElementById("dead-card").dataset.thresholds);
 const RATIO = JSON.parse(document.getElementById("ratio-card").dataset.ratio);  // how often a running job's band of rank losses is read again
 const SOURCES = ["loss_train", "loss_val", "val_best", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
-  "act_hist", "grad_bands", "grad_hist", "dead", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
+  "act_hist", "grad_bands", "grad_hist", "dead", "saturated", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
 class RunPage {
   constructor(models) {
@@ -257,7 +257,7 @@ class RunPage {
     if (!this.sampled) { this.sampled = true; this.explainPanels(); }
     this.act.update(event.step, summaries, live);
     this.grad.update(event.step, summaries, live);
-    showDeadUnits(this.m.dead, this.m.dead_layers, summaries, DEAD_THRESHOLDS);
+    showDeadUnits({ dead: this.m.dead, saturated: this.m.saturated }, this.m.dead_layers, summaries, DEAD_THRESHOLDS);
     if (live) this.ratios.update(event.step, summaries);
   }
 

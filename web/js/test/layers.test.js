@@ -20,3 +20,24 @@ test("the ratio panel reads weight tensors as the update-ratio rule does", () =>
   assert.ok(!isWeight("features.0.bias", "Conv2d", norms));
   assert.ok(!isWeight("bn1.weight", "BatchNorm2d", norms));
 });
+
+import { unitRows } from "../src/layers.js";
+
+test("ReLU layers read as dead units, saturating ones (tanh, GELU) as saturated, a final sigmoid grey", () => {
+  const t = { suspect: 0.5, dead: 0.6, modules: ["ReLU", "ReLU6"], saturated: 0.6, bounded: ["Tanh", "Sigmoid"] };
+  const act = (layer, module, extra) => ({ signal: "activation", layer, module, units: 10, dead_units: 0,
+    sat_frac: null, zero_frac: 0.4, ...extra });
+  const rows = unitRows([
+    act("1", "ReLU", { dead_units: 7 }), act("3", "GELU", { sat_frac: 0.02, units: null }),
+    act("5", "LeakyReLU"), act("6", "Tanh", { sat_frac: 0.7 }), act("8", "Sigmoid", { sat_frac: 0.9 }),
+    { signal: "output_grad", layer: "1", module: "ReLU", sat_frac: 0.9 },
+  ], t);
+  assert.deepEqual(rows.dead.layer, ["1 · ReLU"]);
+  assert.deepEqual(rows.dead.dead_frac, [0.7]);
+  assert.deepEqual(rows.dead.color, ["#c5221f"]);
+  assert.deepEqual(rows.saturated.layer, ["3 · GELU", "6 · Tanh", "8 · Sigmoid · output"]);
+  assert.deepEqual(rows.saturated.color, ["#1f6fb4", "#c5221f", "#9aa0a6"]);  // healthy GELU is never red
+  assert.deepEqual(rows.saturated.bar, [0.6, 0.6, 0.6]);
+  assert.deepEqual(rows.factors, ["8 · Sigmoid · output", "6 · Tanh", "3 · GELU", "1 · ReLU"]);
+  assert.deepEqual(rows.others, ["LeakyReLU"]);
+});

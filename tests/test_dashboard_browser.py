@@ -457,7 +457,7 @@ def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
     start = RunStart(name="gpt", config={}, host="h", pid=1, rank=0, world=1, versions={}, sampling={},
                      model=(ModuleInfo("embed", "Embedding", 2048, 2048, "64x32"),
                             ModuleInfo("head", "Linear", 2080, 2080, "64x32, 64")))
-    layers = LayerStats((summary("mlp.act", module="GELU", units=None, dead_units=None, window=None),
+    layers = LayerStats((summary("mlp.act", module="GELU", units=None, dead_units=None, window=None, sat_frac=0.01),
                          summary("head", module="Linear", units=None, dead_units=None, window=None)))
     with RunStore(tmp_path / "store") as store:
         store.append([Event("gpt", 0, 0, 1000.0, Kind.RUN_START, start),
@@ -477,6 +477,34 @@ def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
         assert rows["ids"] == "0..2047 of a vocabulary of 2048"
         assert rows["distinct in the batch"] == "380 (18.6 % of the vocabulary)"
         assert rows["padding"].startswith("25 % of the positions (id 0")
+        # what applies comes first: the filter image and the learning rate (none logged) go last, with their reasons
+        shelf = page.locator("#not-applicable")
+        assert shelf.is_visible() and shelf.locator("h2").first.inner_text() == "Not applicable to this model"
+        moved = shelf.locator("[data-panel]")
+        assert sorted(moved.evaluate_all("cards => cards.map((c) => c.dataset.panel)")) == ["filters", "lr"]
+        assert shelf.locator("#lr-note").inner_text().startswith("No learning rate")
+        assert shelf.locator("#no-filters").is_visible()
+        assert page.locator("#not-applicable [data-panel=input], #not-applicable [data-panel=units]").count() == 0
+        page.goto("about:blank")
+
+
+def test_a_model_with_functional_activations_says_why_it_has_no_unit_panel(page, tmp_path):
+    from conftest import summary
+
+    from monitor.events import Event, Kind, LayerStats, Scalars
+    from monitor.store import RunStore
+
+    layers = LayerStats((summary("fc1", module="Linear", units=None, dead_units=None, window=None),
+                         summary("fc2", module="Linear", units=None, dead_units=None, window=None)))
+    with RunStore(tmp_path / "store") as store:
+        store.append([Event("functional", 0, 0, 1000.0, Kind.SCALARS, Scalars({"loss": 1.0, "lr": 0.1})),
+                      Event("functional", 1, 0, 1001.0, Kind.LAYER_STATS, layers)])
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "functional")
+        units = page.locator("#not-applicable [data-panel=units]")
+        wait_until(lambda: units.count() == 1, what="the unit panel on the shelf of what does not apply")
+        assert "as functions (F.relu" in units.locator("#dead-note").inner_text()
+        assert page.locator("#not-applicable [data-panel=lr]").count() == 0  # its lr is drawn in place
         page.goto("about:blank")
 
 

@@ -137,11 +137,16 @@ export function saturatedColor(fraction, thresholds, output = false) {
   return fraction > thresholds.saturated ? DEAD_COLORS.dead : DEAD_COLORS.healthy;
 }
 
+// An activation function's output (the hooks count its units or its saturation), not a layer's.
+export function isActivationModule(s) {
+  return s.signal === "activation" && (Boolean(s.units) || (s.sat_frac !== null && s.sat_frac !== undefined));
+}
+
 // The rows of both kinds, the axis' factors (first layer at the top), and the activations neither applies to.
 export function unitRows(summaries, thresholds) {
-  const activations = summaries.filter((s) => s.signal === "activation");
+  const activations = summaries.filter(isActivationModule);
   const isDead = (s) => thresholds.modules.includes(s.module) && s.units;
-  const isSaturating = (s) => s.sat_frac !== null && s.sat_frac !== undefined && Number.isFinite(s.sat_frac);
+  const isSaturating = (s) => Number.isFinite(s.sat_frac);
   const last = activations[activations.length - 1];
   const output = last && thresholds.bounded.includes(last.module) ? last : null;
   const dead = activations.filter(isDead);

@@ -7,7 +7,7 @@ import { connect, decodeEvent, request } from "./live.js";
 import { EVENTS, JOIN, RESYNC, RUN_STATUS } from "./protocol.js";
 import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";
-import { LayerPanel, UpdateRatios, bandsUrl, showDeadUnits } from "./layers.js";
+import { LayerPanel, UpdateRatios, bandsUrl, isActivationModule, showDeadUnits } from "./layers.js";
 import { el, num } from "./format.js";
 import { showIds } from "./inputs.js";
 import { RunHeader } from "./header.js";
@@ -50,6 +50,7 @@ class RunPage {
     this.hasInputs = false;
     this.inputShape = null;
     this.integerInput = false;
+    this.unitLayers = false;  // an activation module has been sampled: the units panel applies
     this.start = null;
     this.held = [];
     this.lastSeq = -1;
@@ -178,6 +179,43 @@ class RunPage {
       ? "No input statistics: the model's first input is neither a floating-point tensor nor ids an embedding reads."
       : "");
     document.getElementById("input-plot").hidden = this.integerInput;
+    const lr = this.lr.source.data.step.length > 0;
+    note("lr-note", this.sampled && !lr ? "No learning rate: babysit reads it from the optimizer's first " +
+      "parameter group, and this run has none it can see (trained by hand?). Log it with mon.log(lr=...)." : "");
+    const units = document.getElementById("dead-note");
+    if (this.sampled && !this.unitLayers) {
+      units.hidden = false;
+      units.textContent = "No activation layer: the model applies its nonlinearities as functions (F.relu, " +
+        "F.gelu), which no module hook sees; make them modules (nn.ReLU(), nn.GELU()) to see dead and saturated units.";
+    }
+    this.placePanels({
+      filters: this.sampled && !image && document.getElementById("filters").hidden,
+      input: this.sampled && !this.hasInputs,
+      lr: this.sampled && !lr,
+      units: this.sampled && !this.unitLayers,
+    });
+  }
+
+  // The panels that apply to this model come first; each one that does not (a filter image
+  // for a transformer, a learning rate for training by hand) moves, with its one-line reason,
+  // to the end of the page, and back where it was should the run bring its data after all.
+  placePanels(inapplicable) {
+    const shelf = document.getElementById("not-applicable-panels");
+    this.homes = this.homes || new Map();
+    for (const [name, away] of Object.entries(inapplicable)) {
+      const card = document.querySelector(`[data-panel="${name}"]`);
+      if (!card) continue;
+      if (away && card.parentElement !== shelf) {
+        const home = document.createComment(name);
+        card.replaceWith(home);
+        this.homes.set(name, home);
+        shelf.append(card);
+      } else if (!away && this.homes.has(name)) {
+        this.homes.get(name).replaceWith(card);
+        this.homes.delete(name);
+      }
+    }
+    document.getElementById("not-applicable").hidden = shelf.children.length === 0;
   }
 
   addMetrics(names) {
@@ -248,16 +286,19 @@ class RunPage {
   pushLr(points) {
     const fresh = points.filter(([s]) => s > this.lr.lastStep);
     if (!fresh.length) return;
+    const first = this.lr.source.data.step.length === 0;
     this.lr.lastStep = fresh[fresh.length - 1][0];
     stream(this.lr.source, { step: fresh.map((p) => p[0]), value: fresh.map((p) => p[1]) });
+    if (first && this.sampled) this.explainPanels();
   }
 
   layerStats(event, live) {
     const summaries = event.data.summaries;
-    if (!this.sampled) { this.sampled = true; this.explainPanels(); }
     this.act.update(event.step, summaries, live);
     this.grad.update(event.step, summaries, live);
     showDeadUnits({ dead: this.m.dead, saturated: this.m.saturated }, this.m.dead_layers, summaries, DEAD_THRESHOLDS);
+    const units = this.unitLayers || summaries.some(isActivationModule);
+    if (!this.sampled || units !== this.unitLayers) { this.sampled = true; this.unitLayers = units; this.explainPanels(); }
     if (live) this.ratios.update(event.step, summaries);
   }
 
@@ -268,6 +309,7 @@ class RunPage {
     document.getElementById("no-filters").hidden = true;
     const d = event.data;
     document.getElementById("filters-info").textContent = `${d.layer} · ${d.count} filters · step ${event.step}`;
+    if (this.homes && this.homes.has("filters")) this.explainPanels();
   }
 
   inputStats(event) {

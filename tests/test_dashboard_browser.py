@@ -557,3 +557,29 @@ def test_the_index_filters_runs_by_the_kind_of_flag_they_raised(page, tmp_path, 
         wait_until(lambda: page.locator("#runs tbody tr").count() == 1, what="the flagged run alone")
         assert page.locator("#runs tbody tr").get_attribute("data-run") == "flagged"
         page.goto("about:blank")
+
+
+def test_a_constant_learning_rate_is_drawn_to_the_last_step_and_frozen_weights_are_named(page, tmp_path):
+    """The rate is recorded when it changes: a constant one is one point, held to the latest
+    step; ratios of exactly 0 (a log axis cannot draw them) are said in words."""
+    from conftest import summary
+
+    from monitor.events import Event, Kind, LayerStats, Scalars
+    from monitor.store import RunStore
+
+    frozen = LayerStats(tuple(summary(f"fc{i}.weight", signal="param_grad", module="Linear", units=None,
+                                      dead_units=None, window=None, weight_norm=1.0, update_ratio=0.0)
+                              for i in (1, 2)))
+    events = [Event("still", 0, 0, 1000.0, Kind.SCALARS, Scalars({"loss": 1.0, "lr": 0.05}))]
+    events += [Event("still", s, s, 1000.0 + s, Kind.SCALARS, Scalars({"loss": 1.0})) for s in range(1, 30)]
+    events += [Event("still", 30, 29, 1030.0, Kind.LAYER_STATS, frozen)]
+    with RunStore(tmp_path / "store") as store:
+        store.append(events)
+    with serving(tmp_path / "store") as running:
+        open_run(page, running, "still")
+        wait_until(lambda: source_length(page, "lr_held") == 2, what="the held learning rate")
+        assert _source_data(page, "lr_held") == {"step": [0, 29], "value": [0.05, 0.05]}
+        note = page.locator("#ratio-note")
+        wait_until(note.is_visible, what="the note on the tensors that did not move")
+        assert note.inner_text().startswith("fc1.weight, fc2.weight did not move at their latest sampled step")
+        page.goto("about:blank")

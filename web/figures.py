@@ -112,6 +112,9 @@ def learning_rate_figure():
     """On a log axis: schedules span orders of magnitude (warm-up, decay steps)."""
     fig = _figure("lr_fig", None, height=260, y_axis_type="log")
     fig.step("step", "value", source=_source("lr", ("step", "value")), mode="after", color="#5f6368", line_width=2)
+    # babysit records the rate when it changes: from the last change to the latest step it is
+    # held (two points; a constant rate is one recorded point, which a step line cannot draw alone)
+    fig.line("step", "value", source=_source("lr_held", ("step", "value")), color="#5f6368", line_width=2)
     return fig
 
 

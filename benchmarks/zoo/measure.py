@@ -35,6 +35,13 @@ SQUASHERS = (nn.Tanh, nn.Sigmoid)
 #: the gradient through it is cut by more than 15x (LeCun et al. 1998, "Efficient
 #: BackProp", sec. 4.4; Glorot & Bengio 2010, sec. 3).
 SATURATED_SLOPE = 0.06
+#: Smooth activations whose negative tail is flat (GELU: Hendrycks & Gimpel 2016; SiLU):
+#: an input there counts as saturated where the slope, by autograd at the input itself, is
+#: below SATURATED_SLOPE of the steepest and the input is left of -2 (past the minimum of
+#: GELU at -0.75 and of SiLU at -1.28, where the slope also passes through 0 but the
+#: neighbourhood learns).
+SMOOTH = (nn.GELU, nn.SiLU)
+SMOOTH_TAIL_BELOW = -2.0
 
 
 @dataclass
@@ -75,7 +82,7 @@ def feeders(model: nn.Module, activation: str) -> list[str]:
     if isinstance(parent, nn.Sequential):
         keys = list(parent._modules)
         for key in reversed(keys[:keys.index(child)]):
-            if isinstance(parent._modules[key], RECTIFIERS + SQUASHERS):
+            if isinstance(parent._modules[key], RECTIFIERS + SQUASHERS + SMOOTH):
                 break
             names.append(f"{parent_name}.{key}" if parent_name else key)
     return names
@@ -101,11 +108,13 @@ class Recorder:
         self.model, self.loss_fn = model, loss_fn
         self.probe_x, self.probe_y = probe[0][:PROBE_SIZE], probe[1][:PROBE_SIZE]
         self.layers = weight_layers(model)
-        self.activations = {name: m for name, m in model.named_modules() if isinstance(m, RECTIFIERS + SQUASHERS)}
+        self.activations = {name: m for name, m in model.named_modules()
+                            if isinstance(m, RECTIFIERS + SQUASHERS + SMOOTH)}
         self.series = Series(grad={n: [] for n in self.layers}, weight={n: [] for n in self.layers},
                              update={n: [] for n in self.layers},
                              dead={n: [] for n, m in self.activations.items() if isinstance(m, RECTIFIERS)},
-                             saturated={n: [] for n, m in self.activations.items() if isinstance(m, SQUASHERS)},
+                             saturated={n: [] for n, m in self.activations.items()
+                                        if isinstance(m, SQUASHERS + SMOOTH)},
                              layer_groups={n: feeders(model, n) for n in self.activations})
         if inputs is not None and layout is not None:
             self.series.inputs = input_statistics(inputs, layout)
@@ -174,6 +183,11 @@ class Recorder:
                 others = [d for d in range(y.ndim) if d != 1]
                 alive = (y > 0).any(dim=others) if others else y > 0
                 self.series.dead[name].append(1.0 - float(alive.float().mean()))
+            elif isinstance(module, SMOOTH):
+                x = args[0].detach().float()
+                slope = _slope(module, x).abs()
+                flat = (slope < SATURATED_SLOPE * _steepest(module)) & (x < SMOOTH_TAIL_BELOW)
+                self.series.saturated[name].append(float(flat.float().mean()))
             elif isinstance(module, nn.Tanh):
                 self.series.saturated[name].append(float((1 - y * y < SATURATED_SLOPE).float().mean()))
             else:  # sigmoid: slope y(1 - y), 0.25 at 0
@@ -184,3 +198,15 @@ class Recorder:
 def _finite_or_inf(value: float) -> float:
     """NaN becomes +inf, so that a blown-up value sorts above every finite one."""
     return math.inf if math.isnan(value) else value
+
+
+def _slope(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The activation's derivative at each input, by autograd (``forward``: no hooks)."""
+    with torch.enable_grad():
+        x = x.clone().requires_grad_(True)
+        (slope,) = torch.autograd.grad(module.forward(x).sum(), x)
+    return slope
+
+
+def _steepest(module: nn.Module) -> float:
+    return float(_slope(module, torch.linspace(-10.0, 10.0, 4001)).abs().max())

@@ -44,7 +44,7 @@ DEAD_LAYER_FRACTION = 0.5
 #: 60 % is a problem only by lasting to the end of the run, which is when it is known.
 DEAD_SURE_FRACTION = 0.6
 #: saturation: a layer is affected when at least this share of its tanh/sigmoid outputs
-#: is on the flat tails (zoo.measure.SATURATED_SLOPE; Glorot & Bengio 2010 saw the top
+#: (GELU/SiLU inputs) is on the flat tails (zoo.measure.SATURATED_SLOPE; Glorot & Bengio 2010 saw the top
 #: sigmoid layer saturate and stall learning).
 SATURATED_LAYER_FRACTION = 0.5
 #: vanishing_gradient: a layer's relative gradient |g|/|W| below this share of the largest

@@ -194,10 +194,11 @@ export function isWeight(layer, module, norms) {
 }
 
 export class UpdateRatios {
-  constructor(source, norms, toggle) {
+  constructor(source, norms, toggle, note = null) {
     this.source = source;
     this.norms = norms;
     this.toggle = toggle;  // the "biases and norms" checkbox: off, the weight tensors only
+    this.note = note;  // says which tensors did not move
     this.lines = new Map();  // parameter -> {xs, ys, module}
     toggle.addEventListener("change", () => this.draw());
   }
@@ -205,7 +206,8 @@ export class UpdateRatios {
   load(layers) {
     this.lines = new Map();
     for (const [name, columns] of Object.entries(layers)) {
-      this.lines.set(name, { xs: [...columns.step], ys: columns.update_ratio.map(positiveOrNaN), module: columns.module });
+      this.lines.set(name, { xs: [...columns.step], ys: columns.update_ratio.map(positiveOrNaN), module: columns.module,
+        last: columns.update_ratio[columns.update_ratio.length - 1] });
     }
     this.draw();
   }
@@ -219,6 +221,7 @@ export class UpdateRatios {
       if (line.xs.length && line.xs[line.xs.length - 1] >= step) continue;
       line.xs.push(step);
       line.ys.push(positiveOrNaN(s.update_ratio));
+      line.last = s.update_ratio;
       changed = true;
     }
     if (changed) this.draw();
@@ -241,7 +244,21 @@ export class UpdateRatios {
       xs: names.map((n) => [...this.lines.get(n).xs]), ys: names.map((n) => [...this.lines.get(n).ys]),
       layer: names, color: names.map((_, i) => PALETTE[i % PALETTE.length]),
     });
+    if (this.note) {
+      const still = names.filter((n) => this.lines.get(n).last === 0);
+      this.note.hidden = still.length === 0;
+      this.note.textContent = still.length ? frozenNote(still) : "";
+    }
   }
+}
+
+// Tensors whose latest update was exactly 0 (a log axis cannot draw 0, so their lines stop):
+// said in words, as nothing moving is what this panel is there to show.
+export function frozenNote(names) {
+  const shown = names.length > 4 ? `${names.slice(0, 4).join(", ")} and ${names.length - 4} more` : names.join(", ");
+  return `${shown} did not move at ${names.length > 1 ? "their" : "its"} latest sampled step (a ratio of exactly 0, ` +
+    "which a log axis cannot draw): no gradient reaches " + (names.length > 1 ? "them" : "it") +
+    " (dead units downstream?), or the learning rate is 0.";
 }
 
 // A log axis cannot show zero (a frozen parameter) or a non-finite ratio: gaps instead.

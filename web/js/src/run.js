@@ -22,7 +22,7 @@ const RATIO_POINTS = 500;
 const RANKS_MS = 5000;
 const DEAD_THRESHOLDS = JSON.parse(document.getElementById("dead-card").dataset.thresholds);
 const RATIO = JSON.parse(document.getElementById("ratio-card").dataset.ratio);  // how often a running job's band of rank losses is read again
-const SOURCES = ["loss_train", "loss_val", "val_best", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "act_bands",
+const SOURCES = ["loss_train", "loss_val", "val_best", "loss_ranks", "flag_marks", "metric_train", "metric_val", "lr", "lr_held", "act_bands",
   "act_hist", "grad_bands", "grad_hist", "dead", "saturated", "dead_layers", "update_ratio", "inputs", "loss_linear", "loss_log"];
 
 class RunPage {
@@ -42,7 +42,8 @@ class RunPage {
       info: document.getElementById("act-info"), bands: models.act_bands, hist: models.act_hist });
     this.grad = new LayerPanel({ run: RUN, signal: "output_grad", select: document.getElementById("grad-layer"),
       info: document.getElementById("grad-info"), bands: models.grad_bands, hist: models.grad_hist });
-    this.ratios = new UpdateRatios(models.update_ratio, RATIO.norms, document.getElementById("ratio-all"));
+    this.ratios = new UpdateRatios(models.update_ratio, RATIO.norms, document.getElementById("ratio-all"),
+      document.getElementById("ratio-note"));
     this.metric = null;
     this.metricNames = new Set();
     this.loaded = false;
@@ -157,6 +158,16 @@ class RunPage {
   loadLr(history) {
     setData(this.lr.source, { step: history ? [...history.step] : [], value: history ? [...history.value] : [] });
     this.lr.lastStep = history && history.step.length ? history.step[history.step.length - 1] : -Infinity;
+    this.holdLr();
+  }
+
+  // The rate held from its last change to the latest training step (the lr_held source).
+  holdLr() {
+    const values = this.lr.source.data.value;
+    const until = Math.max(this.loss.lastStep, this.lr.lastStep);
+    if (!values.length || !Number.isFinite(until)) return;
+    const value = values[values.length - 1];
+    setData(this.m.lr_held, { step: [this.lr.lastStep, until], value: [value, value] });
   }
 
   // Each panel that has nothing to draw says why, once the run shows it will not: no
@@ -272,6 +283,7 @@ class RunPage {
     if (points.loss) compact ||= this.loss.push(points.loss);
     if (points.val_loss) { compact ||= this.val.push(points.val_loss); this.markBest(); }
     if (points.lr) this.pushLr(points.lr);
+    else if (points.loss) this.holdLr();
     if (this.metric) {
       if (points[this.metric]) this.metricTrain.push(points[this.metric]);
       if (points[`val_${this.metric}`]) this.metricVal.push(points[`val_${this.metric}`]);
@@ -289,6 +301,7 @@ class RunPage {
     const first = this.lr.source.data.step.length === 0;
     this.lr.lastStep = fresh[fresh.length - 1][0];
     stream(this.lr.source, { step: fresh.map((p) => p[0]), value: fresh.map((p) => p[1]) });
+    this.holdLr();
     if (first && this.sampled) this.explainPanels();
   }
 

@@ -42,3 +42,12 @@ test("ReLU layers read as dead units, saturating ones (tanh, GELU) as saturated,
   assert.deepEqual(rows.factors, ["8 · Sigmoid · output", "6 · Tanh", "3 · GELU", "1 · ReLU"]);
   assert.deepEqual(rows.others, ["LeakyReLU"]);
 });
+
+import { frozenNote } from "../src/layers.js";
+
+test("tensors that did not move are named, a long list shortened", () => {
+  assert.match(frozenNote(["fc1.weight"]), /^fc1.weight did not move at its latest sampled step/);
+  const many = frozenNote(["a", "b", "c", "d", "e", "f"]);
+  assert.match(many, /^a, b, c, d and 2 more did not move at their latest/);
+  assert.match(many, /no gradient reaches them/);
+});

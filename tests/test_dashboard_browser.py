@@ -481,7 +481,8 @@ def test_panels_with_nothing_to_draw_on_a_transformer_say_why(page, tmp_path):
         shelf = page.locator("#not-applicable")
         assert shelf.is_visible() and shelf.locator("h2").first.inner_text() == "Not applicable to this model"
         moved = shelf.locator("[data-panel]")
-        assert sorted(moved.evaluate_all("cards => cards.map((c) => c.dataset.panel)")) == ["filters", "lr"]
+        assert sorted(moved.evaluate_all("cards => cards.map((c) => c.dataset.panel)")) == ["filters", "lr", "metric"]
+        assert shelf.locator("#metric-plot").is_hidden()
         assert shelf.locator("#lr-note").inner_text().startswith("No learning rate")
         assert shelf.locator("#no-filters").is_visible()
         assert page.locator("#not-applicable [data-panel=input], #not-applicable [data-panel=units]").count() == 0

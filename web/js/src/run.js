@@ -176,6 +176,7 @@ class RunPage {
     const note = (id, text) => { const p = document.getElementById(id); p.textContent = text || ""; p.hidden = !text; };
     const metrics = this.metricNames.size > 0;
     document.getElementById("metric").hidden = !metrics;
+    document.getElementById("metric-plot").hidden = !metrics;
     note("metric-note", metrics ? "" : "No metric but the loss is logged: log any other by name, " +
       "mon.log(val_acc=...), and it shows here.");
     const modules = ((this.start && this.start.model) || []).map((m) => m.module);
@@ -200,6 +201,7 @@ class RunPage {
         "F.gelu), which no module hook sees; make them modules (nn.ReLU(), nn.GELU()) to see dead and saturated units.";
     }
     this.placePanels({
+      metric: this.sampled && !metrics,
       filters: this.sampled && !image && document.getElementById("filters").hidden,
       input: this.sampled && !this.hasInputs,
       lr: this.sampled && !lr,

@@ -128,3 +128,14 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def source_data(page, name: str) -> dict | None:
+    """The columns of the page's Bokeh data source ``name``, as plain lists (None: no such source)."""
+    return page.evaluate("""name => {
+        for (const doc of Bokeh.documents) {
+            const m = doc.get_model_by_name(name);
+            if (m) return Object.fromEntries(Object.entries(m.data).map(([k, v]) => [k, Array.from(v)]));
+        }
+        return null;
+    }""", name)

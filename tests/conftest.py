@@ -73,6 +73,30 @@ def http_get():
     return _http_get
 
 
+@pytest.fixture
+def page(browser):
+    """A fresh tab; any script error or console error on it fails the test (``expected_errors``:
+    console texts a test provokes, as a server taken down). With ``strict_network`` set, so
+    does any failed request or HTTP error answer (tests/test_zoo_pages.py)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    problems, network = [], []
+    tab.expected_errors = ()
+    tab.strict_network = False
+    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    tab.on("console", lambda m: problems.append(f"console error: {m.text}")
+           if m.type == "error" and not any(e in m.text for e in tab.expected_errors) else None)
+    tab.on("requestfailed", lambda r: network.append(f"request failed: {r.method} {r.url} ({r.failure})")
+           if not r.url.startswith("about:") else None)
+    tab.on("response", lambda r: network.append(f"HTTP {r.status}: {r.request.method} {r.url}")
+           if r.status >= 400 else None)
+    yield tab
+    tab.goto("about:blank")  # leave before the server stops: no reconnection errors
+    context.close()
+    assert not problems, problems
+    assert not (tab.strict_network and network), network
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's chromium under Playwright, one per test module (skipped without it, a

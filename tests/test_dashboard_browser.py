@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser import Training, source_length, stop_from_page, wait_until
+from browser import Training, source_data, source_length, stop_from_page, wait_until
 from monitor.events import Flag
 from servers import serving
 from trainings import PATHOLOGY_NAMES, pathology_options
@@ -19,21 +19,6 @@ UNTIL_STOPPED = 10_000
 
 FLAG = Flag(kind="dead_relu", severity="critical", message="3 of 4 units of layer 1 never fire <b>now</b>",
             advice="lower the learning rate; try leaky ReLU", layer="1", evidence={"dead_fraction": 0.75})
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh tab; any script error or failed request on it fails the test."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    tab = context.new_page()
-    problems = []
-    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    tab.expected_errors = ()  # a test that takes the server down expects failed requests
-    tab.on("console", lambda m: problems.append(f"console error: {m.text}")
-           if m.type == "error" and not any(e in m.text for e in tab.expected_errors) else None)
-    yield tab
-    context.close()
-    assert not problems, problems
 
 
 @pytest.fixture
@@ -333,16 +318,6 @@ def _legend(page, figure: str) -> list[str]:
     }""", figure)
 
 
-def _source_data(page, name: str) -> dict:
-    return page.evaluate("""name => {
-        for (const doc of Bokeh.documents) {
-            const m = doc.get_model_by_name(name);
-            if (m) return Object.fromEntries(Object.entries(m.data).map(([k, v]) => [k, Array.from(v)]));
-        }
-        return null;
-    }""", name)
-
-
 def test_validation_points_are_drawn_as_they_are_with_the_best_one_marked(page, tmp_path):
     from monitor.events import Event, Kind, Scalars
     from monitor.store import RunStore
@@ -356,13 +331,13 @@ def test_validation_points_are_drawn_as_they_are_with_the_best_one_marked(page, 
         store.append(events)
     with serving(tmp_path / "store") as running:
         open_run(page, running, "sparse")
-        drawn = _source_data(page, "loss_val")
+        drawn = source_data(page, "loss_val")
         assert drawn["smooth"] == drawn["value"] == list(val.values())  # not averaged into a lagging line
-        assert _source_data(page, "val_best") == {"step": [200], "value": [2.5]}
+        assert source_data(page, "val_best") == {"step": [200], "value": [2.5]}
         page.fill("#smoothing", "0.95")
         page.dispatch_event("#smoothing", "input")
-        assert _source_data(page, "loss_val")["smooth"] == list(val.values())
-        train = _source_data(page, "loss_train")
+        assert source_data(page, "loss_val")["smooth"] == list(val.values())
+        train = source_data(page, "loss_train")
         assert train["smooth"] != train["value"]  # the dense training loss is what the slider smooths
         wait_until(lambda: _legend(page, "loss_linear") == ["train", "validation"],
                    what="a legend without the flags this run has none of")
@@ -405,10 +380,10 @@ def test_dead_and_saturated_bars_take_their_rules_colours_and_leaky_activations_
     with serving(tmp_path / "store") as running:
         open_run(page, running, "units")
         wait_until(lambda: source_length(page, "dead") == 3, what="the three ReLU layers' bars")
-        drawn = _source_data(page, "dead")
+        drawn = source_data(page, "dead")
         colours = dict(zip((name.split(" ")[0] for name in drawn["layer"]), drawn["color"]))
         assert colours == {"relu1": "#1f6fb4", "relu2": "#e8a30a", "relu3": "#c5221f"}
-        saturated = _source_data(page, "saturated")  # smooth activations: the share in their flat tail
+        saturated = source_data(page, "saturated")  # smooth activations: the share in their flat tail
         assert saturated["layer"] == ["gelu · GELU", "silu · SiLU"] and saturated["sat_frac"] == [0.03, 0.8]
         assert saturated["color"] == ["#1f6fb4", "#c5221f"] and saturated["bar"] == [0.6, 0.6]
         assert "LeakyReLU layers are not shown" in page.locator("#dead-note").inner_text()
@@ -536,10 +511,10 @@ def test_the_update_ratio_panel_draws_the_weight_tensors_and_adds_biases_and_nor
                      + [Event("ratios", 1 + s, s, 1001.0 + s, Kind.LAYER_STATS, params(s)) for s in range(3)])
     with serving(tmp_path / "store") as running:
         open_run(page, running, "ratios")
-        wait_until(lambda: (_source_data(page, "update_ratio") or {}).get("layer") == ["conv.weight"],
+        wait_until(lambda: (source_data(page, "update_ratio") or {}).get("layer") == ["conv.weight"],
                    what="the weight tensor's line alone")
         page.check("#ratio-all")
-        assert sorted(_source_data(page, "update_ratio")["layer"]) == ["bn.weight", "conv.bias", "conv.weight"]
+        assert sorted(source_data(page, "update_ratio")["layer"]) == ["bn.weight", "conv.bias", "conv.weight"]
         page.goto("about:blank")
 
 
@@ -579,7 +554,7 @@ def test_a_constant_learning_rate_is_drawn_to_the_last_step_and_frozen_weights_a
     with serving(tmp_path / "store") as running:
         open_run(page, running, "still")
         wait_until(lambda: source_length(page, "lr_held") == 2, what="the held learning rate")
-        assert _source_data(page, "lr_held") == {"step": [0, 29], "value": [0.05, 0.05]}
+        assert source_data(page, "lr_held") == {"step": [0, 29], "value": [0.05, 0.05]}
         note = page.locator("#ratio-note")
         wait_until(note.is_visible, what="the note on the tensors that did not move")
         assert note.inner_text().startswith("fc1.weight, fc2.weight did not move at their latest sampled step")

@@ -18,7 +18,8 @@ import pytest
 
 from monitor.frames import load_run
 from servers import serving
-from zoo_pages import GLYPHS_JS, LEGEND_PROBLEMS_JS, PANEL_PROBLEMS_JS, ROOT, RUNS, settled, source_data, train_all
+from browser import source_data
+from zoo_pages import GLYPHS_JS, LEGEND_PROBLEMS_JS, PANEL_PROBLEMS_JS, ROOT, RUNS, settled, train_all
 
 ARTEFACTS = Path(os.environ.get("BABYSIT_ARTEFACTS", ROOT / "artefacts")) / "pages"
 
@@ -42,21 +43,10 @@ def zoo_server(zoo):
 
 
 @pytest.fixture
-def page(browser):
-    """A fresh tab; any script error, console error or failed request on it fails the test."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    tab = context.new_page()
-    problems = []
-    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    tab.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
-    tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.method} {r.url} ({r.failure})")
-           if not r.url.startswith("about:") else None)
-    tab.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.request.method} {r.url}")
-           if r.status >= 400 else None)
-    yield tab
-    tab.goto("about:blank")  # leave before the server stops: no reconnection errors
-    context.close()
-    assert not problems, problems
+def page(page):
+    """The shared tab (tests/conftest.py), failing on any failed request or HTTP error too."""
+    page.strict_network = True
+    return page
 
 
 def stored(logdir, run_id: str):

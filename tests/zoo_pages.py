@@ -214,14 +214,3 @@ def settled(page, script: str, timeout: float = 10.0) -> dict:
         if not answer["problems"] or time.monotonic() > deadline:
             return answer
         time.sleep(0.2)
-
-
-def source_data(page, name: str) -> dict | None:
-    """The columns of the page's Bokeh data source ``name`` (as test_dashboard_browser reads them)."""
-    return page.evaluate("""name => {
-        for (const doc of Bokeh.documents) {
-            const m = doc.get_model_by_name(name);
-            if (m) return Object.fromEntries(Object.entries(m.data).map(([k, v]) => [k, Array.from(v)]));
-        }
-        return null;
-    }""", name)

@@ -98,3 +98,21 @@ def test_space_specs_read_back_and_bad_ones_name_the_problem():
             parse(text)
     with pytest.raises(SpaceError, match="lr given more than once"):
         parse_all(["lr=uniform(0,1)", "lr=uniform(0,2)"])
+
+
+def test_a_trial_is_pruned_by_a_diverged_run_a_dead_network_or_an_early_plateau_only():
+    from monitor.events import Flag, Severity
+    from monitor.sweeps.pruning import prune_reason, savings
+
+    def flag(kind, severity=Severity.WARNING, step=10):
+        return Flag(kind, severity, f"{kind} at step {step}", "advice", step=step)
+
+    assert prune_reason([flag("update_ratio"), flag("divergence", Severity.CRITICAL, 40)]).kind == "divergence"
+    assert prune_reason([flag("dead_relu")]) is None  # a warning: part of a layer
+    pruned = prune_reason([flag("dead_relu", Severity.CRITICAL, 12)])
+    assert pruned.kind == "dead_relu" and pruned.step == 12 and pruned.reason.startswith("dead_relu: ")
+    assert prune_reason([flag("plateau")], evaluations=1).kind == "plateau"
+    assert prune_reason([flag("plateau")], evaluations=5) is None  # a late plateau is convergence's business
+    assert prune_reason([flag("overfitting")]) is None
+    saved = savings([100.0, 120.0, 110.0], [10.0, 30.0])
+    assert (saved.pruned, saved.completed, saved.seconds_saved) == (2, 3, 100.0 + 80.0)

@@ -129,8 +129,9 @@ def test_input_statistics_come_back_as_columns(server, get):
     reply = get("/api/runs/r/inputs")[1]
     assert reply["step"] == [0, 10, 20] and reply["mean"] == [0.0, 0.1, 0.2] and reply["max"][2] == math.inf
     assert reply["nan"] == [0, 1, 2] and reply["inf"] == [0, 0, 1] and reply["total"] == 3
-    assert set(reply) == {"step", "wall", "mean", "std", "min", "max", "nan", "inf", "total", "shape"}
+    assert set(reply) == {"step", "wall", "mean", "std", "min", "max", "nan", "inf", "total", "shape", "latest"}
     assert reply["shape"] == [8, 3]  # the latest batch's, so that the page knows an image from a table
+    assert reply["latest"]["mean"] == 0.2 and reply["latest"]["integer"] is False  # the whole latest reading
 
 
 def test_the_latest_event_of_a_kind_is_served_with_its_payload(server, get, make_events):

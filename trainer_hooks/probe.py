@@ -27,8 +27,7 @@ from trainer_hooks.by_hand import HandUpdates
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
 from trainer_hooks.reduce import (
-    flat_tail_start,
-    DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, channel_moments, reduce_tensor, unit_maxima,
+    DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, channel_moments, flat_tail_start, reduce_tensor, unit_maxima,
 )
 
 ACTIVATIONS = (

@@ -221,7 +221,6 @@ def channel_moments(x: torch.Tensor, max_channels: int) -> list[torch.Tensor]:
 #: (trainer_hooks.decode.SATURATION_MARGIN: tanh at |y| = 0.98 has slope 0.04, sigmoid at
 #: 0.99 has 0.0099 of its 0.25), so one word, "saturated", means the same for every activation.
 FLAT_SLOPE_SHARE = 0.04
-_TAIL_GRID = torch.linspace(-40.0, 40.0, 16001, dtype=torch.float64)  # steps of 0.005
 _tail_starts: dict[str, float | None] = {}
 
 
@@ -238,7 +237,8 @@ def flat_tail_start(module: torch.nn.Module) -> float | None:
 
 
 def _find_tail_start(module: torch.nn.Module) -> float | None:
-    x = _TAIL_GRID.clone().requires_grad_(True)
+    grid = torch.linspace(-40.0, 40.0, 16001, dtype=torch.float64)  # steps of 0.005; once per configuration
+    x = grid.clone().requires_grad_(True)
     with torch.enable_grad():
         y = module.forward(x)  # not module(x): no hook sees the grid (ours would record it as a call)
         (slope,) = torch.autograd.grad(y.sum(), x)
@@ -247,4 +247,4 @@ def _find_tail_start(module: torch.nn.Module) -> float | None:
     if not bool(flat[0]):
         return None
     steep = torch.nonzero(~flat)
-    return None if steep.numel() == 0 else float(_TAIL_GRID[int(steep[0])])
+    return None if steep.numel() == 0 else float(grid[int(steep[0])])

@@ -208,5 +208,12 @@ def _slope(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return slope
 
 
+_STEEPEST: dict[str, float] = {}
+
+
 def _steepest(module: nn.Module) -> float:
-    return float(_slope(module, torch.linspace(-10.0, 10.0, 4001)).abs().max())
+    """The activation's steepest slope, found once per configuration (its ``repr``)."""
+    key = f"{type(module).__qualname__}:{module!r}"
+    if key not in _STEEPEST:
+        _STEEPEST[key] = float(_slope(module, torch.linspace(-10.0, 10.0, 4001)).abs().max())
+    return _STEEPEST[key]

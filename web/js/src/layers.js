@@ -151,7 +151,9 @@ export function unitRows(summaries, thresholds) {
   const output = last && thresholds.bounded.includes(last.module) ? last : null;
   const dead = activations.filter(isDead);
   const saturated = activations.filter((s) => !isDead(s) && isSaturating(s));
-  const others = [...new Set(activations.filter((s) => !isDead(s) && !isSaturating(s)).map((s) => s.module))];
+  // a leaky unit: counted units, no saturation reading (a NaN reading, no finite output, is simply not drawn)
+  const others = [...new Set(activations.filter((s) => !isDead(s) && (s.sat_frac === null || s.sat_frac === undefined))
+    .map((s) => s.module))];
   const label = (s) => `${s.layer} · ${s.module}${s === output ? " · output" : ""}`;
   return {
     factors: activations.filter((s) => isDead(s) || isSaturating(s)).map(label).reverse(),  // forward order, top down

@@ -29,10 +29,10 @@ test("ReLU layers read as dead units, saturating ones (tanh, GELU) as saturated,
     sat_frac: null, zero_frac: 0.4, ...extra });
   const rows = unitRows([
     act("1", "ReLU", { dead_units: 7 }), act("3", "GELU", { sat_frac: 0.02, units: null }),
+    act("4", "GELU", { units: null, sat_frac: NaN }),  // no finite input to judge: not drawn, not "leaky"
     act("5", "LeakyReLU"), act("6", "Tanh", { sat_frac: 0.7 }), act("8", "Sigmoid", { sat_frac: 0.9 }),
     { signal: "output_grad", layer: "1", module: "ReLU", sat_frac: 0.9 },
     act("9", "Linear", { units: null, dead_units: null }),  // a layer's output, not an activation function's
-    act("10", "GELU", { units: null, sat_frac: NaN }),  // no finite input to judge: not drawn, not "leaky"
   ], t);
   assert.deepEqual(rows.dead.layer, ["1 · ReLU"]);
   assert.deepEqual(rows.dead.dead_frac, [0.7]);

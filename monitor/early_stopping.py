@@ -47,6 +47,7 @@ class StopCause(str, Enum):
     EARLY_STOPPING = "early_stopping"  # the monitored metric stopped improving, or is not finite
     FLAG = "flag"  # a detector's flag whose kind is in stop_on
     PEER = "peer"  # another rank of a distributed run asked to stop
+    PRUNED = "pruned"  # a sweep ended a hopeless trial (monitor.sweeps.pruning)
 
 
 @dataclass(frozen=True)

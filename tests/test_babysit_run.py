@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,3 +292,64 @@ def test_babysit_run_refuses_what_it_cannot_run_in_one_line(tmp_path):
         done = subprocess.run([sys.executable, "-m", "monitor.cli", "run", *args], cwd=tmp_path, env=_env(),
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and problem in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+ENDLESS = """
+import sys, time, torch
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(64, 4), torch.randn(64, 1)
+try:
+    for step in range(100_000):
+        try:
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        except Exception as exc:  # a script that swallows its errors must not swallow the stop
+            print("swallowed", exc)
+        time.sleep(0.005)
+finally:
+    print(f"finally after {step} steps", flush=True)
+print("the loop ran to its end")
+"""
+
+
+def test_a_stop_from_the_dashboard_ends_a_script_that_never_reads_should_stop(tmp_path):
+    import socketio
+
+    from servers import serving
+
+    script = tmp_path / "endless.py"
+    script.write_text(ENDLESS)
+    with serving(tmp_path / "server") as running:
+        job = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--server", running.url, "--run",
+                                "endless", str(script)], env=_env(), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        try:
+            deadline, runs = time.monotonic() + 60, []
+            while time.monotonic() < deadline and not any((r.last_step or 0) >= 10 for r in runs):
+                time.sleep(0.2)
+                with RunStore(tmp_path / "server") as store:
+                    runs = list(store.runs())
+            assert runs, job.stderr.read() if job.poll() is not None else "no run stored"
+            browser = socketio.Client()
+            browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
+            try:
+                assert browser.call("stop", {"run": runs[0].run, "reason": "enough"}, namespace="/dashboard",
+                                    timeout=5)["ok"] is True
+            finally:
+                browser.disconnect()
+            out, err = job.communicate(timeout=60)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    assert job.returncode == 0, err[-3000:]
+    assert "finally after" in out and "swallowed" not in out and "ran to its end" not in out
+    left_at = int(re.search(r"finally after (\d+) steps", out).group(1))
+    assert left_at < 1000
+    assert any(line.startswith("babysit: run endless") and "stopped at step" in line and "(dashboard): enough" in line
+               for line in err.splitlines()), err[-2000:]
+    frames = monitor.load_run("endless", logdir=tmp_path / "server")
+    assert frames.status.state.iloc[-1] == "stopped" and "enough" in frames.status.reason.iloc[-2]

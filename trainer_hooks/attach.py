@@ -44,6 +44,20 @@ from trainer_hooks.handle import Monitor, unwrap, watch, watching
 from trainer_hooks.probe import step_closure, with_closure
 
 
+class RunStopped(BaseException):
+    """A stop the script cannot hear (it never reads ``should_stop``): raised out of the
+    optimizer step after the one at which the stop was asked for (the dashboard's button,
+    a flag in ``stop_on``, a sweep pruning its trial), so that the script ends there as it
+    would at Ctrl-C: its ``finally`` blocks run, its ``except Exception`` blocks do not
+    swallow it (like ``KeyboardInterrupt``, it is no ``Exception``)."""
+
+    def __init__(self, monitor: Monitor):
+        reason = monitor.stop_reason
+        super().__init__(f"run {monitor.run_id} stopped at step {reason.step if reason else '?'}"
+                         f" ({reason.cause.value if reason else 'stop'}): {reason.message if reason else ''}")
+        self.monitor = monitor
+
+
 @dataclass(eq=False)
 class Trained:
     """One model the script trains, and what is known of it so far."""
@@ -295,6 +309,7 @@ class Attacher:
 
     def _step_post(self, optimizer, args, kwargs):
         self._stepping -= 1
+        stopped = None
         try:
             trained = self._of(optimizer)
             if not trained:
@@ -306,8 +321,11 @@ class Attacher:
                 if t.closure_loss is not None:
                     t.monitor.log(loss=t.closure_loss)
                     t.closure_loss = t.loss = None
+            stopped = next((t.monitor for t in trained if t.monitor.should_stop), None)
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
+        if stopped is not None:
+            raise RunStopped(stopped)
 
     def _of(self, optimizer) -> list[Trained]:
         """The watched models this optimizer steps."""

@@ -7,7 +7,9 @@ module the working directory), the working directory itself, ``__name__ ==
 exits with N, an exception prints its traceback (from the script's own frames, through
 ``sys.excepthook``) and exits with 1, Ctrl-C ends the process as an unhandled
 ``KeyboardInterrupt`` would. Each run ends as what happened: finished, crashed (with
-the exception), interrupted, or diverged.
+the exception), interrupted, or diverged. A stop the script does not read (it never looks
+at ``should_stop``: the dashboard's button, a sweep pruning its trial) ends it at the next
+optimizer step, the run ``stopped`` (or ``diverged``) with its reason, exit status 0.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_hooks.attach import Attacher
+from trainer_hooks.attach import Attacher, RunStopped
 from trainer_hooks.endings import ending
 
 
@@ -95,6 +97,10 @@ def _run_as_main(target: Target, attacher: Attacher) -> int:
         failed = code not in (None, 0)
         attacher.close(*((("crashed", f"exited with status {code}") if failed else (None, ""))))
         raise
+    except RunStopped as stop:  # a stop the script does not read (should_stop): it ends here
+        attacher.close()
+        print(f"babysit: {stop}; the script was ended at that step", file=sys.stderr, flush=True)
+        return 0
     except BaseException as exc:  # noqa: BLE001 - the script's, passed on as Python would
         attacher.close(*ending(type(exc), exc))
         exc.with_traceback(_script_frames(exc.__traceback__))

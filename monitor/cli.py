@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+from monitor.tables import format_table
+
 USAGE_ERROR = 2  # the exit status argparse uses for bad arguments; we use it for every user error
 
 
@@ -308,13 +310,6 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart; numbers stay left-aligned too."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [headers, *rows]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -547,6 +542,133 @@ def _run(args: argparse.Namespace) -> int:
     return run(where, RunOptions(run=args.run, sweep=args.sweep, dashboard=args.dashboard, watch=watch))
 
 
+# ------------------------------------------------------------------------------ sweep
+
+#: ``babysit sweep``'s default number of trials.
+SWEEP_TRIALS = 20
+
+
+def _add_sweep(commands) -> None:
+    p = commands.add_parser(
+        "sweep", help="search hyper-parameters: each trial a script run watched by babysit, pruned by diagnosis",
+        usage="babysit sweep --space SPEC [--space SPEC ...] [--trials N] [--parallel N] [--sampler random|tpe|grid] "
+              "[--sweep NAME] [--storage URL] [options] -- python train.py --lr {lr} ...",
+        description="Search hyper-parameters with Optuna, the way the practice notes say: on a log scale, at "
+                    "random, coarse to fine. Each trial runs the command after -- under `babysit run`, its "
+                    "{name} fields filled in with the trial's values, and is pruned the moment babysit "
+                    "diagnoses it hopeless (a divergence, critically dead ReLUs, a loss flat from the start). "
+                    "At the end it prints every trial, the best, what pruning saved and the search's advice "
+                    "(a best value on the border of its range, a grid, the next finer range as --space "
+                    "options to paste). Other processes, on this machine or others, join the same sweep with "
+                    "the same --sweep, --space and --storage.")
+    p.add_argument("--space", action="append", required=True, metavar="SPEC",
+                   help="a dimension, NAME=DIST(ARGS): loguniform(1e-5,1e-1), uniform(0,0.5), logint(16,512), "
+                        "int(1,8), choice(32,64,128); repeat for each")
+    p.add_argument("--trials", type=_whole(1, "trials", SWEEP_TRIALS), default=SWEEP_TRIALS, metavar="N",
+                   help=f"the sweep's trials, shared by every process that joins it (default: {SWEEP_TRIALS})")
+    p.add_argument("--parallel", type=_whole(1, "trials", 2), default=1, metavar="N",
+                   help="trials this process runs at once (default: 1)")
+    p.add_argument("--sampler", choices=("random", "tpe", "grid"), default="random",
+                   help="random search (the notes' advice), Optuna's TPE, or a grid (warned against) "
+                        "(default: random)")
+    p.add_argument("--grid-points", type=_whole(2, "values", 4), default=4, metavar="N",
+                   help="values per numeric dimension with --sampler grid (default: 4)")
+    p.add_argument("--sweep", metavar="NAME", help="the sweep's name; another process joins it by the same name "
+                                                   "(default: sweep-DATE-TIME)")
+    p.add_argument("--storage", metavar="URL", help="the study's storage: an SQLite file or URL, or "
+                                                   "postgresql://... (default: LOGDIR/sweeps.sqlite3)")
+    p.add_argument("--objective", default="val_loss", metavar="NAME",
+                   help="the logged metric each trial is judged by, its best value (default: val_loss)")
+    p.add_argument("--direction", choices=("minimize", "maximize"), default="minimize",
+                   help="minimize a loss, maximize an accuracy (default: minimize)")
+    p.add_argument("--no-prune", dest="prune", action="store_false",
+                   help="do not prune trials by diagnosis (default: prune on divergence, critically dead ReLUs "
+                        "and an early plateau)")
+    p.add_argument("--pruner", choices=("median", "halving"), default=None,
+                   help="also prune with Optuna's median or successive-halving pruner on the objective "
+                        "(default: none)")
+    p.add_argument("--seed", type=_whole(0, "", 0), default=None, metavar="N",
+                   help="make the trials' values reproducible (default: fresh each sweep)")
+    p.add_argument("--trial-timeout", type=_number("seconds", "600", positive=True), default=None, metavar="S",
+                   help="end a trial that runs longer, as failed (default: no limit)")
+    p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
+                   help="where runs, trial logs and the default storage go (default: runs)")
+    p.add_argument("--server", type=_server, metavar="URL", help="trials stream to `babysit serve` at URL "
+                                                                 "(default: the local store)")
+    p.add_argument("--token", type=_token, default=None, help="the server's token (default: $BABYSIT_TOKEN)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the live dashboard from this process on 127.0.0.1; trials stream to it, and it "
+                        "stays up after the sweep until Ctrl-C")
+    p.add_argument("--every", type=_every, metavar="N", help="the trials' sampling interval (default: auto)")
+    p.set_defaults(func=_sweep, trial_command=())
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import os
+
+    from monitor.sweeps import command, study as studies
+    from monitor.sweeps.space import SpaceError, parse_all
+    from monitor.validation import is_run_id
+
+    try:
+        space = parse_all(args.space)
+        command.check(args.trial_command, space)
+    except (SpaceError, command.CommandError) as exc:
+        raise CliError(str(exc)) from None
+    name = args.sweep or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    if not is_run_id(name) or len(name) > 90:
+        raise CliError(f"--sweep: expected 1-90 characters from A-Z a-z 0-9 . _ - (starting with a letter or "
+                       f"digit), got {name!r}")
+    if args.dashboard and args.server:
+        raise CliError("--dashboard serves from this process: it cannot be combined with --server")
+    try:
+        studies.optuna()
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    from monitor.sweeps.launch import Sweep, SweepPlan, trials_of
+    from monitor.sweeps.report import lines, report
+
+    Path(args.logdir).mkdir(parents=True, exist_ok=True)
+    server = start_dashboard(args.logdir) if args.dashboard else None
+    plan = SweepPlan(name, space, tuple(args.trial_command), args.trials,
+                     studies.storage_url(args.storage, args.logdir), args.parallel, args.sampler, args.objective,
+                     args.direction, args.prune, args.pruner, args.logdir,
+                     server.url if server else args.server, args.token or os.environ.get("BABYSIT_TOKEN") or None,
+                     args.every, args.seed, args.grid_points, args.trial_timeout)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        try:
+            sweep = Sweep(plan, say)
+        except studies.StudyError as exc:
+            raise CliError(str(exc)) from None
+        say(f"babysit sweep: {name}: {plan.budget} trials of {', '.join(d.spec() for d in space)}, {plan.sampler} "
+            f"search, {plan.parallel} at a time; study in {plan.storage}")
+        if server is not None:
+            say(f"babysit sweep: live dashboard at {server.url}/sweeps/{name}")
+        if plan.sampler == "grid":
+            say(f"babysit sweep: warning: a grid of {studies.grid_size(space, plan.grid_points)} points tries only "
+                f"{plan.grid_points} values of each dimension; random search tries a new value of every dimension "
+                "in every trial (Bergstra & Bengio 2012): prefer --sampler random")
+        say(f"babysit sweep: join from another process: babysit sweep --sweep {name} --storage {plan.storage} "
+            "with the same --space and command")
+        sweep.run()
+        for line in lines(report(trials_of(sweep.study), space, plan.direction, plan.sampler), space,
+                          plan.objective):
+            say(line)
+        if server is not None:
+            say(f"babysit sweep: done; the dashboard stays up at {server.url}/sweeps/{name} (press Ctrl-C to stop it)")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        if server is None:
+            raise
+        say("babysit sweep: stopped")
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
 def _message(exc: BaseException) -> str:
     # KeyError quotes its argument; show the text as written.
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -564,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_replay(commands)
     _add_run(commands)
+    _add_sweep(commands)
     return parser
 
 
@@ -573,10 +696,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
         argv = split_run_argv(argv)
+    trial_command: list[str] = []
+    if argv[:1] == ["sweep"] and "--" in argv:  # the trial's command is the script's, options and all
+        cut = argv.index("--")
+        argv, trial_command = argv[:cut], argv[cut + 1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
         return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+    if args.command == "sweep":
+        args.trial_command = tuple(trial_command)
     try:
         return args.func(args)
     except CliError as exc:

@@ -7,5 +7,6 @@ that turns them into events for the run store (or, later, a dashboard server).
 from monitor.early_stopping import EarlyStopping
 from trainer_hooks.config import WatchConfig
 from trainer_hooks.handle import BabysitWarning, Monitor, watch
+from trainer_hooks.sweep import sweep
 
-__all__ = ["BabysitWarning", "EarlyStopping", "Monitor", "WatchConfig", "watch"]
+__all__ = ["BabysitWarning", "EarlyStopping", "Monitor", "WatchConfig", "sweep", "watch"]

@@ -29,6 +29,7 @@ stops watching, and the training runs on.
 """
 from __future__ import annotations
 
+import math
 import sys
 import weakref
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ class Attacher:
     """The process-wide hooks of ``babysit run`` (see the module docstring).
 
     ``options`` are :func:`~trainer_hooks.watch`'s, without ``run``; ``name`` the run name
-    of the first model (later ones add their class); ``config`` what every run records."""
+    of the first model (later ones add their class); ``config`` what every run records. A
+    stop policy (``early_stopping``, which keeps state) is the first model's alone."""
 
     def __init__(self, name: str, config: Mapping[str, Any], options: Mapping[str, Any],
                  say: Callable[[str], None] | None = None):
@@ -356,7 +358,10 @@ class Attacher:
                      "checkpoint (the same weights)")
             return
         config = {**self.config, **_optimizer_config(optimizer)}
-        trained.monitor = watch(trained.model, optimizer, run=trained.name, config=config, **self.options)
+        options = self.options
+        if any(t.monitor is not None for t in self.trained.values()):
+            options = {k: v for k, v in options.items() if k != "early_stopping"}
+        trained.monitor = watch(trained.model, optimizer, run=trained.name, config=config, **options)
 
     def _saved_from(self, trained: Trained) -> Trained | None:
         """A watched model that this new one is a copy of (``torch.save(model)`` and
@@ -387,7 +392,13 @@ class Attacher:
         """The evaluation since the last training forward pass, as ``val_loss`` (one read)."""
         values, trained.eval_losses = trained.eval_losses, []
         if values and trained.monitor is not None:
-            trained.monitor.log_after_step(val_loss=torch.stack([v.float().cpu() for v in values]).mean())
+            losses = torch.stack([v.float().cpu() for v in values])
+            trained.monitor.log_after_step(val_loss=losses.mean())
+            # A sweep's trial ranks configurations by this mean: its standard error over the
+            # evaluation's batches is the noise that the validation set's size leaves in it.
+            note = getattr(trained.monitor.early_stopping, "note_standard_error", None)
+            if note is not None and len(values) >= 2:
+                note(float(losses.std()) / math.sqrt(len(values)))
 
 
 def _reach(trained: Trained) -> None:

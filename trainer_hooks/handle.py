@@ -123,6 +123,7 @@ class Monitor:
         self._started = time.time()
         self._stop: Status | None = None
         self.stop_reason: StopReason | None = None  # why the run stops (None while it runs on)
+        self.ended: RunState | None = None  # how the run ended, once closed
         self._stop_lock = threading.Lock()  # stops come from the training, writer and socket threads
         self._best_weights: dict | None = None  # restore_best_weights: a CPU copy of the best state
         self._restored = False
@@ -372,7 +373,7 @@ class Monitor:
         if state is None:  # a run whose loss diverged ends diverged, stopped for it or not
             state = (self.stop_reason.end_state if self.stop_reason is not None
                      else RunState.DIVERGED if any(f.kind == "divergence" for f in self.flags) else RunState.FINISHED)
-        state = RunState(state)
+        state = self.ended = RunState(state)
         reason = reason or (self._stop.reason if self._stop is not None else "")
         by = self._stop.by if self._stop is not None else ""
         self._emit(Kind.STATUS, Status(state, reason, by), wait=True)

@@ -20,12 +20,15 @@ import os
 import runpy
 import signal
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.sweeps.trial import TrialSpec
 from trainer_hooks.attach import Attacher, RunStopped
+from trainer_hooks.sweep import outcome_of, trial_policy
 from trainer_hooks.endings import ending
 
 
@@ -64,6 +67,10 @@ def run(target: Target, options: RunOptions) -> int:
     if options.sweep is not None:
         config["sweep"] = options.sweep
     watch_options = dict(options.watch)
+    trial = TrialSpec.from_env()
+    if trial is not None:  # a trial of `babysit sweep`: tagged, and pruned by its policy
+        config.update(trial.config())
+        watch_options["early_stopping"] = trial_policy(trial)
     server = None
     if options.dashboard:
         from monitor.cli import start_dashboard  # the composition root joins web to us
@@ -72,9 +79,13 @@ def run(target: Target, options: RunOptions) -> int:
         watch_options["server"] = server.url
         print(f"babysit: live dashboard at {server.url}/", file=sys.stderr, flush=True)
     attacher = Attacher(options.run or target.default_name(), config, watch_options)
+    started = time.monotonic()
     try:
         return _run_as_main(target, attacher)
     finally:
+        if trial is not None and trial.outcome:
+            first = next((t.monitor for t in attacher.trained.values() if t.monitor is not None), None)
+            outcome_of(first, time.monotonic() - started).write(trial.outcome)
         if server is not None:
             server.stop()
 

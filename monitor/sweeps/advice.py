@@ -17,7 +17,9 @@ makes for its user.
   search (a log dimension over 3 decades or more) whose trials ran more than one epoch:
   "start with one epoch or less" and add epochs for the finer stages.
 * **Validation too small** (:data:`NOISE_FACTOR`): the top trials' values lie within twice
-  the metric's own evaluation noise of each other, so the validation set cannot rank them.
+  the standard error that the validation set's size leaves in each (the spread of the
+  evaluation's batch losses over the square root of their number), so the validation set
+  cannot rank them.
 
 Pruned, failed and diverged trials are left out (their values are not the configuration's
 worth). Pure functions over plain data.
@@ -57,7 +59,7 @@ NOISE_FACTOR = 2.0
 class Trial:
     """One trial as the advice reads it. ``value``: its objective (the best validation
     metric); ``state``: complete, pruned, failed or diverged; ``epochs``: how long it ran;
-    ``noise``: the standard deviation of its metric between its last evaluations."""
+    ``noise``: the standard error of its value from the validation set's size."""
 
     number: int
     params: Mapping[str, Any]
@@ -190,6 +192,7 @@ def validation_noise(top: Sequence[Trial]) -> list[Advice]:
     if spread > NOISE_FACTOR * noise:
         return []
     return [Advice("validation_noise", f"the best {len(top)} trials lie within {spread:.3g} of each other, inside "
-                   f"{NOISE_FACTOR:g}x the metric's own noise between evaluations ({noise:.3g}): the validation set "
-                   "is too small to rank them; use a larger one (the notes: one validation set of respectable size)",
+                   f"{NOISE_FACTOR:g}x the standard error the validation set's size leaves in each value "
+                   f"({noise:.3g}): the set is too small to rank them; use a larger one (the notes: one validation "
+                   "set of respectable size)",
                    evidence={"spread": spread, "noise": noise, "top": [t.number for t in top]})]

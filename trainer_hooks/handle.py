@@ -371,8 +371,8 @@ class Monitor:
         if self._stop is not None:
             self._restore_best_weights()
         if state is None:  # a run whose loss diverged ends diverged, stopped for it or not
-            state = (self.stop_reason.end_state if self.stop_reason is not None
-                     else RunState.DIVERGED if any(f.kind == "divergence" for f in self.flags) else RunState.FINISHED)
+            state = (RunState.DIVERGED if any(f.kind == "divergence" for f in self.flags)
+                     else self.stop_reason.end_state if self.stop_reason is not None else RunState.FINISHED)
         state = self.ended = RunState(state)
         reason = reason or (self._stop.reason if self._stop is not None else "")
         by = self._stop.by if self._stop is not None else ""

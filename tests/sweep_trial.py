@@ -27,4 +27,4 @@ for epoch in range(args.epochs):
     model.eval()
     with torch.no_grad():
         val = [criterion(model(x[i:i + 64]), y[i:i + 64]).item() for i in (512, 576)]
-    print(f"epoch {epoch + 1}: val_loss {sum(val) / 2:.4g}", flush=True)
+    print(f"epoch {epoch + 1}: val_loss {sum(val) / 2!r} batches {val[0]!r} {val[1]!r}", flush=True)

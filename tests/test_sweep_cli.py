@@ -75,4 +75,9 @@ def test_two_sweep_processes_sharing_one_storage_run_one_study_without_duplicati
             assert len(loss) < 48  # 3 epochs of 16 steps: it did not run them
         else:
             assert ended.state == "finished" and len(frames.series("val_loss")) == 3, (r.config, ended)
+            # each evaluation's standard error over its two batches, as the script's own numbers give it
+            log = (tmp_path / "runs" / "sweeps" / "shared" / f"trial-{r.config['trial']:03d}.log").read_text()
+            batches = [(float(a), float(b)) for a, b in re.findall(r"batches (\S+) (\S+)", log)]
+            assert list(frames.series("val_loss_se")) == pytest.approx([abs(a - b) / 2 for a, b in batches],
+                                                                       rel=1e-5)
     assert any(r.config["params"]["lr"] > 3 for r in runs) and any(r.config["params"]["lr"] < 0.03 for r in runs)

@@ -389,16 +389,21 @@ class Attacher:
             t.eval_losses.append(output.detach().reshape(()))
 
     def _log_eval(self, trained: Trained) -> None:
-        """The evaluation since the last training forward pass, as ``val_loss`` (one read)."""
+        """The evaluation since the last training forward pass, as ``val_loss`` (one read),
+        and over two or more batches its standard error as ``val_loss_se``."""
         values, trained.eval_losses = trained.eval_losses, []
         if values and trained.monitor is not None:
             losses = torch.stack([v.float().cpu() for v in values])
-            trained.monitor.log_after_step(val_loss=losses.mean())
-            # A sweep's trial ranks configurations by this mean: its standard error over the
-            # evaluation's batches is the noise that the validation set's size leaves in it.
-            note = getattr(trained.monitor.early_stopping, "note_standard_error", None)
-            if note is not None and len(values) >= 2:
-                note(float(losses.std()) / math.sqrt(len(values)))
+            if len(values) < 2:
+                trained.monitor.log_after_step(val_loss=losses.mean())
+                return
+            # Its standard error over the evaluation's batches: the noise the validation set's
+            # size leaves in it, which says whether two runs' values can be told apart.
+            error = float(losses.std()) / math.sqrt(len(values))
+            trained.monitor.log_after_step(val_loss=losses.mean(), val_loss_se=error)
+            note = getattr(trained.monitor.early_stopping, "note_standard_error", None)  # a sweep trial's policy
+            if note is not None:
+                note(error)
 
 
 def _reach(trained: Trained) -> None:

@@ -122,6 +122,9 @@ def api_blueprint(app) -> Blueprint:
                         headers={"Content-Disposition": f'attachment; filename="{run}-{fmt}.zip"'})
 
     add_history_routes(api, app)
+    from web.sweeps import add_sweep_routes  # it imports this module
+
+    add_sweep_routes(api, app)
     api.app_errorhandler(HTTPException)(http_error)
     return api
 

@@ -8,12 +8,15 @@ The column names below are the contract with ``web/js/src/run.js``.
 """
 from __future__ import annotations
 
+import math
+
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, PrintfTickFormatter, Range1d, Span
 from bokeh.plotting import figure
 
 from monitor.detectors.dead_relu import DEAD_FRACTION, RELU_FAMILY, SUSPECT_FRACTION
 from monitor.detectors.saturation import BOUNDED, SAT_FRACTION
 from monitor.detectors.update_ratio import NORM_WORDS
+from monitor.sweeps.advice import BORDER_SHARE
 
 #: Update/weight ratio a healthy layer sits near (CS231n: about 1e-3 per step; far above
 #: means the learning rate is too high, far below too low).
@@ -236,3 +239,70 @@ def compare_figures(runs: list[str]) -> dict:
         fig.visible = axis == "linear"
         out[axis] = fig
     return {"loss_linear": out["linear"], "loss_log": out["log"]}
+
+
+def sweep_figures(space: list[dict], direction: str = "minimize") -> dict:
+    """The sweep page's figures: every trial's training loss (solid) and validation loss
+    (dashed, points marked) on shared axes, one colour per trial (the page colours them by
+    a hyper-parameter); and per dimension of the space, each complete trial's best value
+    against its value of the dimension (a log axis for a log dimension spanning more than a
+    decade), the best starred, pruned and diverged trials marked above them, the outer
+    :data:`BORDER_SHARE` of the range shaded (the advice's border). The objective's axis is
+    logarithmic when it is minimised (a loss: the good trials sit orders of magnitude below
+    a bad one), linear when maximised (an accuracy)."""
+    from bokeh.models import BoxAnnotation
+
+    y_axis = "log" if direction == "minimize" else "linear"
+    curve_columns = ("xs", "ys", "color", "alpha", "trial", "label", "state")
+    train = _source("sweep_train", curve_columns)
+    val = _source("sweep_val", curve_columns)
+    points = _source("sweep_val_points", ("step", "value", "color", "trial"))
+    curves = _figure("sweep_curves", None, height=380, y_axis_type=y_axis)
+    lines = [curves.multi_line("xs", "ys", source=train, color="color", line_alpha="alpha", line_width=1.5,
+                               hover_line_width=3, hover_line_alpha=1.0),
+             curves.multi_line("xs", "ys", source=val, color="color", line_alpha="alpha", line_width=2,
+                               line_dash="dashed", hover_line_width=4, hover_line_alpha=1.0)]
+    curves.scatter("step", "value", source=points, color="color", size=4)
+    curves.add_tools(HoverTool(renderers=lines, tooltips=[("trial", "@trial"), ("", "@label"), ("state", "@state")]))
+    curves.yaxis.formatter = PrintfTickFormatter(format=READABLE)
+    out = {"sweep_curves": curves}
+    for i, d in enumerate(space):
+        options: dict = {}
+        if d["distribution"] == "choice":
+            options["x_range"] = FactorRange(factors=[str(c) for c in d["choices"]])
+        elif d["log"] and d["high"] / d["low"] > 10:
+            options["x_axis_type"] = "log"
+        fig = _figure(f"sweep_scatter_{i}", None, height=260, x_label=d["name"], y_axis_type=y_axis, **options)
+        done = _source(f"sweep_done_{i}", ("x", "value", "color", "trial", "label"))
+        best = _source(f"sweep_best_{i}", ("x", "value", "trial", "label"))
+        marked = _source(f"sweep_marked_{i}", ("x", "y", "trial", "label", "state", "reason"))
+        dots = fig.scatter("x", "value", source=done, color="color", size=9, line_color="#202124", line_width=0.5)
+        stars = fig.scatter("x", "value", source=best, marker="star", size=20, color="#f9ab00", line_color="#202124",
+                            legend_label="best")
+        crosses = fig.scatter("x", "y", source=marked, marker="x", size=12, line_width=2, color=FLAG_COLOR,
+                              legend_label="pruned, diverged or failed: no value to rank")
+        fig.add_tools(HoverTool(renderers=[dots, stars], tooltips=[("trial", "@trial"), ("", "@label"),
+                                                                   ("value", "@value{%.4g}")],
+                                formatters={"@value": "printf"}))
+        fig.add_tools(HoverTool(renderers=[crosses], tooltips=[("trial", "@trial"), ("", "@label"),
+                                                               ("state", "@state"), ("why", "@reason")]))
+        if d["distribution"] != "choice":
+            for left, right in _border_bands(d):
+                fig.add_layout(BoxAnnotation(left=left, right=right, fill_color="#9aa0a6", fill_alpha=0.12,
+                                             line_alpha=0))
+        fig.yaxis.formatter = PrintfTickFormatter(format=READABLE)
+        fig.legend.orientation = "horizontal"
+        fig.legend.label_text_font_size = "11px"
+        fig.add_layout(fig.legend[0], "above")  # off the points
+        out[f"sweep_scatter_{i}"] = fig
+    return out
+
+
+def _border_bands(d: dict) -> list[tuple[float, float]]:
+    """The outer :data:`BORDER_SHARE` of a range at each end, on the dimension's scale."""
+    low, high = float(d["low"]), float(d["high"])
+    if d["log"]:
+        width = math.log10(high / low)
+        return [(low, low * 10 ** (BORDER_SHARE * width)), (high / 10 ** (BORDER_SHARE * width), high)]
+    width = high - low
+    return [(low, low + BORDER_SHARE * width), (high - BORDER_SHARE * width, high)]

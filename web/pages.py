@@ -20,7 +20,7 @@ from flask import Blueprint, abort, g, render_template, request, send_from_direc
 
 from monitor.events import RunState
 from monitor.validation import SchemaError, check_run_id
-from web.figures import DEAD_THRESHOLDS, RATIO_PANEL, compare_figures, run_page_figures
+from web.figures import DEAD_THRESHOLDS, RATIO_PANEL, compare_figures, run_page_figures, sweep_figures
 
 #: Runs the compare page overlays at most (one colour each in a 10-colour palette).
 MAX_COMPARED = 10
@@ -34,6 +34,17 @@ def run_page_components() -> tuple[str, dict]:
     every run, so they are built once: building and serialising them takes about half a
     second, which would otherwise be most of the time a page takes to open."""
     return components(run_page_figures(), wrap_script=False)
+
+
+@functools.lru_cache(maxsize=32)
+def sweep_components(specs: tuple[str, ...], direction: str) -> tuple[str, dict, list[dict]]:
+    """A sweep page's figures (they depend on its space) as Bokeh's script and divs, and the space."""
+    from monitor.sweeps.space import parse_all
+
+    space = [{"name": d.name, "distribution": d.distribution, "low": d.low, "high": d.high, "log": d.log,
+              "choices": list(d.choices)} for d in parse_all(specs)]
+    script, divs = components(sweep_figures(space, direction), wrap_script=False)
+    return script, divs, space
 
 
 @functools.lru_cache(maxsize=32)
@@ -89,6 +100,30 @@ def pages_blueprint(app) -> Blueprint:
         # no runs: the page only says how to pick some, and Bokeh warns about a legend of none
         script, divs = compare_components(tuple(runs)) if runs else ("", {})
         return render("compare.html", runs=runs, bokeh_script=script, plots=divs)
+
+    @pages.get("/sweeps/<name>")
+    def sweep_page(name: str):
+        """A sweep, live as its trials stream; one whose first trial has not started yet
+        shows a page that waits for it."""
+        from monitor.sweeps.runs import by_sweep
+        from monitor.sweeps.space import SpaceError
+
+        try:
+            check_run_id(name)
+        except SchemaError:
+            abort(404)
+        runs = by_sweep(app.store.runs()).get(name)
+        if not runs:
+            return render("sweep.html", sweep=name, waiting=True, space=[], bokeh_script="", plots={})
+        config = max(runs, key=lambda info: info.started).config
+        try:
+            script, divs, space = sweep_components(tuple(config.get("space") or ()),
+                                                   config.get("direction", "minimize"))
+        except SpaceError:
+            script, divs, space = components(sweep_figures([], config.get("direction", "minimize")),
+                                             wrap_script=False) + ([],)
+        return render("sweep.html", sweep=name, waiting=False, space=space, bokeh_script=script, plots=divs,
+                      objective=config.get("objective", "val_loss"))
 
     @pages.get("/favicon.ico")
     def favicon():

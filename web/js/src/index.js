@@ -6,7 +6,7 @@ import { connect, request } from "./live.js";
 import { RESYNC, RUNS_CHANGED, WATCH_RUNS } from "./protocol.js";
 import { clock, duration, el, num } from "./format.js";
 import { foldRanks, rankRuns } from "./ranks.js";
-import { configCell, differingKeys, flagKinds, keeps } from "./runlist.js";
+import { configCell, differingKeys, flagKinds, groupBySweep, keeps, shownConfig } from "./runlist.js";
 
 const RELOAD_MS = 500;
 // A lost run (its training process went silent) is not active: its duration stops at
@@ -48,11 +48,12 @@ function render() {
   const body = document.querySelector("#runs tbody");
   const now = Date.now() / 1000;
   const shown = runs.filter((r) => keeps(r, filters()));
-  const keys = differingKeys(shown);  // the hyper-parameters that tell these runs apart
+  const configs = new Map(shown.map((r) => [r.run, shownConfig(r.config)]));
+  const keys = differingKeys(shown.map((r) => ({ config: configs.get(r.run) })));  // what tells these runs apart
   const head = document.querySelector("#runs thead tr");
   head.querySelectorAll("th.config").forEach((th) => th.remove());
   for (const k of keys) head.append(el("th", k, "config"));
-  body.replaceChildren(...shown.map((r) => {
+  const row = (r) => {
     const tr = el("tr");
     tr.dataset.run = r.run;
     const box = document.createElement("input");
@@ -71,8 +72,13 @@ function render() {
     tr.append(tick, name, status, el("td", r.last_loss === null ? "–" : num(r.last_loss)),
       el("td", r.last_step.toLocaleString()), el("td", r.flags, r.flags ? "flagged" : ""),
       el("td", clock(r.started)), el("td", duration(end - r.started)),
-      hostCell(r), ...keys.map((k) => el("td", configCell((r.config || {})[k]), "config")));
+      hostCell(r), ...keys.map((k) => el("td", configCell(configs.get(r.run)[k]), "config")));
     return tr;
+  };
+  const columns = head.children.length;
+  body.replaceChildren(...groupBySweep(shown).flatMap((group) => {
+    if (group.sweep === null) return group.runs.map(row);
+    return [sweepRow(group, columns), ...group.runs.map(row)];
   }));
   document.getElementById("empty").hidden = runs.length > 0;
   const hidden = runs.length - shown.length;
@@ -80,6 +86,21 @@ function render() {
   note.hidden = hidden === 0;
   note.textContent = `${hidden} run${hidden === 1 ? "" : "s"} hidden by the filter`;
   updateCompare();
+}
+
+// A sweep's heading row above its trials: a link to its page, how many trials and how they stand.
+function sweepRow(group, columns) {
+  const tr = el("tr", null, "group");
+  tr.dataset.sweep = group.sweep;
+  const cell = el("td");
+  cell.colSpan = columns;
+  const link = el("a", `sweep ${group.sweep}`);
+  link.href = `/sweeps/${encodeURIComponent(group.sweep)}`;
+  const active = group.runs.filter((r) => ACTIVE.has(r.status)).length;
+  cell.append(link, el("span", ` · ${group.runs.length} trial${group.runs.length === 1 ? "" : "s"}` +
+    (active ? `, ${active} running` : ""), "muted"));
+  tr.append(cell);
+  return tr;
 }
 
 function hostCell(r) {

@@ -235,7 +235,8 @@ class RunPage {
     const select = document.getElementById("metric");
     for (const name of names) {
       const base = name.startsWith("val_") ? name.slice(4) : name;
-      if (NOT_METRICS.has(base) || this.metricNames.has(base)) continue;
+      // a name ending _se is another series' standard error (val_loss_se), no metric of its own
+      if (NOT_METRICS.has(base) || base.endsWith("_se") || this.metricNames.has(base)) continue;
       this.metricNames.add(base);
       const option = document.createElement("option");
       option.value = base;

@@ -32,3 +32,30 @@ export function keeps(run, { text = "", status = "", kind = "" }) {
 export function flagKinds(runs) {
   return [...new Set(runs.flatMap((r) => r.flag_kinds || []))].sort();
 }
+
+// What a sweep's trial records besides its parameters: the same for every trial of the sweep.
+const SWEEP_KEYS = new Set(["sweep", "params", "space", "objective", "direction", "sampler", "args"]);
+
+// A run's config as the index shows it: a sweep trial's parameters as columns of their own,
+// and the sweep's bookkeeping (its space, objective, the filled-in command) left out.
+export function shownConfig(config) {
+  config = config || {};
+  if (typeof config.sweep !== "string" || typeof config.params !== "object" || config.params === null) return config;
+  const out = {};
+  for (const [k, v] of Object.entries(config)) if (!SWEEP_KEYS.has(k)) out[k] = v;
+  return { ...out, ...config.params };
+}
+
+// The runs in groups: the trials of one sweep together (where its newest trial is), other runs
+// alone, the order otherwise kept: [{sweep: name or null, runs: [...]}].
+export function groupBySweep(runs) {
+  const groups = [];
+  const bySweep = new Map();
+  for (const r of runs) {
+    const sweep = r.config && typeof r.config.sweep === "string" && Number.isInteger(r.config.trial) ? r.config.sweep : null;
+    if (sweep === null) { groups.push({ sweep: null, runs: [r] }); continue; }
+    if (!bySweep.has(sweep)) { const group = { sweep, runs: [] }; bySweep.set(sweep, group); groups.push(group); }
+    bySweep.get(sweep).runs.push(r);
+  }
+  return groups;
+}

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { configCell, differingKeys, flagKinds, keeps } from "../src/runlist.js";
+import { configCell, differingKeys, flagKinds, groupBySweep, keeps, shownConfig } from "../src/runlist.js";
 
 const runs = [
   { run: "a-1", name: "a", status: "finished", config: { lr: 1, batch: 32, script: "t.py" } },
@@ -32,4 +32,17 @@ test("the kind filter keeps the runs that raised a flag of that kind", () => {
     { run: "z", flag_kinds: [] }];
   assert.deepEqual(flagKinds(flagged), ["dead_relu", "divergence", "plateau"]);
   assert.deepEqual(flagged.filter((r) => keeps(r, { kind: "plateau" })).map((r) => r.run), ["x"]);
+});
+
+test("a sweep's trials are grouped where its newest trial is, their parameters shown as columns", () => {
+  const trial = (n, lr) => ({ run: `s-00${n}-x`, config: { sweep: "s", trial: n, params: { lr }, space: ["lr=..."],
+    args: ["--lr", String(lr)], objective: "val_loss", lr: 0.5, script: "t.py" } });
+  const plain = { run: "p", config: { lr: 1 } };
+  const groups = groupBySweep([trial(2, 0.1), plain, trial(1, 0.01), { run: "q", config: { sweep: "s" } }]);
+  assert.deepEqual(groups.map((g) => [g.sweep, g.runs.map((r) => r.run)]),
+    [["s", ["s-002-x", "s-001-x"]], [null, ["p"]], [null, ["q"]]]);  // a run tagged --sweep alone is no trial
+  assert.deepEqual(shownConfig(trial(1, 0.01).config), { trial: 1, lr: 0.01, script: "t.py" });  // the drawn lr wins
+  assert.deepEqual(shownConfig(plain.config), { lr: 1 });
+  assert.deepEqual(differingKeys([trial(1, 0.01), trial(2, 0.1)].map((r) => ({ config: shownConfig(r.config) }))),
+    ["trial", "lr"]);
 });

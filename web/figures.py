@@ -257,7 +257,11 @@ def sweep_figures(space: list[dict], direction: str = "minimize") -> dict:
     train = _source("sweep_train", curve_columns)
     val = _source("sweep_val", curve_columns)
     points = _source("sweep_val_points", ("step", "value", "color", "trial"))
-    curves = _figure("sweep_curves", None, height=380, y_axis_type=y_axis)
+    # An explicit range that the page fits to the trials not ended: a diverged trial's climb
+    # to 1e17 would flatten every other curve under auto-ranging.
+    curves = _figure("sweep_curves", None, height=380, y_axis_type=y_axis,
+                     y_range=Range1d(0.01 if y_axis == "log" else 0.0, 10.0 if y_axis == "log" else 1.0,
+                                     name="sweep_curves_y"))
     lines = [curves.multi_line("xs", "ys", source=train, color="color", line_alpha="alpha", line_width=1.5,
                                hover_line_width=3, hover_line_alpha=1.0),
              curves.multi_line("xs", "ys", source=val, color="color", line_alpha="alpha", line_width=2,

@@ -105,7 +105,7 @@ function renderCurves() {
   setData(models.sweep_val_points, points);
   const log = view.direction === "minimize";
   const range = curveRange({ ys: [...train.ys, ...val.ys], state: [...train.state, ...val.state] }, log);
-  if (range) Object.assign(models.sweep_curves.y_range, range);
+  if (range) Object.assign(models.sweep_curves_y, range);
   const ended = view.trials.filter((t) => ENDED.has(t.state)).length;
   const note = document.getElementById("curves-note");
   note.hidden = ended === 0;
@@ -161,11 +161,13 @@ function renderTable() {
 async function main() {
   if (document.body.dataset.waiting === "true") {
     // The sweep has no trial yet: open it when its first run arrives.
+    // (only on news of a run named as its trials are: a probe that 404s logs a console error)
+    const ours = (news) => ((news && news.runs) || []).some((r) => r.startsWith(`${NAME}-`));
     connect(async (socket) => { await request(socket, WATCH_RUNS, null); })
-      .on(RUNS_CHANGED, () => getJSON(API).then(() => window.location.reload()).catch(() => {}));
+      .on(RUNS_CHANGED, (news) => { if (ours(news)) getJSON(API).then(() => window.location.reload()).catch(() => {}); });
     return;
   }
-  const names = ["sweep_train", "sweep_val", "sweep_val_points", "sweep_curves"];
+  const names = ["sweep_train", "sweep_val", "sweep_val_points", "sweep_curves_y"];
   const dims = [...document.querySelectorAll("[data-dimension]")];
   dims.forEach((_, i) => names.push(`sweep_done_${i}`, `sweep_best_${i}`, `sweep_marked_${i}`));
   models = await bokehModels(names);

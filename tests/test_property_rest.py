@@ -39,10 +39,11 @@ from monitor.store_layers import LAYER_FIELDS
 from monitor.validation import RUN_ID_PATTERN
 from servers import serving_app
 
-#: Cases per route, and for paths no route matches: 15 routes today make about 5,000.
+#: Cases per route, and for paths no route matches: 16 routes today make about 5,000.
 CASES_PER_ROUTE = 320
-#: Routes whose every valid call does real work (a zip of the run's tables): fewer cases.
-CASES_FOR = {"api.export": 80}
+#: Routes whose every valid call does real work (a zip of the run's tables; a sweep read from
+#: every run of the store) or that take one name only: fewer cases.
+CASES_FOR = {"api.export": 80, "api.sweep": 80}
 MAX_ERROR = 1_000  # longest error a 4xx may carry (it names the problem, it does not echo the request)
 HTTP_TIMEOUT = 20.0
 MAX_REQUEST_LINE = 65_536  # http.server's limit, under Werkzeug's server: longer is answered 414 unread

@@ -81,3 +81,18 @@ def test_two_sweep_processes_sharing_one_storage_run_one_study_without_duplicati
             assert list(frames.series("val_loss_se")) == pytest.approx([abs(a - b) / 2 for a, b in batches],
                                                                        rel=1e-5)
     assert any(r.config["params"]["lr"] > 3 for r in runs) and any(r.config["params"]["lr"] < 0.03 for r in runs)
+
+
+def test_a_trial_that_crashes_fails_with_its_error_and_the_sweep_goes_on(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("import argparse\np = argparse.ArgumentParser(); p.add_argument('--lr', type=float)\n"
+                      "args = p.parse_args()\nraise ValueError(f'no data for lr {args.lr:.3g}')\n")
+    done = subprocess.run([sys.executable, "-m", "monitor.cli", "sweep", "--logdir", str(tmp_path / "runs"),
+                           "--space", "lr=loguniform(1e-3,1)", "--trials", "2", "--parallel", "2", "--sweep", "broken",
+                           "--", "python", str(script), "--lr", "{lr}"], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    failed = re.findall(r"^babysit sweep: trial (\d) \(lr=\S+\) failed after [\d.]+ s: (.*)$", done.stdout, re.M)
+    assert sorted(n for n, _ in failed) == ["0", "1"], done.stdout
+    assert all(why.startswith("ValueError: no data for lr ") for _, why in failed), failed
+    assert "failed 2 of 2 trials" in done.stdout and "best:" not in done.stdout

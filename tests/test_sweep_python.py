@@ -69,3 +69,39 @@ def test_optunas_median_pruner_ends_a_trial_behind_the_others_at_the_same_step(t
     assert all(t.state == "complete" for t in result.trials[:5])
     frames = monitor.load_run(slow.run, logdir=tmp_path)
     assert len(frames.series("val_loss")) == 1  # pruned at its first evaluation, behind the others there
+
+
+def test_the_sweep_as_the_run_store_holds_it_tells_the_same_story_as_the_study(tmp_path, http_get):
+    import json
+
+    from servers import serving
+
+    result = sweep(objective, ["lr=loguniform(1e-3,30)"], trials=6, seed=4, name="told", logdir=str(tmp_path),
+                   say=lambda line: None)
+    with serving(tmp_path) as running:
+        status, _, body = http_get(f"{running.url}/api/sweeps/told")
+        missing, _, error = http_get(f"{running.url}/api/sweeps/nope")
+        bad, _, _ = http_get(f"{running.url}/api/sweeps/no%20spaces")
+    view = json.loads(body)
+    assert status == 200 and (missing, bad) == (404, 400)
+    assert json.loads(error)["error"] == "no sweep 'nope' (known sweeps: told)"
+    assert view["best"] == result.best.number and view["space"][0]["spec"] == "lr=loguniform(0.001,30)"
+    assert [(t["number"], t["state"], t["run"]) for t in view["trials"]] == \
+        [(t.number, t.state, t.run) for t in result.trials]
+    assert [a["kind"] for a in view["advice"]] == [a.kind for a in result.report.advice]
+
+
+def test_a_grid_runs_each_cell_once_and_a_crashing_trial_fails_without_ending_the_search(tmp_path):
+    said = []
+
+    def sometimes(trial):
+        if trial.params["lr"] > 1:
+            raise ValueError("this configuration cannot be built")
+        return objective(trial, epochs=2)
+
+    result = sweep(sometimes, ["lr=loguniform(1e-3,10)"], trials=10, sampler="grid", name="grid",
+                   logdir=str(tmp_path), say=said.append)
+    assert sorted(t.params["lr"] for t in result.trials) == [0.001, 0.0215443, 0.464159, 10.0]  # 4 cells, not 10
+    [crashed] = [t for t in result.trials if t.params["lr"] == 10.0]
+    assert crashed.state == "failed" and "cannot be built" in " ".join(said)
+    assert any(line.startswith("advice (grid): a grid: ") for line in result.lines)

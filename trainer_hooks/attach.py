@@ -97,6 +97,7 @@ class Attacher:
         self._depth = 0  # backward passes running (checkpointing runs one inside another)
         self._said: set[str] = set()
         self._broken = False
+        self.closed_as: tuple = (None, "")  # how close() was told the script ended (state, reason)
         self._backward = torch.autograd.backward
         self._scale = getattr(torch.amp, "GradScaler", None)
         self._handles = [
@@ -125,6 +126,7 @@ class Attacher:
     def close(self, state=None, reason: str = "") -> list[Monitor]:
         """End every run (``state``/``reason`` as :meth:`Monitor.close` takes them) and
         say in one line what was not found; returns the monitors."""
+        self.closed_as = (state, reason)
         self.detach()
         monitors = [t.monitor for t in self.trained.values() if t.monitor is not None]
         for trained in self.trained.values():

@@ -85,7 +85,7 @@ def run(target: Target, options: RunOptions) -> int:
     finally:
         if trial is not None and trial.outcome:
             first = next((t.monitor for t in attacher.trained.values() if t.monitor is not None), None)
-            outcome_of(first, time.monotonic() - started).write(trial.outcome)
+            outcome_of(first, time.monotonic() - started, attacher.closed_as).write(trial.outcome)
         if server is not None:
             server.stop()
 

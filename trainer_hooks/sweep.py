@@ -49,10 +49,13 @@ def trial_policy(trial: TrialSpec) -> TrialPolicy:
                        ask=ask)
 
 
-def outcome_of(monitor: Monitor | None, seconds: float) -> Outcome:
-    """How a trial's run ended (``monitor``: the run its policy watched, None if none was found)."""
+def outcome_of(monitor: Monitor | None, seconds: float, ending: tuple = (None, "")) -> Outcome:
+    """How a trial's run ended (``monitor``: the run its policy watched, None if none was
+    found; ``ending``: the script's own end as (state, reason), a crash before any step too)."""
     if monitor is None:
-        return Outcome(None, "failed", "no model was found training", seconds=seconds)
+        state, reason = ending
+        return Outcome(None, getattr(state, "value", state) or "failed",
+                       reason or "no model was found training", seconds=seconds)
     policy, stop = monitor.early_stopping, monitor.stop_reason
     pruned = stop is not None and stop.cause is StopCause.PRUNED
     return Outcome(monitor.run_id, monitor.ended.value if monitor.ended else "unknown", stop.message if stop else "",
@@ -126,12 +129,13 @@ def sweep(objective: Callable[[Trial], float | None], space: Sequence[str | Dime
         try:
             value = objective(trial)
         except Exception as exc:  # noqa: BLE001 - one configuration's crash does not end the search
+            why = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
             if trial.monitor is not None:
-                trial.monitor.close("crashed", f"{type(exc).__name__}: {exc}")
-            say(f"babysit sweep: trial {spec.number} crashed: " + "".join(
-                traceback.format_exception_only(type(exc), exc)).strip())
-            outcome = outcome_of(trial.monitor, time.monotonic() - started) if trial.monitor else None
-            return record_of(spec, outcome, 1, time.monotonic() - started, {"exit": 1})
+                trial.monitor.close("crashed", why)
+            say(f"babysit sweep: trial {spec.number} crashed: {why}")
+            seconds = time.monotonic() - started
+            run = trial.monitor.run_id if trial.monitor is not None else None
+            return record_of(spec, Outcome(run, "crashed", why, seconds=seconds), 1, seconds, {"exit": 1})
         seconds = time.monotonic() - started
         if trial.monitor is not None:
             trial.monitor.close()

@@ -175,8 +175,12 @@ class Sweep:
             finally:
                 with self._lock:
                     self._running.pop(number, None)
-        seconds = time.monotonic() - started
-        return record_of(spec, Outcome.read(outcome_path), code, seconds, {"log": str(log_path), "exit": code},
+        wall = time.monotonic() - started
+        outcome = Outcome.read(outcome_path)
+        # The script's own run time, as the trial measured it: the interpreter's start (importing
+        # torch, seconds here) is the same for every trial, and no pruning saves it.
+        seconds = outcome.seconds if outcome is not None and outcome.seconds is not None else wall
+        return record_of(spec, outcome, code, seconds, {"log": str(log_path), "exit": code, "wall": round(wall, 3)},
                          timed_out=code is None)
 
     def _babysit_run(self, run_name: str) -> list[str]:
@@ -265,7 +269,7 @@ def trials_of(study) -> list[SweepTrial]:
             continue
         if attrs.get("surplus"):
             continue
-        extra = {k: v for k, v in attrs.items() if k in ("log", "exit")}
+        extra = {k: v for k, v in attrs.items() if k in ("log", "exit", "wall")}
         out.append(SweepTrial(t.number, t.params, attrs["state"], attrs.get("value"), attrs.get("seconds"),
                               attrs.get("run"), attrs.get("reason", ""), attrs.get("pruned_by"), attrs.get("epochs"),
                               attrs.get("noise"), extra))

@@ -23,3 +23,15 @@ def serving(logdir, port: int = 0, token=None, **config):
     """:func:`serving_app`'s server alone."""
     with serving_app(logdir, port, token, **config) as (running, _):
         yield running
+
+
+def stop_from_dashboard(url: str, run: str, reason: str) -> None:
+    """Press a page's Stop button, as a real python-socketio client on ``/dashboard`` does."""
+    import socketio
+
+    browser = socketio.Client()
+    browser.connect(url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
+    try:
+        assert browser.call("stop", {"run": run, "reason": reason}, namespace="/dashboard", timeout=5)["ok"] is True
+    finally:
+        browser.disconnect()

@@ -317,9 +317,7 @@ print("the loop ran to its end")
 
 
 def test_a_stop_from_the_dashboard_ends_a_script_that_never_reads_should_stop(tmp_path):
-    import socketio
-
-    from servers import serving
+    from servers import serving, stop_from_dashboard
 
     script = tmp_path / "endless.py"
     script.write_text(ENDLESS)
@@ -334,13 +332,7 @@ def test_a_stop_from_the_dashboard_ends_a_script_that_never_reads_should_stop(tm
                 with RunStore(tmp_path / "server") as store:
                     runs = list(store.runs())
             assert runs, job.stderr.read() if job.poll() is not None else "no run stored"
-            browser = socketio.Client()
-            browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
-            try:
-                assert browser.call("stop", {"run": runs[0].run, "reason": "enough"}, namespace="/dashboard",
-                                    timeout=5)["ok"] is True
-            finally:
-                browser.disconnect()
+            stop_from_dashboard(running.url, runs[0].run, "enough")
             out, err = job.communicate(timeout=60)
         finally:
             if job.poll() is None:

@@ -7,11 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-import socketio
 
 import monitor
 from monitor.store import RunStore
-from servers import serving
+from servers import serving, stop_from_dashboard
 from test_early_stopping_ddp import free_port
 from trainer_hooks.agreement import AGREE_EVERY
 
@@ -39,13 +38,7 @@ def test_torchrun_ranks_stream_to_one_server_as_one_job_and_stop_together_from_t
             rank0, rank1 = runs
             assert (rank0.rank, rank1.rank, rank0.world, rank1.world) == (0, 1, 2, 2)
             assert rank1.run == f"{rank0.run}.r1"  # one job: rank 0's id, and its ranks'
-            browser = socketio.Client()
-            browser.connect(running.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
-            try:
-                assert browser.call("stop", {"run": rank0.run, "reason": "from the test"}, namespace="/dashboard",
-                                    timeout=5)["ok"] is True
-            finally:
-                browser.disconnect()
+            stop_from_dashboard(running.url, rank0.run, "from the test")
             out, err = job.communicate(timeout=120)
         finally:
             if job.poll() is None:

@@ -43,11 +43,12 @@ def test_the_trial_spec_and_outcome_cross_the_process_boundary_whole(tmp_path):
         TrialSpec("s", 0, {}, (), pruner="median")
     assert spec.config()["params"] == {"lr": 0.01, "bs": 32} and spec.config()["space"][0].startswith("lr=")
     done = Outcome("run-1", "diverged", "why", values=((10, 2.0), (20, 1.5), (30, math.nan)),
-                   standard_errors=(0.02, 0.01, 0.03))
+                   standard_errors=((10, 0.05), (20, 0.02), (30, 0.03)))
     done.write(spec.outcome)
     back = Outcome.read(spec.outcome)
     assert back.values[:2] == done.values[:2] and math.isnan(back.values[2][1])
-    assert back.best() == 1.5 and back.best(maximize=True) == 2.0 and back.noise() == 0.02
+    assert back.best() == 1.5 and back.best(maximize=True) == 2.0
+    assert back.noise() == 0.02 and back.noise(maximize=True) == 0.05  # the error of the value ranked
     assert Outcome.read(tmp_path / "missing") is None
 
 
@@ -75,6 +76,8 @@ def test_the_trial_policy_prunes_on_a_hopeless_diagnosis_at_once_and_never_for_w
     asked = TrialPolicy(monitor="val_loss", ask=lambda step, value: "behind" if value > 2 else None)
     assert asked.update_metric(1, 1.0) is None and asked.update_metric(2, 3.0).message == "behind"
     assert asked.pruned_by == "pruner" and asked.values == [(1, 1.0), (2, 3.0)]
+    asked.note_standard_error(0.1)  # babysit run's, right after the value it belongs to
+    assert asked.standard_errors == [(2, 0.1)]
 
 
 def numbered_trials(tmp_path, name, seed, count):
@@ -117,3 +120,25 @@ def test_a_grid_spreads_its_values_on_the_dimensions_scale_and_the_study_keeps_i
         studies.open_study("s", url, "maximize", SPACE, studies.sampler("random", SPACE))
     with pytest.raises(studies.StudyError, match="cannot open the study's storage"):
         studies.storage(f"sqlite:///{tmp_path}/no/such/dir/x.sqlite3")
+
+
+def test_processes_opening_a_new_storage_at_once_all_get_it(tmp_path):
+    """Optuna creates a new storage's tables on first open; openers at the same moment race
+    (one meets "table studies already exists"): each is tried again instead of failing."""
+    import threading
+
+    def open_it(url, start, failures):
+        start.wait()
+        try:
+            studies.storage(url)
+        except studies.StudyError as exc:
+            failures.append(str(exc))
+
+    for attempt in range(4):
+        url, start, failures = f"sqlite:///{tmp_path / f'race{attempt}.sqlite3'}", threading.Barrier(6), []
+        threads = [threading.Thread(target=open_it, args=(url, start, failures)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures, failures

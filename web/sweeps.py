@@ -32,6 +32,11 @@ def add_sweep_routes(api, app) -> None:
         return json_response(sweep_view(app.store, name, sweeps[name]))
 
 
+def _pairs(store, run: str, name: str) -> list[tuple[int, float]]:
+    columns = store.scalar_columns(run, name)
+    return list(zip(columns["step"].tolist(), columns["value"].tolist()))
+
+
 def sweep_view(store, name: str, runs: list) -> dict:
     """The sweep's trials, report and space, as the page reads them."""
     config = max(runs, key=lambda info: info.started).config
@@ -48,9 +53,8 @@ def sweep_view(store, name: str, runs: list) -> dict:
         statuses = store.events(info.run, kinds=[Kind.STATUS])
         last = statuses[-1].data if statuses else None
         totals = store.scalar_totals(info.run)
-        values = store.scalar_columns(info.run, objective)["value"].tolist() if objective in totals else []
-        errors = (store.scalar_columns(info.run, f"{objective}_se")["value"].tolist()
-                  if f"{objective}_se" in totals else [])
+        values, errors = (_pairs(store, info.run, name) if name in totals else []
+                          for name in (objective, f"{objective}_se"))
         trials.append(sweep_trial(info, last.reason if last else "", last.by if last else "", values, errors))
     rep = report(trials, space, direction, sampler)
     return {

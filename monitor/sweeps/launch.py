@@ -249,7 +249,7 @@ def record_of(spec: TrialSpec, outcome: Outcome | None, code: int | None, second
     if state == "failed" and code not in (0, None) and not outcome.reason:
         reason = f"exited with status {code}" + (f"; see {log}" if log else "")
     return SweepTrial(number, params, state, value, run=outcome.run, reason=reason, pruned_by=outcome.pruned_by,
-                      noise=outcome.noise(), **common)
+                      noise=outcome.noise(spec.maximize), **common)
 
 
 def _attrs(record: SweepTrial) -> dict[str, Any]:

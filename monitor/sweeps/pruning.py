@@ -61,7 +61,7 @@ class TrialPolicy(EarlyStopping):
     prune_on: dict[str, Severity | None] = field(default_factory=lambda: dict(PRUNE_ON))
     ask: Callable[[int, float], str | None] | None = None
     values: list[tuple[int, float]] = field(default_factory=list, init=False)
-    standard_errors: list[float] = field(default_factory=list, init=False)
+    standard_errors: list[tuple[int, float]] = field(default_factory=list, init=False)  # (step, error)
     pruned: StopReason | None = field(default=None, init=False)
     pruned_by: str | None = field(default=None, init=False)  # the flag's kind, "objective" or "pruner"
 
@@ -78,10 +78,10 @@ class TrialPolicy(EarlyStopping):
         return self._pruned(StopReason(StopCause.PRUNED, why, step), "pruner") if why else None
 
     def note_standard_error(self, value: float) -> None:
-        """The standard error of one evaluation of the objective over its batches (``babysit
-        run`` gives it): the noise the validation set's size leaves in the trial's value."""
-        if math.isfinite(value):
-            self.standard_errors.append(float(value))
+        """The standard error of the evaluation just logged, over its batches (``babysit run``
+        gives it right after the value): the noise the validation set's size leaves in it."""
+        if math.isfinite(value) and self.values:
+            self.standard_errors.append((self.values[-1][0], float(value)))
 
     def update_flag(self, flag: Flag, step: int) -> StopReason | None:
         pruned = prune_reason([flag], len(self.values), self.prune_on) if self.prune else None

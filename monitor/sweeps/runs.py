@@ -6,16 +6,16 @@ trial streamed to (from any machine), and it is live. A trial's state comes from
 run ended: a stop ``by`` ``pruned`` is a pruned trial (diverged or not), a run still
 running is ``running``, a finished or stopped one with a value of the objective is
 complete, anything else failed. Its value is the best value of the objective it logged;
-its noise the median of its ``<objective>_se`` (the standard error of each evaluation over
-its batches, which ``babysit run`` logs).
+its noise the ``<objective>_se`` logged at that value's step (the standard error of the
+evaluation over its batches, which ``babysit run`` logs).
 """
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
 from monitor.sweeps.report import SweepTrial
+from monitor.sweeps.trial import error_at_best
 
 #: Run states of a trial still under way.
 UNDER_WAY = ("running", "stopping", "lost")
@@ -53,20 +53,20 @@ def trial_state(status: str, by: str, value: float | None) -> str:
     return "failed"
 
 
-def sweep_trial(info: Any, reason: str, by: str, values: Sequence[float], errors: Sequence[float] = ()) -> SweepTrial:
+def sweep_trial(info: Any, reason: str, by: str, values: Sequence[tuple[int, float]],
+                errors: Sequence[tuple[int, float]] = ()) -> SweepTrial:
     """One trial from its run: ``reason``/``by`` of its last status, the objective's values
-    and their standard errors."""
+    and their standard errors, each as (step, value)."""
     config = info.config
     maximize = config.get("direction") == "maximize"
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for _, v in values if math.isfinite(v)]
     value = (max(finite) if maximize else min(finite)) if finite else None
     state = trial_state(info.status, by, value)
-    errors = [e for e in errors if math.isfinite(e)]
     return SweepTrial(config["trial"], dict(config["params"]), state, value,
                       max(info.updated - info.started, 0.0), info.run, reason if state != "complete" else "",
                       extra={"status": info.status, "last_step": info.last_step, "flags": info.flags,
                              "flag_kinds": list(getattr(info, "flag_kinds", ())), "by": by},
-                      noise=statistics.median(errors) if errors else None, epochs=_epochs(config))
+                      noise=error_at_best(values, errors, maximize), epochs=_epochs(config))
 
 
 def _epochs(config: Mapping[str, Any]) -> float | None:

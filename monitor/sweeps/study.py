@@ -19,6 +19,7 @@ import functools
 import math
 import random
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,10 @@ SAMPLERS = ("random", "tpe", "grid")
 GRID_POINTS = 4
 #: Seconds a process waits for another's write to the SQLite study before giving up.
 SQLITE_TIMEOUT = 60.0
+#: Tries to open a storage (another process may be creating its tables), and the pause
+#: before the second (growing by as much for each next).
+STORAGE_TRIES = 4
+STORAGE_RETRY_SECONDS = 0.2
 #: The study's user attribute that records its space, so that a process joining with another is refused.
 SPACE_ATTR = "babysit_space"
 EXTRA = "babysit sweep searches with Optuna, which is not installed: pip install 'babysit[sweep]'"
@@ -57,15 +62,22 @@ def storage_url(text: str | None, logdir: str | Path) -> str:
     return f"sqlite:///{Path(text).resolve()}"
 
 
-def storage(url: str):
+def storage(url: str, tries: int = STORAGE_TRIES):
+    """Optuna's RDB storage at ``url``. Processes that open a new one at the same moment race
+    to create its tables (one of them meets "table studies already exists" or the schema
+    version row the other wrote): a failure is tried again, ``tries`` times in all, after
+    which it is a StudyError naming the URL and the cause."""
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else None
-    try:
-        return optuna().storages.RDBStorage(url, engine_kwargs=engine)
-    except ImportError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the driver's errors, named
-        raise StudyError(f"--storage {url}: cannot open the study's storage ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    module = optuna()
+    for attempt in range(tries):
+        try:
+            return module.storages.RDBStorage(url, engine_kwargs=engine)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the driver's errors, named
+            if attempt + 1 < tries:
+                time.sleep(STORAGE_RETRY_SECONDS * (attempt + 1))
+                continue
+            raise StudyError(f"--storage {url}: cannot open the study's storage ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def distributions(space: Sequence[Dimension]) -> dict[str, Any]:

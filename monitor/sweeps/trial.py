@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 #: The environment variable that makes a ``babysit run`` process a sweep's trial.
 TRIAL_ENV = "BABYSIT_TRIAL"
@@ -95,7 +95,7 @@ class Outcome:
     step: int | None = None
     values: tuple[tuple[int, float], ...] = ()
     seconds: float | None = None
-    standard_errors: tuple[float, ...] = ()
+    standard_errors: tuple[tuple[int, float], ...] = ()  # (step, error) of the evaluations that have one
 
     def best(self, maximize: bool = False) -> float | None:
         finite = [v for _, v in self.values if math.isfinite(v)]
@@ -103,16 +103,12 @@ class Outcome:
             return None
         return max(finite) if maximize else min(finite)
 
-    def noise(self) -> float | None:
+    def noise(self, maximize: bool = False) -> float | None:
         """The noise in the trial's value that comes from the validation set's size: the
-        median standard error of its evaluations over their batches, None when no evaluation
-        ran over two or more (a difference between evaluations would count the model's own
-        progress as noise)."""
-        errors = sorted(self.standard_errors)
-        if not errors:
-            return None
-        middle = len(errors) // 2
-        return errors[middle] if len(errors) % 2 else (errors[middle - 1] + errors[middle]) / 2
+        standard error of the evaluation its value comes from (its best), over that
+        evaluation's batches; None when it ran over one batch only (a difference between
+        evaluations would count the model's own progress as noise)."""
+        return error_at_best(self.values, self.standard_errors, maximize)
 
     def write(self, path: str | Path) -> None:
         """Written whole or not at all (a rename), so that the sweep never reads half of it."""
@@ -128,8 +124,19 @@ class Outcome:
         except (OSError, ValueError):
             return None
         data["values"] = tuple((int(s), float(v)) for s, v in data.get("values", ()))
-        data["standard_errors"] = tuple(data.get("standard_errors", ()))
+        data["standard_errors"] = tuple((int(s), float(e)) for s, e in data.get("standard_errors", ()))
         return cls(**data)
+
+
+def error_at_best(values: Sequence[tuple[int, float]], errors: Sequence[tuple[int, float]],
+                  maximize: bool = False) -> float | None:
+    """The standard error at the step of the best finite value, None where it has none."""
+    finite = [(v, s) for s, v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    step = (max(finite) if maximize else min(finite))[1]
+    found = [e for s, e in errors if s == step and math.isfinite(e)]
+    return found[-1] if found else None
 
 
 def _finite_or_text(value: float):

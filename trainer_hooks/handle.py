@@ -124,6 +124,7 @@ class Monitor:
         self._stop: Status | None = None
         self.stop_reason: StopReason | None = None  # why the run stops (None while it runs on)
         self.ended: RunState | None = None  # how the run ended, once closed
+        self.duration: float | None = None  # and its seconds from watch() to the end
         self._stop_lock = threading.Lock()  # stops come from the training, writer and socket threads
         self._best_weights: dict | None = None  # restore_best_weights: a CPU copy of the best state
         self._restored = False
@@ -378,6 +379,7 @@ class Monitor:
         by = self._stop.by if self._stop is not None else ""
         self._emit(Kind.STATUS, Status(state, reason, by), wait=True)
         end = RunEnd(state, self._step, time.time() - self._started, self._writer.dropped, self.skipped_samples)
+        self.duration = end.duration
         self._emit(Kind.RUN_END, end, wait=True)
         self._writer.close()
         if self.store is not None:

@@ -51,7 +51,9 @@ def trial_policy(trial: TrialSpec) -> TrialPolicy:
 
 def outcome_of(monitor: Monitor | None, seconds: float, ending: tuple = (None, "")) -> Outcome:
     """How a trial's run ended (``monitor``: the run its policy watched, None if none was
-    found; ``ending``: the script's own end as (state, reason), a crash before any step too)."""
+    found; ``ending``: the script's own end as (state, reason), a crash before any step too).
+    Its seconds are its run's, from watch() to the end: the training that pruning can save
+    (the script's imports and data loading before it are the same for every trial)."""
     if monitor is None:
         state, reason = ending
         return Outcome(None, getattr(state, "value", state) or "failed",
@@ -61,7 +63,8 @@ def outcome_of(monitor: Monitor | None, seconds: float, ending: tuple = (None, "
     return Outcome(monitor.run_id, monitor.ended.value if monitor.ended else "unknown", stop.message if stop else "",
                    pruned=stop.message if pruned else None,
                    pruned_by=getattr(policy, "pruned_by", None) if pruned else None, step=monitor.step,
-                   values=tuple(policy.values) if isinstance(policy, TrialPolicy) else (), seconds=seconds,
+                   values=tuple(policy.values) if isinstance(policy, TrialPolicy) else (),
+                   seconds=monitor.duration if monitor.duration is not None else seconds,
                    standard_errors=tuple(policy.standard_errors) if isinstance(policy, TrialPolicy) else ())
 
 

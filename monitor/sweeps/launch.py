@@ -177,8 +177,8 @@ class Sweep:
                     self._running.pop(number, None)
         wall = time.monotonic() - started
         outcome = Outcome.read(outcome_path)
-        # The script's own run time, as the trial measured it: the interpreter's start (importing
-        # torch, seconds here) is the same for every trial, and no pruning saves it.
+        # The run's time, as the trial measured it: the interpreter's start and the script's
+        # imports (seconds here) are the same for every trial, and no pruning saves them.
         seconds = outcome.seconds if outcome is not None and outcome.seconds is not None else wall
         return record_of(spec, outcome, code, seconds, {"log": str(log_path), "exit": code, "wall": round(wall, 3)},
                          timed_out=code is None)

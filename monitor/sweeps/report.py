@@ -72,7 +72,7 @@ def lines(rep: SweepReport, space: Sequence[Dimension], objective: str = "val_lo
         saved = rep.saved
         out.append(f"pruning ended {saved.pruned} trial{'s' if saved.pruned > 1 else ''} early and saved about "
                    f"{saved.seconds_saved:.0f} trial-seconds of {saved.seconds_run + saved.seconds_saved:.0f} "
-                   f"({_share(saved)}) of the trials' run time, against the completed trials' median")
+                   f"({_share(saved)}) of the trials' training time, against the completed trials' median")
     for a in rep.advice:
         out.append(f"advice ({a.kind}): {a.message}")
     return out

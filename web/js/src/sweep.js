@@ -72,7 +72,7 @@ function renderSummary() {
   } else bestLine.textContent = "No complete trial yet.";
   const saved = view.saved;
   document.getElementById("sweep-saved").textContent = saved.pruned
-    ? `Pruning ended ${saved.pruned} trial${saved.pruned === 1 ? "" : "s"} early, saving about ${Math.round(saved.seconds_saved)} trial-seconds of ${Math.round(saved.seconds_run + saved.seconds_saved)} of the trials' run time (against the complete trials' median).`
+    ? `Pruning ended ${saved.pruned} trial${saved.pruned === 1 ? "" : "s"} early, saving about ${Math.round(saved.seconds_saved)} trial-seconds of ${Math.round(saved.seconds_run + saved.seconds_saved)} of the trials' training time (against the complete trials' median).`
     : "No trial pruned yet.";
   const note = document.getElementById("sweep-note");
   note.hidden = !view.note;

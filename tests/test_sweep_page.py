@@ -119,3 +119,51 @@ def _report_rows(out: str) -> dict[int, dict]:
         if m:
             rows[int(m.group(1))] = {"state": m.group(3), "reason": m.group(7)}
     return rows
+
+
+def test_a_sweep_of_two_dimensions_one_a_choice_draws_a_scatter_for_each_and_colours_by_either(tmp_path, page):
+    import torch
+    from torch import nn
+
+    from servers import serving
+    from trainer_hooks import sweep
+
+    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+    y = x.sum(1, keepdim=True)
+
+    def objective(trial):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, trial.params["width"]), nn.ReLU(), nn.Linear(trial.params["width"], 1))
+        opt = torch.optim.SGD(model.parameters(), lr=trial.params["lr"])
+        with trial.watch(model, opt, every=4) as mon:
+            for _ in range(3):
+                for i in range(0, 192, 32):
+                    opt.zero_grad()
+                    loss = nn.functional.mse_loss(model(x[i:i + 32]), y[i:i + 32])
+                    loss.backward()
+                    opt.step()
+                    mon.log(loss=loss)
+                with torch.no_grad():
+                    mon.log(val_loss=nn.functional.mse_loss(model(x[192:]), y[192:]))
+                if mon.should_stop:
+                    break
+
+    result = sweep(objective, ["lr=loguniform(1e-3,0.3)", "width=choice(4,16,64)"], trials=6, seed=1,
+                   name="two-dims", logdir=str(tmp_path), say=lambda line: None)
+    with serving(tmp_path) as running:
+        page.goto(f"{running.url}/sweeps/two-dims")
+        page.wait_for_selector("#trials tbody tr")
+        page.wait_for_function("document.querySelectorAll('#trials tbody tr').length === 6")
+        axes = page.evaluate("""() => {
+            const m = (n) => Bokeh.documents[0].get_model_by_name(n);
+            return [0, 1].map((i) => ({x: m(`sweep_done_${i}`).data.x, kind: m(`sweep_scatter_${i}`).x_scale.type}));
+        }""")
+        done = [t for t in result.trials if t.state == "complete"]
+        assert sorted(axes[0]["x"]) == sorted(t.params["lr"] for t in done) and axes[0]["kind"] == "LogScale"
+        assert sorted(axes[1]["x"]) == sorted(str(t.params["width"]) for t in done)  # categories, as text
+        assert axes[1]["kind"] == "CategoricalScale"
+        before = page.evaluate("() => Bokeh.documents[0].get_model_by_name('sweep_train').data.color")
+        page.select_option("#colour-by", "width")
+        page.wait_for_function("() => document.querySelectorAll('#colour-legend .swatch').length === 3")
+        after = page.evaluate("() => Bokeh.documents[0].get_model_by_name('sweep_train').data.color")
+        assert len(set(after)) <= 3 and after != before  # a colour per width now

@@ -116,12 +116,12 @@ def pages_blueprint(app) -> Blueprint:
         if not runs:
             return render("sweep.html", sweep=name, waiting=True, space=[], bokeh_script="", plots={})
         config = max(runs, key=lambda info: info.started).config
+        direction = config.get("direction", "minimize")
         try:
-            script, divs, space = sweep_components(tuple(config.get("space") or ()),
-                                                   config.get("direction", "minimize"))
-        except SpaceError:
-            script, divs, space = components(sweep_figures([], config.get("direction", "minimize")),
-                                             wrap_script=False) + ([],)
+            script, divs, space = sweep_components(tuple(config.get("space") or ()), direction)
+        except SpaceError:  # the trials recorded no usable space: the curves and the table only
+            script, divs = components(sweep_figures([], direction), wrap_script=False)
+            space = []
         return render("sweep.html", sweep=name, waiting=False, space=space, bokeh_script=script, plots=divs,
                       objective=config.get("objective", "val_loss"))
 

@@ -1,3 +1,8 @@
-"""Hyper-parameter sweeps, the babysitter's part: the search space as users write it
-(``space``) and the advice a finished or running search gives (``advice``). The search
-engine itself is Optuna's; nothing here imports it."""
+"""Hyper-parameter sweeps, the babysitter's part (``babysit sweep``, ``trainer_hooks.sweep``).
+
+``space`` (the dimensions as users write them), ``command`` (the trial's command line),
+``trial`` (what a sweep and its trial's process hand each other), ``pruning`` (the trial's
+stop policy: pruning by diagnosis), ``advice`` and ``report`` (what the search says of
+itself), ``runs`` (a sweep as the run store holds it): pure. ``study`` is the one module
+that imports Optuna, the search engine; ``launch`` runs the trials as processes.
+"""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from monitor.sweeps.command import epochs
 from monitor.sweeps.report import SweepTrial
 from monitor.sweeps.trial import error_at_best
 
@@ -70,6 +71,4 @@ def sweep_trial(info: Any, reason: str, by: str, values: Sequence[tuple[int, flo
 
 
 def _epochs(config: Mapping[str, Any]) -> float | None:
-    from monitor.sweeps.command import epochs
-
     return epochs(list(config.get("args") or ()), config.get("params") or {})

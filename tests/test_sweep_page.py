@@ -98,6 +98,10 @@ def test_a_real_sweep_streams_to_one_server_its_diverged_trials_pruned_and_the_p
                          "done": sum(1 for r in table.values() if r["state"] == "complete"), "best": [best]}
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=ARTEFACTS / "sweep.png", full_page=True)
+        page.click("#trials tbody tr.best a")  # the best trial's run page links back to its sweep
+        page.wait_for_selector("#sweep-link a")
+        assert page.inner_text("#sweep-link") == f"trial {best} of sweep digits-lr"
+        assert page.get_attribute("#sweep-link a", "href") == "/sweeps/digits-lr"
         page.goto(f"{running.url}/")  # the index groups the trials under their sweep
         page.wait_for_selector("#runs tr.group[data-sweep='digits-lr']")
         assert page.locator("#runs tr.group").count() == 1 and "8 trials" in page.inner_text("#runs tr.group")

@@ -125,7 +125,11 @@ class Sweep:
                                              reason=f"surplus: the sweep's budget of {self.plan.budget} trials "
                                                     "was spent (never run)", extra={"surplus": True}))
                 return
-            record = self.run_trial(trial, self.spec(trial))
+            try:
+                record = self.run_trial(trial, self.spec(trial))
+            except Exception as exc:  # noqa: BLE001 - a trial we could not start fails; the sweep goes on
+                record = SweepTrial(trial.number, trial.params, "failed",
+                                    reason=f"babysit sweep could not run it: {type(exc).__name__}: {exc}")
             self._tell(trial, record)
             self.ran.append(record)
             self.say(_line(record, self.plan))

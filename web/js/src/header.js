@@ -29,6 +29,7 @@ export class RunHeader {
   }
 
   load(run) {
+    this.showSweep(run.info.config || {});
     const p = run.progress || {};
     this.started = run.info.started;
     this.step = p.step ?? run.info.last_step;
@@ -42,6 +43,17 @@ export class RunHeader {
     // lost is the server's word on the run's row, newer than any event of the run
     if (run.info.status === "lost") this.setState("lost", { reason: run.info.lost_reason, wall: run.info.lost_at });
     this.render();
+  }
+
+  // A sweep's trial links back to its sweep, beside the run's name.
+  showSweep(config) {
+    const place = document.getElementById("sweep-link");
+    if (!place || typeof config.sweep !== "string" || !Number.isInteger(config.trial)) return;
+    const link = document.createElement("a");
+    link.href = `/sweeps/${encodeURIComponent(config.sweep)}`;
+    link.textContent = `trial ${config.trial} of sweep ${config.sweep}`;
+    place.replaceChildren(link);
+    place.hidden = false;
   }
 
   // The server marked the run lost (its training process went silent) or running again

@@ -126,31 +126,9 @@ def _report_rows(out: str) -> dict[int, dict]:
 
 
 def test_a_sweep_of_two_dimensions_one_a_choice_draws_a_scatter_for_each_and_colours_by_either(tmp_path, page):
-    import torch
-    from torch import nn
-
     from servers import serving
+    from test_sweep_python import objective
     from trainer_hooks import sweep
-
-    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
-    y = x.sum(1, keepdim=True)
-
-    def objective(trial):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, trial.params["width"]), nn.ReLU(), nn.Linear(trial.params["width"], 1))
-        opt = torch.optim.SGD(model.parameters(), lr=trial.params["lr"])
-        with trial.watch(model, opt, every=4) as mon:
-            for _ in range(3):
-                for i in range(0, 192, 32):
-                    opt.zero_grad()
-                    loss = nn.functional.mse_loss(model(x[i:i + 32]), y[i:i + 32])
-                    loss.backward()
-                    opt.step()
-                    mon.log(loss=loss)
-                with torch.no_grad():
-                    mon.log(val_loss=nn.functional.mse_loss(model(x[192:]), y[192:]))
-                if mon.should_stop:
-                    break
 
     result = sweep(objective, ["lr=loguniform(1e-3,0.3)", "width=choice(4,16,64)"], trials=6, seed=1,
                    name="two-dims", logdir=str(tmp_path), say=lambda line: None)

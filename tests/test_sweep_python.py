@@ -14,8 +14,10 @@ Y = X @ torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
 
 
 def objective(trial, epochs=4):
+    """A small MLP on a linear target, 8 steps an epoch, ``trial.params``: lr (and width)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    width = trial.params.get("width", 16)
+    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 1))
     opt = torch.optim.SGD(model.parameters(), lr=trial.params["lr"], momentum=0.9)
     with trial.watch(model, opt, every=2) as mon:
         for _ in range(epochs):

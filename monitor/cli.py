@@ -651,10 +651,17 @@ def _sweep(args: argparse.Namespace) -> int:
                 "in every trial (Bergstra & Bengio 2012): prefer --sampler random")
         say(f"babysit sweep: join from another process: babysit sweep --sweep {name} --storage {plan.storage} "
             "with the same --space and command")
-        sweep.run()
-        for line in lines(report(trials_of(sweep.study), space, plan.direction, plan.sampler), space,
-                          plan.objective):
-            say(line)
+        def print_report():
+            for line in lines(report(trials_of(sweep.study), space, plan.direction, plan.sampler), space,
+                              plan.objective):
+                say(line)
+        try:
+            sweep.run()
+        except KeyboardInterrupt:  # the trials so far are worth their report
+            say("babysit sweep: interrupted; the trials so far:")
+            print_report()
+            raise
+        print_report()
         if server is not None:
             say(f"babysit sweep: done; the dashboard stays up at {server.url}/sweeps/{name} (press Ctrl-C to stop it)")
             while True:

@@ -98,6 +98,7 @@ class Attacher:
         self._said: set[str] = set()
         self._broken = False
         self.closed_as: tuple = (None, "")  # how close() was told the script ended (state, reason)
+        self.on_close: Callable[[], None] | None = None  # called once the runs are closed (a sweep's outcome)
         self._backward = torch.autograd.backward
         self._scale = getattr(torch.amp, "GradScaler", None)
         self._handles = [
@@ -142,6 +143,11 @@ class Attacher:
             else:
                 self.say("found no model being trained (no module with trainable parameters ran forward in "
                          "training mode before a backward()); nothing was recorded")
+        if self.on_close is not None:
+            try:
+                self.on_close()
+            except Exception as exc:  # noqa: BLE001 - ours; the script's end is its own
+                self._failed(exc)
         return monitors
 
     def _failed(self, exc: BaseException) -> None:

@@ -79,13 +79,16 @@ def run(target: Target, options: RunOptions) -> int:
         watch_options["server"] = server.url
         print(f"babysit: live dashboard at {server.url}/", file=sys.stderr, flush=True)
     attacher = Attacher(options.run or target.default_name(), config, watch_options)
-    started = time.monotonic()
+    if trial is not None and trial.outcome:  # written as the runs close: before a Ctrl-C's exit, too
+        started = time.monotonic()
+
+        def hand_back() -> None:
+            first = next((t.monitor for t in attacher.trained.values() if t.monitor is not None), None)
+            outcome_of(first, time.monotonic() - started, attacher.closed_as).write(trial.outcome)
+        attacher.on_close = hand_back
     try:
         return _run_as_main(target, attacher)
     finally:
-        if trial is not None and trial.outcome:
-            first = next((t.monitor for t in attacher.trained.values() if t.monitor is not None), None)
-            outcome_of(first, time.monotonic() - started, attacher.closed_as).write(trial.outcome)
         if server is not None:
             server.stop()
 

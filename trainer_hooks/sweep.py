@@ -60,7 +60,8 @@ def outcome_of(monitor: Monitor | None, seconds: float, ending: tuple = (None, "
                        reason or "no model was found training", seconds=seconds)
     policy, stop = monitor.early_stopping, monitor.stop_reason
     pruned = stop is not None and stop.cause is StopCause.PRUNED
-    return Outcome(monitor.run_id, monitor.ended.value if monitor.ended else "unknown", stop.message if stop else "",
+    return Outcome(monitor.run_id, monitor.ended.value if monitor.ended else "unknown",
+                   stop.message if stop else ending[1],
                    pruned=stop.message if pruned else None,
                    pruned_by=getattr(policy, "pruned_by", None) if pruned else None, step=monitor.step,
                    values=tuple(policy.values) if isinstance(policy, TrialPolicy) else (),

@@ -92,19 +92,22 @@ class Sweep:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> list[SweepTrial]:
+        """Run the trials (``parallel`` worker threads) until the budget is spent. Ctrl-C ends
+        the running trials as Ctrl-C would and waits for them to be told to the study. The
+        wait is on each worker's own event: a ``Thread.join`` that a KeyboardInterrupt broke
+        into reports the thread dead while it still runs (CPython, 3.11)."""
         self.plan.folder.mkdir(parents=True, exist_ok=True)
-        workers = [threading.Thread(target=self._work, name=f"babysit-sweep-{i}", daemon=True)
-                   for i in range(self.plan.parallel)]
-        for w in workers:
-            w.start()
+        done = [threading.Event() for _ in range(self.plan.parallel)]
+        for i, finished in enumerate(done):
+            threading.Thread(target=self._work, args=(finished,), name=f"babysit-sweep-{i}", daemon=True).start()
         try:
-            for w in workers:
-                while w.is_alive():
-                    w.join(0.2)
+            for finished in done:
+                while not finished.wait(0.2):
+                    pass
         except KeyboardInterrupt:
             self.interrupt()
-            for w in workers:
-                w.join(GRACE_SECONDS + 5)
+            for finished in done:
+                finished.wait(GRACE_SECONDS + 5)
             raise
         return self.ran
 
@@ -116,7 +119,13 @@ class Sweep:
         for process in running:
             _signal(process, signal.SIGINT)
 
-    def _work(self) -> None:
+    def _work(self, finished: threading.Event) -> None:
+        try:
+            self._work_until_spent()
+        finally:
+            finished.set()
+
+    def _work_until_spent(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
                 trial = self.study.ask(self.distributions)

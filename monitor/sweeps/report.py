@@ -70,12 +70,17 @@ def lines(rep: SweepReport, space: Sequence[Dimension], objective: str = "val_lo
                    + (f", run {rep.best.run}" if rep.best.run else ""))
     if rep.saved.pruned:
         saved = rep.saved
+        whole = saved.seconds_run + saved.seconds_saved
         out.append(f"pruning ended {saved.pruned} trial{'s' if saved.pruned > 1 else ''} early and saved about "
-                   f"{saved.seconds_saved:.0f} trial-seconds of {saved.seconds_run + saved.seconds_saved:.0f} "
-                   f"({_share(saved)}) of the trials' training time, against the completed trials' median")
+                   f"{_seconds(saved.seconds_saved)} trial-seconds of {_seconds(whole)} ({_share(saved)}) of the "
+                   "trials' training time, against the completed trials' median")
     for a in rep.advice:
         out.append(f"advice ({a.kind}): {a.message}")
     return out
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _share(saved: Savings) -> str:

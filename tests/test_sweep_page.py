@@ -105,6 +105,7 @@ def test_a_real_sweep_streams_to_one_server_its_diverged_trials_pruned_and_the_p
         page.goto(f"{running.url}/")  # the index groups the trials under their sweep
         page.wait_for_selector("#runs tr.group[data-sweep='digits-lr']")
         assert page.locator("#runs tr.group").count() == 1 and "8 trials" in page.inner_text("#runs tr.group")
+        page.goto("about:blank")  # leave before the server stops: no fetch of a live page left in flight
 
 
 def _truth(frames) -> dict:
@@ -149,3 +150,4 @@ def test_a_sweep_of_two_dimensions_one_a_choice_draws_a_scatter_for_each_and_col
         page.wait_for_function("() => document.querySelectorAll('#colour-legend .swatch').length === 3")
         after = page.evaluate("() => Bokeh.documents[0].get_model_by_name('sweep_train').data.color")
         assert len(set(after)) <= 3 and after != before  # a colour per width now
+        page.goto("about:blank")

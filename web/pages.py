@@ -40,9 +40,9 @@ def run_page_components() -> tuple[str, dict]:
 def sweep_components(specs: tuple[str, ...], direction: str) -> tuple[str, dict, list[dict]]:
     """A sweep page's figures (they depend on its space) as Bokeh's script and divs, and the space."""
     from monitor.sweeps.space import parse_all
+    from web.sweeps import dimension_json
 
-    space = [{"name": d.name, "distribution": d.distribution, "low": d.low, "high": d.high, "log": d.log,
-              "choices": list(d.choices)} for d in parse_all(specs)]
+    space = [dimension_json(d) for d in parse_all(specs)]
     script, divs = components(sweep_figures(space, direction), wrap_script=False)
     return script, divs, space
 

@@ -32,6 +32,12 @@ def add_sweep_routes(api, app) -> None:
         return json_response(sweep_view(app.store, name, sweeps[name]))
 
 
+def dimension_json(d) -> dict:
+    """A dimension as the page reads it (the figures are built from the same)."""
+    return {"name": d.name, "distribution": d.distribution, "low": d.low, "high": d.high, "log": d.log,
+            "choices": list(d.choices), "spec": d.spec()}
+
+
 def _pairs(store, run: str, name: str) -> list[tuple[int, float]]:
     columns = store.scalar_columns(run, name)
     return list(zip(columns["step"].tolist(), columns["value"].tolist()))
@@ -59,8 +65,7 @@ def sweep_view(store, name: str, runs: list) -> dict:
     rep = report(trials, space, direction, sampler)
     return {
         "name": name, "objective": objective, "direction": direction, "sampler": sampler, "note": note,
-        "space": [{"name": d.name, "distribution": d.distribution, "low": d.low, "high": d.high, "log": d.log,
-                   "choices": list(d.choices), "spec": d.spec()} for d in space],
+        "space": [dimension_json(d) for d in space],
         "trials": [{"number": t.number, "run": t.run, "params": dict(t.params), "state": t.state, "value": t.value,
                     "reason": t.reason, "seconds": t.seconds, "noise": t.noise, **t.extra} for t in rep.trials],
         "best": rep.best.number if rep.best is not None else None,

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from monitor.sweeps import command, study as studies
-from monitor.sweeps.report import SweepTrial
+from monitor.sweeps.report import SweepTrial, value_text
+from monitor.sweeps.runs import trial_state
 from monitor.sweeps.space import Dimension
 from monitor.sweeps.trial import TRIAL_ENV, Outcome, TrialSpec
 
@@ -175,7 +176,7 @@ class Sweep:
         outcome_path = Path(spec.outcome)
         log_path = plan.folder / f"trial-{number:03d}.log"
         outcome_path.unlink(missing_ok=True)
-        shown = ", ".join(f"{k}={_shown(v)}" for k, v in params.items())
+        shown = ", ".join(f"{k}={value_text(v)}" for k, v in params.items())
         self.say(f"babysit sweep: trial {number} ({shown}) starts as run {run_name}; its output: {log_path}")
         started = time.monotonic()
         with open(log_path, "w") as log:
@@ -249,14 +250,7 @@ def record_of(spec: TrialSpec, outcome: Outcome | None, code: int | None, second
                f"exited with status {code} before babysit recorded how it ended; see {log}")
         return SweepTrial(number, params, "failed", run=outcome.run if outcome else None, reason=why, **common)
     value = outcome.best(spec.maximize) if value is None else float(value)
-    if outcome.pruned is not None:
-        state = "pruned"
-    elif outcome.state == "diverged":
-        state = "diverged"
-    elif outcome.state in ("finished", "stopped") and value is not None:
-        state = "complete"
-    else:
-        state = "failed"
+    state = trial_state(outcome.state, "pruned" if outcome.pruned is not None else "", value)
     reason = outcome.pruned or outcome.reason or ("" if value is not None else
                                                  f"no {spec.objective} was logged (the objective)")
     if state == "failed" and code not in (0, None) and not outcome.reason:
@@ -290,13 +284,10 @@ def trials_of(study) -> list[SweepTrial]:
 
 
 def _line(record: SweepTrial, plan: SweepPlan) -> str:
-    shown = ", ".join(f"{k}={_shown(v)}" for k, v in record.params.items())
+    shown = ", ".join(f"{k}={value_text(v)}" for k, v in record.params.items())
     took = f" after {record.seconds:.1f} s" if record.seconds is not None else ""
     if record.state == "complete":
         return f"babysit sweep: trial {record.number} ({shown}) complete{took}: {plan.objective} {record.value:.4g}"
     return f"babysit sweep: trial {record.number} ({shown}) {record.state}{took}: {record.reason}"
 
-
-def _shown(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 

@@ -57,15 +57,15 @@ def report(trials: Sequence[SweepTrial], space: Sequence[Dimension], direction: 
 def lines(rep: SweepReport, space: Sequence[Dimension], objective: str = "val_loss") -> list[str]:
     """The report as a person reads it in a terminal."""
     names = [d.name for d in space]
-    rows = [[str(t.number), *(_value(t.params.get(n)) for n in names), t.state,
-             _value(t.value), "-" if t.seconds is None else f"{t.seconds:.1f}", t.run or "-", _short(t.reason)]
+    rows = [[str(t.number), *(value_text(t.params.get(n)) for n in names), t.state,
+             value_text(t.value), "-" if t.seconds is None else f"{t.seconds:.1f}", t.run or "-", _short(t.reason)]
             for t in rep.trials]
     out = [format_table(["TRIAL", *(n.upper() for n in names), "STATE", objective.upper(), "SECONDS", "RUN",
                          "REASON"], rows)] if rows else ["no trials yet"]
     counts = {s: sum(t.state == s for t in rep.trials) for s in STATES}
     out.append(", ".join(f"{k} {counts[k]}" for k in STATES if counts[k]) + f" of {len(rep.trials)} trials")
     if rep.best is not None:
-        shown = ", ".join(f"{n}={_value(rep.best.params.get(n))}" for n in names)
+        shown = ", ".join(f"{n}={value_text(rep.best.params.get(n))}" for n in names)
         out.append(f"best: trial {rep.best.number} ({shown}): {objective} {rep.best.value:.4g}"
                    + (f", run {rep.best.run}" if rep.best.run else ""))
     if rep.saved.pruned:
@@ -88,7 +88,7 @@ def _share(saved: Savings) -> str:
     return f"{100 * saved.seconds_saved / whole:.0f} %" if whole > 0 else "0 %"
 
 
-def _value(value: Any) -> str:
+def value_text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

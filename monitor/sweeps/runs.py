@@ -11,12 +11,11 @@ evaluation over its batches, which ``babysit run`` logs).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from monitor.sweeps.command import epochs
 from monitor.sweeps.report import SweepTrial
-from monitor.sweeps.trial import error_at_best
+from monitor.sweeps.trial import best_of, error_at_best
 
 #: Run states of a trial still under way.
 UNDER_WAY = ("running", "stopping", "lost")
@@ -43,6 +42,7 @@ def by_sweep(runs: Iterable[Any]) -> dict[str, list[Any]]:
 
 
 def trial_state(status: str, by: str, value: float | None) -> str:
+    """A trial's state from how its run ended (``by``: who stopped it) and its value."""
     if by == "pruned":
         return "pruned"
     if status in UNDER_WAY:
@@ -60,8 +60,8 @@ def sweep_trial(info: Any, reason: str, by: str, values: Sequence[tuple[int, flo
     and their standard errors, each as (step, value)."""
     config = info.config
     maximize = config.get("direction") == "maximize"
-    finite = [v for _, v in values if math.isfinite(v)]
-    value = (max(finite) if maximize else min(finite)) if finite else None
+    best = best_of(values, maximize)
+    value = best[1] if best else None
     state = trial_state(info.status, by, value)
     return SweepTrial(config["trial"], dict(config["params"]), state, value,
                       max(info.updated - info.started, 0.0), info.run, reason if state != "complete" else "",

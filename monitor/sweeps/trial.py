@@ -98,10 +98,8 @@ class Outcome:
     standard_errors: tuple[tuple[int, float], ...] = ()  # (step, error) of the evaluations that have one
 
     def best(self, maximize: bool = False) -> float | None:
-        finite = [v for _, v in self.values if math.isfinite(v)]
-        if not finite:
-            return None
-        return max(finite) if maximize else min(finite)
+        found = best_of(self.values, maximize)
+        return found[1] if found else None
 
     def noise(self, maximize: bool = False) -> float | None:
         """The noise in the trial's value that comes from the validation set's size: the
@@ -128,14 +126,19 @@ class Outcome:
         return cls(**data)
 
 
+def best_of(values: Sequence[tuple[int, float]], maximize: bool = False) -> tuple[int, float] | None:
+    """The (step, value) of the best finite value (the first of equals), None with none."""
+    finite = [(s, v) for s, v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    return (max if maximize else min)(finite, key=lambda pair: pair[1])
+
+
 def error_at_best(values: Sequence[tuple[int, float]], errors: Sequence[tuple[int, float]],
                   maximize: bool = False) -> float | None:
     """The standard error at the step of the best finite value, None where it has none."""
-    finite = [(v, s) for s, v in values if math.isfinite(v)]
-    if not finite:
-        return None
-    step = (max(finite) if maximize else min(finite))[1]
-    found = [e for s, e in errors if s == step and math.isfinite(e)]
+    best = best_of(values, maximize)
+    found = [e for s, e in errors if best is not None and s == best[0] and math.isfinite(e)]
     return found[-1] if found else None
 
 

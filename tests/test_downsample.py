@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from monitor.store_blocks import BLOCK_COLUMNS, BLOCK_STEPS, summarise
+from monitor.store.blocks import BLOCK_COLUMNS, BLOCK_STEPS, summarise
 from web.downsample import MAX_POINTS, downsample, downsample_blocks, downsample_rows
 
 

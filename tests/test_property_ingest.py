@@ -30,11 +30,12 @@ from hypothesis import event as tally, given
 
 from fuzz_batches import (ARGUMENTS, HEARTBEATS, KINDS, PLANS, RUN_SLOTS, TEMPLATES, VERSIONS, fuzzed_batches)
 from fuzzing import ServerErrors, property_settings
-from monitor import codec, store_blocks
+from monitor import codec
+from monitor.store import blocks as store_blocks
 from monitor.events import Kind
 from monitor.protocol import BATCH, HEARTBEAT, INGEST_NAMESPACE, PROTOCOL_VERSION
 from monitor.store import DB_FILENAME
-from monitor.store_reads import decode
+from monitor.store.reads import decode
 from monitor.validation import SchemaError, is_run_id
 from servers import serving_app
 from web.live import MAX_HEARTBEAT_RUNS, parse_batch

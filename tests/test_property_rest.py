@@ -35,7 +35,7 @@ from monitor import codec
 from monitor.events import (Event, Filters, InputStats, Kind, LayerStats, Scalars, Signal, Status)
 from monitor.export import FORMATS
 from monitor.protocol import BATCH, INGEST_NAMESPACE
-from monitor.store_layers import LAYER_FIELDS
+from monitor.store.layers import LAYER_FIELDS
 from monitor.validation import RUN_ID_PATTERN
 from servers import serving_app
 

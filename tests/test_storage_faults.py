@@ -18,7 +18,7 @@ import pytest
 from monitor import codec
 from monitor.events import Kind
 from monitor.store import RunStore
-from monitor.store_faults import StoreUnavailable
+from monitor.store.faults import StoreUnavailable
 from servers import serving, serving_app
 from test_stream import assert_complete, free_port, stored, tiny, train
 from trainer_hooks import BabysitWarning, handle, spool, stream, watch

@@ -66,7 +66,7 @@ def downsample_rows(steps: np.ndarray, keys: list[np.ndarray], max_points: int =
 
 
 def downsample_blocks(blocks: dict[str, np.ndarray], max_points: int = MAX_POINTS) -> dict[str, np.ndarray]:
-    """The points to draw of a series stored as per-block summaries (:mod:`monitor.store_blocks`).
+    """The points to draw of a series stored as per-block summaries (:mod:`monitor.store.blocks`).
 
     The same rule as :func:`downsample`, with bucket edges on block edges: consecutive
     blocks are grouped into at most ``max_points // KEPT_PER_BUCKET`` buckets, and each

@@ -2,7 +2,7 @@
 
 The page makes about ten calls before it streams live events, and a run of a million
 steps and fifty layers must open in about a second, so every route reads a derived table
-or one index entry (see :mod:`monitor.store_reads`), never the run's events one by one,
+or one index entry (see :mod:`monitor.store.reads`), never the run's events one by one,
 and sends at most ``max_points`` samples per series. Downsampling keeps what a person
 babysitting must see:
 
@@ -25,7 +25,7 @@ import numpy as np
 from flask import Blueprint, Response, request
 
 from monitor.events import Kind, Signal
-from monitor.store_layers import INPUT_FIELDS, LAYER_FIELDS
+from monitor.store.layers import INPUT_FIELDS, LAYER_FIELDS
 from monitor.validation import SchemaError, as_enum
 from web.api import json_response, known_run
 from web.downsample import KEPT_PER_BUCKET, MAX_POINTS, downsample, downsample_blocks, downsample_rows

@@ -28,7 +28,7 @@ from flask_socketio import Namespace, join_room, leave_room
 from monitor import codec, protocol
 from monitor.events import Event
 from monitor.protocol import INDEX_ROOM, room, trainer_room
-from monitor.store_faults import StoreUnavailable
+from monitor.store.faults import StoreUnavailable
 from monitor.validation import SchemaError, check_run_id
 from web import fanout
 

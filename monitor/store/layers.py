@@ -16,8 +16,8 @@ NaN. The optional ones (:data:`OPTIONAL_FIELDS`: quantiles, ``sat_frac``, ``dead
 ``nan_mask`` is set when ``OPTIONAL_FIELDS[i]`` was NaN, so readers tell the two apart.
 ±Inf are stored natively.
 
-The SQL of these tables lives here only; :class:`monitor.store.RunStore` calls these
-functions inside its own transactions and lock.
+The SQL of these tables lives here only (portable: SQLite and PostgreSQL); the stores of
+:mod:`monitor.store` call these functions inside their own transactions and lock.
 """
 from __future__ import annotations
 
@@ -57,16 +57,16 @@ CREATE TABLE IF NOT EXISTS input_points (
 
 _POINT_COLUMNS = ("run", "signal", "layer", "step", "seq", "module", "mean", "std", "min", "max", "norm",
                   *QUANTILE_FIELDS, "zero_frac", "sat_frac", "dead_frac", "update_ratio", "nan", "inf", "nan_mask")
-# OR IGNORE: two summaries of one layer and signal in one event (valid, never sent by our
+# DO NOTHING: two summaries of one layer and signal in one event (valid, never sent by our
 # hooks) keep the first rather than failing the whole batch.
-_INSERT_POINTS = (f"INSERT OR IGNORE INTO layer_points ({', '.join(_POINT_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(_POINT_COLUMNS))})")
+_INSERT_POINTS = (f"INSERT INTO layer_points ({', '.join(_POINT_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(_POINT_COLUMNS))}) ON CONFLICT DO NOTHING")
 # A layer first seen in a late replay of an earlier seq moves up to where it belongs.
 _INSERT_LAYER = ("INSERT INTO layers (run, signal, layer, module, seq, pos) VALUES (?, ?, ?, ?, ?, ?) "
                  "ON CONFLICT (run, signal, layer) DO UPDATE SET module = excluded.module, seq = excluded.seq, "
-                 "pos = excluded.pos WHERE (excluded.seq, excluded.pos) < (seq, pos)")
-_INSERT_INPUT = ("INSERT OR IGNORE INTO input_points (run, step, seq, wall, mean, std, min, max, nan, inf) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 "pos = excluded.pos WHERE (excluded.seq, excluded.pos) < (layers.seq, layers.pos)")
+_INSERT_INPUT = ("INSERT INTO input_points (run, step, seq, wall, mean, std, min, max, nan, inf) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _NO_QUANTILES = (None,) * len(QUANTILE_FIELDS)
 
 

@@ -14,7 +14,7 @@ wins where it comes first (or holds a new extreme). NaN values are stored as NUL
 ``min_*`` and ``max_*`` are NULL in a block of NaN only; ``first_value`` and ``last_value``
 NULL mean NaN.
 
-The SQL lives here only; :class:`monitor.store.RunStore` calls these functions.
+The SQL lives here only (portable: SQLite and PostgreSQL); the stores of :mod:`monitor.store` call these functions.
 """
 from __future__ import annotations
 
@@ -39,21 +39,23 @@ CREATE TABLE IF NOT EXISTS scalar_blocks (
     PRIMARY KEY (run, name, block)) WITHOUT ROWID;
 """
 
-_EARLIER = "(excluded.{p}_step, excluded.{p}_seq) < ({p}_step, {p}_seq)"
+# The stored row's columns are named with the table (``scalar_blocks.min_value``): PostgreSQL
+# finds a bare name ambiguous beside ``excluded``, SQLite takes either.
+_EARLIER = "(excluded.{p}_step, excluded.{p}_seq) < (scalar_blocks.{p}_step, scalar_blocks.{p}_seq)"
 _REPLACE_IF = {  # when the incoming block's point replaces the stored one (all read the old row)
     "first": _EARLIER,
-    "last": "(excluded.{p}_step, excluded.{p}_seq) > ({p}_step, {p}_seq)",
-    "min": "excluded.{p}_seq IS NOT NULL AND ({p}_seq IS NULL OR excluded.{p}_value < {p}_value "
-           "OR (excluded.{p}_value = {p}_value AND " + _EARLIER + "))",
-    "max": "excluded.{p}_seq IS NOT NULL AND ({p}_seq IS NULL OR excluded.{p}_value > {p}_value "
-           "OR (excluded.{p}_value = {p}_value AND " + _EARLIER + "))",
-    "nan": "excluded.{p}_seq IS NOT NULL AND ({p}_seq IS NULL OR " + _EARLIER + ")",
+    "last": "(excluded.{p}_step, excluded.{p}_seq) > (scalar_blocks.{p}_step, scalar_blocks.{p}_seq)",
+    "min": "excluded.{p}_seq IS NOT NULL AND (scalar_blocks.{p}_seq IS NULL OR excluded.{p}_value < "
+           "scalar_blocks.{p}_value OR (excluded.{p}_value = scalar_blocks.{p}_value AND " + _EARLIER + "))",
+    "max": "excluded.{p}_seq IS NOT NULL AND (scalar_blocks.{p}_seq IS NULL OR excluded.{p}_value > "
+           "scalar_blocks.{p}_value OR (excluded.{p}_value = scalar_blocks.{p}_value AND " + _EARLIER + "))",
+    "nan": "excluded.{p}_seq IS NOT NULL AND (scalar_blocks.{p}_seq IS NULL OR " + _EARLIER + ")",
 }
 _UPSERT = (f"INSERT INTO scalar_blocks (run, name, block, {', '.join(BLOCK_COLUMNS)}) "
            f"VALUES (?, ?, ?, {', '.join('?' * len(BLOCK_COLUMNS))}) "
-           "ON CONFLICT (run, name, block) DO UPDATE SET count = count + excluded.count, "
+           "ON CONFLICT (run, name, block) DO UPDATE SET count = scalar_blocks.count + excluded.count, "
            + ", ".join(f"{column} = CASE WHEN {_REPLACE_IF[column.split('_')[0]].format(p=column.split('_')[0])} "
-                       f"THEN excluded.{column} ELSE {column} END" for column in BLOCK_COLUMNS[1:]))
+                       f"THEN excluded.{column} ELSE scalar_blocks.{column} END" for column in BLOCK_COLUMNS[1:]))
 
 
 def insert(db, rows: Iterable[tuple]) -> None:
@@ -105,8 +107,9 @@ Query = Callable[[str, Iterable[Any]], list]
 
 def totals(query: Query, run: str) -> dict[str, tuple[int, int]]:
     """``{name: (rows, blocks)}`` of every scalar series of the run, by name."""
-    rows = query("SELECT name, sum(count), count(*) FROM scalar_blocks WHERE run = ? GROUP BY name ORDER BY name",
-                 (run,))
+    # the CAST: PostgreSQL sums BIGINTs as NUMERIC
+    rows = query("SELECT name, CAST(sum(count) AS BIGINT), count(*) FROM scalar_blocks WHERE run = ? "
+                 "GROUP BY name ORDER BY name", (run,))
     return {name: (total, blocks) for name, total, blocks in rows}
 
 

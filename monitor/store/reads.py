@@ -2,9 +2,9 @@
 
 Why apart from :mod:`monitor.store`: that module owns the record and its writes; these
 reads serve one page that must open a run of a million steps in about a second, so they go
-to the derived tables (:mod:`monitor.store_layers`, :mod:`monitor.store_blocks`) or to one
+to the derived tables (:mod:`monitor.store.layers`, :mod:`monitor.store.blocks`) or to one
 index look-up, and hand back numpy columns rather than rows of Python objects.
-:class:`RunPageReads` is mixed into :class:`monitor.store.RunStore`, whose ``_query``
+:class:`RunPageReads` is mixed into :class:`monitor.store.interface.Store`, whose ``_query``
 (one statement under the store's lock) it uses.
 """
 from __future__ import annotations
@@ -13,16 +13,18 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from monitor import codec, store_blocks, store_layers
+from monitor import codec
+from monitor.store import blocks as store_blocks
+from monitor.store import layers as store_layers
 from monitor.events import Event, Kind, Signal
 from monitor.validation import SchemaError, as_enum, check_run_id
 
 
 class RunPageReads:
-    """Read methods of :class:`monitor.store.RunStore` for the run page; plain return types."""
+    """Read methods of every store (:class:`monitor.store.interface.Store`) for the run page; plain return types."""
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        raise NotImplementedError  # RunStore's: one statement under its lock
+        raise NotImplementedError  # the backend's: one statement under its lock
 
     def latest(self, run: str, kind: Kind | str) -> Event | None:
         """The run's event of this kind with the highest seq (one index look-up), or None."""
@@ -41,7 +43,7 @@ class RunPageReads:
 
     def layer_points(self, run: str, signal: Signal | str, layers: Iterable[str] | None = None,
                      fields: Iterable[str] | None = None) -> list[store_layers.LayerColumns]:
-        """Each layer's samples of one signal as numpy columns (see :class:`monitor.store_layers.LayerColumns`).
+        """Each layer's samples of one signal as numpy columns (see :class:`monitor.store.layers.LayerColumns`).
 
         ``layers``: the names wanted (None: every layer of the signal, in first-seen order;
         names the run lacks are left out). ``fields``: columns of :data:`store_layers.LAYER_FIELDS`
@@ -65,7 +67,7 @@ class RunPageReads:
         return store_blocks.totals(self._query, check_run_id(run))
 
     def scalar_blocks(self, run: str, name: str) -> dict[str, np.ndarray]:
-        """One series summarised per block of steps (see :mod:`monitor.store_blocks`)."""
+        """One series summarised per block of steps (see :mod:`monitor.store.blocks`)."""
         return store_blocks.blocks(self._query, check_run_id(run), name)
 
     def scalar_columns(self, run: str, name: str, last: int | None = None) -> dict[str, np.ndarray]:

@@ -8,16 +8,22 @@ table keeps when the server decided it (``at``, unix seconds), why (``no heartbe
 
 No store version bump: the table is new and nothing else changes, so an older babysit
 opening the file simply ignores it (and lists the run's status as the text ``lost``).
-The functions take the store's connection inside its transaction (see :class:`monitor.store.RunStore`).
+``heard_runs`` is what several server processes sharing one store (``babysit serve
+--message-queue``, ARCHITECTURE.md) tell each other: when any of them last heard each run's
+trainer (unix seconds, the hearing server's clock), so that a process whose trainers are
+connected elsewhere does not take them for silent.
+
+The functions take the store's connection inside its transaction (see :mod:`monitor.store`);
+their SQL is portable (SQLite and PostgreSQL).
 """
 from __future__ import annotations
 
-import sqlite3
-from typing import Callable
+from typing import Callable, Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lost_runs (
     run TEXT PRIMARY KEY, at REAL NOT NULL, reason TEXT NOT NULL, was TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS heard_runs (run TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 #: The statuses of a run whose training process should still be talking: only these can be lost.
 ACTIVE = ("running", "stopping")
@@ -25,18 +31,19 @@ ACTIVE = ("running", "stopping")
 MAX_REASON = 500
 
 
-def mark_lost(db: sqlite3.Connection, run: str, reason: str, at: float) -> bool:
+def mark_lost(db, run: str, reason: str, at: float) -> bool:
     """Mark ``run`` lost if it is still active; True when it was."""
     row = db.execute("SELECT status FROM runs WHERE run = ?", (run,)).fetchone()
     if row is None or row[0] not in ACTIVE:  # it ended (or is lost already) meanwhile: nothing to do
         return False
     db.execute("UPDATE runs SET status = 'lost' WHERE run = ?", (run,))
-    db.execute("INSERT OR REPLACE INTO lost_runs (run, at, reason, was) VALUES (?, ?, ?, ?)",
+    db.execute("INSERT INTO lost_runs (run, at, reason, was) VALUES (?, ?, ?, ?) ON CONFLICT (run) DO UPDATE "
+               "SET at = excluded.at, reason = excluded.reason, was = excluded.was",
                (run, at, reason[:MAX_REASON], row[0]))
     return True
 
 
-def revive(db: sqlite3.Connection, run: str) -> bool:
+def revive(db, run: str) -> bool:
     """The run's status from before it was lost, if it is lost; True when it was."""
     row = db.execute("SELECT was FROM lost_runs WHERE run = ?", (run,)).fetchone()
     if row is None:
@@ -57,3 +64,17 @@ def active(query: Callable[..., list[tuple]]) -> list[tuple[str, str, float]]:
     """``(run, host, started)`` of every run whose training process should still be talking."""
     return query(f"SELECT run, host, started FROM runs WHERE status IN ({', '.join('?' * len(ACTIVE))})",
                  ACTIVE)
+
+
+def note_heard(db, heard: Iterable[tuple[str, float]]) -> None:
+    """Record ``(run, at)`` pairs: the run's trainer was heard at ``at`` (the latest time wins)."""
+    db.executemany("INSERT INTO heard_runs (run, at) VALUES (?, ?) ON CONFLICT (run) DO UPDATE "
+                   "SET at = CASE WHEN excluded.at > heard_runs.at THEN excluded.at ELSE heard_runs.at END",
+                   list(heard))
+
+
+def last_heard(query: Callable[..., list[tuple]]) -> dict[str, float]:
+    """``{run: at}``: when any server last heard each running or stopping run's trainer."""
+    rows = query("SELECT h.run, h.at FROM heard_runs h JOIN runs r ON r.run = h.run "
+                 f"WHERE r.status IN ({', '.join('?' * len(ACTIVE))})", ACTIVE)
+    return {run: at for run, at in rows}

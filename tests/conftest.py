@@ -11,6 +11,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
+from services import postgres, postgres_url, redis_url  # noqa: F401 - fixtures for every test module
+
 from monitor.events import (PAYLOADS, Event, Filters, Flag, InputStats, LayerStats, ModuleInfo, RunEnd,
                             RunStart, Scalars, Status, TensorSummary)
 

@@ -16,7 +16,7 @@ from flask_socketio import SocketIO
 from monitor.alert_config import AlertConfig
 from monitor.mailer import AlertMailer
 from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE, LOST_AFTER_SECONDS, MAX_MESSAGE_BYTES
-from monitor.store import RunStore
+from monitor.store import Store, is_database_url, open_store
 from web.liveness import Liveness, check_lost_after
 from web.fanout import for_server
 from web.origins import HostCheck, check_origin, is_loopback, origin_check
@@ -31,7 +31,11 @@ class ServerConfig:
     ``allowed_origins``: browser origins besides the server's own that may open its sockets
     (``scheme://host[:port]``, e.g. a reverse proxy's public address; see :mod:`web.origins`).
     ``lost_after``: seconds of silence from a run's training process after which the run is
-    marked lost (:mod:`web.liveness`)."""
+    marked lost (:mod:`web.liveness`).
+    ``store``: a ``postgresql://`` URL to keep the runs in PostgreSQL (shared by several
+    server processes); None keeps them in SQLite under ``logdir``.
+    ``message_queue``: a ``redis://`` URL through which several server processes share their
+    live channels (Flask-SocketIO's message queue); None: this process alone."""
 
     logdir: Path = Path("runs")
     host: str = "127.0.0.1"
@@ -39,8 +43,13 @@ class ServerConfig:
     alerts: AlertConfig | None = None
     allowed_origins: tuple[str, ...] = ()
     lost_after: float = LOST_AFTER_SECONDS
+    store: str | None = None
+    message_queue: str | None = None
 
     def __post_init__(self):
+        if self.store is not None and not is_database_url(self.store):
+            raise ValueError(f"store: expected a postgresql://user:password@host:port/database URL, got "
+                             f"{self.store!r} (for SQLite give the logdir instead)")
         object.__setattr__(self, "lost_after", check_lost_after(self.lost_after))
         object.__setattr__(self, "logdir", Path(self.logdir))
         if isinstance(self.allowed_origins, str):
@@ -64,7 +73,7 @@ class App:
 
     flask: Flask
     socketio: SocketIO
-    store: RunStore
+    store: Store
     config: ServerConfig
     alerts: AlertMailer | None = None
     liveness: Liveness | None = None
@@ -84,7 +93,7 @@ def create_app(config: ServerConfig | None = None) -> App:
                         cors_allowed_origins=origin_check(config))
     flask.wsgi_app = HostCheck(flask.wsgi_app, config)  # around Socket.IO's middleware too
     for_server(socketio)  # the bounded fan-out, made before any viewer connects (web.fanout)
-    store = RunStore(config.logdir)
+    store = open_store(config.store or config.logdir)
     app = App(flask, socketio, store, config, AlertMailer(config.alerts) if config.alerts else None)
     app.liveness = Liveness(app, config.lost_after)
     flask.before_request(app.liveness.start)  # a page or REST request is a first use too

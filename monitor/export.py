@@ -17,6 +17,7 @@ import pandas as pd
 
 from monitor import codec
 from monitor.frames import RunFrames, read_run
+from monitor.store import Store, is_database_url
 
 FORMATS = ("csv", "parquet")
 #: The tabular frames written, in this order; ``filters`` goes to ``filters.npz``.
@@ -35,15 +36,20 @@ class Exported:
     note: str | None = None
 
 
-def export(run: str, logdir: str | Path = "runs", fmt: str = "csv", out: str | Path | None = None) -> Exported:
+def export(run: str, logdir: str | Path | Store = "runs", fmt: str = "csv",
+           out: str | Path | None = None) -> Exported:
     """Write each non-empty frame of ``run`` (its id, or its name: the newest run of that
     name) to ``<out>/<frame>.<fmt>``.
 
-    ``out`` defaults to ``<logdir>/<run id>-export``. An unknown run raises KeyError (from
+    ``logdir``: an SQLite store's folder, a ``postgresql://`` URL or an open store (see
+    :func:`monitor.frames.read_run`). ``out`` defaults to ``<logdir>/<run id>-export``, and
+    must be given for a store that is not a folder. An unknown run raises KeyError (from
     :func:`monitor.frames.load_run`), an unknown ``fmt`` ValueError, before anything is written.
     """
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not supported; use one of: {', '.join(FORMATS)}")
+    if out is None and (isinstance(logdir, Store) or is_database_url(logdir)):
+        raise ValueError("export: give the folder to write to (out) for a store that is not a folder")
     frames, note = read_run(run, logdir)
     folder = Path(out) if out is not None else Path(logdir) / f"{frames.run}-export"
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,7 +72,7 @@ def export(run: str, logdir: str | Path = "runs", fmt: str = "csv", out: str | P
     return Exported(frames.run, tuple(written), tuple(empty), note)
 
 
-def export_run(run: str, logdir: str | Path = "runs", fmt: str = "csv",
+def export_run(run: str, logdir: str | Path | Store = "runs", fmt: str = "csv",
                out: str | Path | None = None) -> list[Path]:
     """:func:`export`'s paths written."""
     return list(export(run, logdir, fmt, out).paths)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from monitor import codec
 from monitor.events import QUANTILE_LEVELS, Event, Kind, Vitals
-from monitor.store import DB_FILENAME, RunStore
+from monitor.store import DB_FILENAME, RunStore, Store, is_database_url, open_store
 from monitor.validation import check_run_id
 
 #: ``q0668`` ... ``q9332``: each quantile level of :data:`QUANTILE_LEVELS` in basis points.
@@ -84,7 +84,7 @@ class SeveralRunsWarning(UserWarning):
     """A run was asked for by a name that several stored runs share; the newest was read."""
 
 
-def resolve_run(store: RunStore, run: str) -> tuple[str, str | None]:
+def resolve_run(store: Store, run: str) -> tuple[str, str | None]:
     """The id of ``run``, given as its id or its name (``watch(run=NAME)``): a name picks
     the newest run of that name. Returns ``(id, note)``, the note saying which run was
     picked when several share the name (None otherwise); an unknown one raises KeyError
@@ -94,7 +94,7 @@ def resolve_run(store: RunStore, run: str) -> tuple[str, str | None]:
     runs = store.runs()  # newest first
     named = [r for r in runs if r.name == run]
     if not named:
-        raise KeyError(_unknown_run(run, Path(store.path), [r.run for r in runs]))
+        raise KeyError(_unknown_run(run, store.location, [r.run for r in runs]))
     if len(named) == 1:
         return named[0].run, None
     return named[0].run, (f"{len(named)} runs are named {run!r}; reading the newest, {named[0].run} "
@@ -114,18 +114,28 @@ def load_run(run: str, logdir: str | Path = "runs") -> RunFrames:
     return frames
 
 
-def read_run(run: str, logdir: str | Path = "runs") -> tuple[RunFrames, str | None]:
-    """:func:`load_run`'s frames, and the note of :func:`resolve_run` instead of a warning."""
+def read_run(run: str, logdir: str | Path | Store = "runs") -> tuple[RunFrames, str | None]:
+    """:func:`load_run`'s frames, and the note of :func:`resolve_run` instead of a warning.
+    ``logdir``: the folder of an SQLite store, a ``postgresql://`` URL, or an open store."""
     check_run_id(run)
+    if isinstance(logdir, Store):
+        return _read(logdir, run)
+    if is_database_url(logdir):
+        with open_store(logdir) as store:
+            return _read(store, run)
     path = Path(logdir) / DB_FILENAME
     if not path.exists():
         raise KeyError(f"no run {run!r}: {path} does not exist (known runs: none); "
                        "pass the logdir the training wrote to")
     with RunStore(logdir) as store:
-        run, note = resolve_run(store, run)
-        info = store.run_info(run)
-        scalars = store.scalars(run)
-        events = store.events(run, kinds=[k for k in Kind if k is not Kind.SCALARS])
+        return _read(store, run)
+
+
+def _read(store: Store, run: str) -> tuple[RunFrames, str | None]:
+    run, note = resolve_run(store, run)
+    info = store.run_info(run)
+    scalars = store.scalars(run)
+    events = store.events(run, kinds=[k for k in Kind if k is not Kind.SCALARS])
     by_kind: dict[Kind, list[Event]] = {kind: [] for kind in Kind}
     for event in events:
         by_kind[event.kind].append(event)
@@ -146,7 +156,7 @@ def read_run(run: str, logdir: str | Path = "runs") -> tuple[RunFrames, str | No
     return frames, note
 
 
-def _unknown_run(run: str, path: Path, known: list[str]) -> str:
+def _unknown_run(run: str, path: str, known: list[str]) -> str:
     shown = ", ".join(known[:10]) or "none"
     more = f" and {len(known) - 10} more" if len(known) > 10 else ""
     return f"no run {run!r} in {path}; known runs: {shown}{more}"

@@ -17,6 +17,7 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -56,9 +57,9 @@ def wait_until(ready, what: str, process: subprocess.Popen | None = None, timeou
         time.sleep(0.05)
 
 
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop(process: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
     if process.poll() is None:
-        process.terminate()
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -98,12 +99,23 @@ def _postgres_bin() -> str | None:
 
 
 class Postgres:
-    """A running PostgreSQL cluster: ``url(database)`` and :meth:`create_database`."""
+    """A running PostgreSQL cluster: ``url(database)``, :meth:`create_database`, :meth:`restart`."""
 
     _numbers = itertools.count()
 
-    def __init__(self, port: int, user: str = "babysit"):
+    def __init__(self, port: int, start, user: str = "babysit"):
         self.port, self.user = port, user
+        self._start = start
+        self.process = start()
+
+    def stop(self) -> None:
+        """PostgreSQL's fast shutdown (SIGINT): its clients' connections are closed at once."""
+        stop(self.process, sig=signal.SIGINT)
+
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port."""
+        self.stop()
+        self.process = self._start()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -132,26 +144,38 @@ def postgres_server(**settings):
     folder = tempfile.mkdtemp(prefix="babysit-pg-")
     data = os.path.join(folder, "data")
 
-    def run_as(cmd: list[str]) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", *cmd] if as_root else cmd
+    # as root, the processes themselves are the postgres user's (not a runuser in between, so
+    # that the signals that stop the server reach it)
+    as_user = {"user": "postgres", "group": "postgres", "extra_groups": []} if as_root else {}
 
     if as_root:
         os.chmod(folder, 0o755)
         shutil.chown(folder, "postgres", "postgres")
     port = free_port()
-    subprocess.run(run_as([f"{bindir}/initdb", "-D", data, "-U", "babysit", "--auth=trust", "-E", "UTF8",
-                           "--locale=C", "--no-sync"]), check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
+    subprocess.run([f"{bindir}/initdb", "-D", data, "-U", "babysit", "--auth=trust", "-E", "UTF8",
+                    "--locale=C", "--no-sync"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   **as_user)
     options = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": folder,
                "max_connections": "300", **{k: str(v) for k, v in settings.items()}}
     args = [f"{bindir}/postgres", "-D", data, *(x for k, v in options.items() for x in ("-c", f"{k}={v}"))]
-    process = subprocess.Popen(run_as(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Postgres(port)
+    url = f"postgresql://babysit@127.0.0.1:{port}/postgres"
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
+        try:
+            wait_until(lambda: psycopg.connect(url, connect_timeout=1).close() is None, "postgres", process)
+        except BaseException:
+            stop(process)
+            raise
+        return process
+
+    server = None
     try:
-        wait_until(lambda: psycopg.connect(server.url(), connect_timeout=1).close() is None, "postgres", process)
+        server = Postgres(port, start)
         yield server
     finally:
-        stop(process)
+        if server is not None:
+            server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

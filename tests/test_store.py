@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,20 @@ from conftest import summary
 
 from monitor.codec import encode_event
 from monitor.events import Event, Flag, InputStats, Kind, LayerStats, Scalars, Status
-from monitor.store import DB_FILENAME, STORE_VERSION, RunStore
+from monitor.store import DB_FILENAME, STORE_VERSION, RunStore, open_store
 from monitor.store.blocks import BLOCK_STEPS
 from monitor.store.layers import LAYER_FIELDS
 from monitor.validation import SchemaError
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request, tmp_path):
+    """Opens the test's store, on each backend: the same calls must give the same answers
+    (a second call opens a second connection to the same store, as a reopen or another process would)."""
+    if request.param == "sqlite":
+        return lambda: RunStore(tmp_path)
+    url = request.getfixturevalue("postgres_url")
+    return lambda: open_store(url)
 
 
 def encoded(events):
@@ -33,17 +44,17 @@ def test_the_logdir_is_created_and_the_database_is_in_wal_mode(tmp_path):
     db.close()
 
 
-def test_a_run_round_trips_exactly_nan_inf_and_bytes_included(tmp_path, make_events):
+def test_a_run_round_trips_exactly_nan_inf_and_bytes_included(store_at, make_events):
     events = make_events()
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         assert store.append(events) == len(events)
-    with RunStore(tmp_path) as store:  # a fresh connection reads what was committed
+    with store_at() as store:  # a fresh connection reads what was committed
         assert encoded(store.events("digits-cnn")) == encoded(events)
 
 
-def test_appending_the_same_batch_twice_stores_it_once_and_counters_do_not_double(tmp_path, make_events):
+def test_appending_the_same_batch_twice_stores_it_once_and_counters_do_not_double(store_at, make_events):
     events = make_events()
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         store.append(events)
         before = store.run_info("digits-cnn")
         assert store.append(events) == 0
@@ -55,9 +66,9 @@ def test_appending_the_same_batch_twice_stores_it_once_and_counters_do_not_doubl
     assert after.last_step == 3 and after.last_loss == 1.0
 
 
-def test_a_batch_with_a_non_event_in_the_middle_stores_nothing(tmp_path, make_events):
+def test_a_batch_with_a_non_event_in_the_middle_stores_nothing(store_at, make_events):
     events = make_events()
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         with pytest.raises(TypeError, match="item 4 of the batch is a dict"):
             store.append(events[:4] + [events[4].to_dict()] + events[4:])
         assert store.events("digits-cnn") == []
@@ -66,8 +77,8 @@ def test_a_batch_with_a_non_event_in_the_middle_stores_nothing(tmp_path, make_ev
         assert store.append(events) == len(events)  # the retry goes through whole
 
 
-def test_runs_reflect_name_status_last_loss_flags_and_config(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_runs_reflect_name_status_last_loss_flags_and_config(store_at, make_events):
+    with store_at() as store:
         store.append(make_events("older", wall=1000.0))
         store.append(make_events("newer", wall=5000.0)[:3])
         older, = [r for r in store.runs() if r.run == "older"]
@@ -80,9 +91,9 @@ def test_runs_reflect_name_status_last_loss_flags_and_config(tmp_path, make_even
     assert (newer.status, newer.last_loss, newer.flags) == ("running", 2.5, 0)
 
 
-def test_status_events_and_flags_update_the_run_as_they_arrive(tmp_path, make_events):
+def test_status_events_and_flags_update_the_run_as_they_arrive(store_at, make_events):
     start = make_events("r")[:1]
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         store.append(start)
         store.append([Event("r", 1, 5, 1001.0, Kind.STATUS, Status("stopping", "user asked", "dashboard"))])
         assert store.run_info("r").status == "stopping"
@@ -91,8 +102,8 @@ def test_status_events_and_flags_update_the_run_as_they_arrive(tmp_path, make_ev
         assert store.run_info("r").flags == 2
 
 
-def test_a_late_replay_of_an_older_step_does_not_overwrite_the_last_loss(tmp_path):
-    with RunStore(tmp_path) as store:
+def test_a_late_replay_of_an_older_step_does_not_overwrite_the_last_loss(store_at):
+    with store_at() as store:
         store.append([scalars("r", 1, 20, loss=0.5)])
         store.append([scalars("r", 0, 10, loss=9.0)])
         info = store.run_info("r")
@@ -110,8 +121,8 @@ def test_infinities_are_stored_natively_and_nan_as_null(tmp_path):
     assert raw == {"a": math.inf, "b": -math.inf, "c": None}
 
 
-def test_events_filter_by_kind_resume_after_a_seq_and_stop_at_a_limit(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_events_filter_by_kind_resume_after_a_seq_and_stop_at_a_limit(store_at, make_events):
+    with store_at() as store:
         store.append(make_events())
         assert [e.seq for e in store.events("digits-cnn", kinds=["scalars"])] == [2, 5, 6]
         assert [e.seq for e in store.events("digits-cnn", kinds=[Kind.FLAG, Kind.STATUS])] == [7, 8]
@@ -121,8 +132,8 @@ def test_events_filter_by_kind_resume_after_a_seq_and_stop_at_a_limit(tmp_path, 
             store.events("digits-cnn", kinds=["losses"])
 
 
-def test_scalars_come_ordered_by_name_then_step_and_names_are_listed(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_scalars_come_ordered_by_name_then_step_and_names_are_listed(store_at, make_events):
+    with store_at() as store:
         store.append(make_events())
         rows = store.scalars("digits-cnn")
         assert [(name, step) for step, _, name, _ in rows] == [
@@ -131,8 +142,8 @@ def test_scalars_come_ordered_by_name_then_step_and_names_are_listed(tmp_path, m
         assert [name for _, _, name, _ in store.scalars("digits-cnn", names=["lr", "val_acc"])] == ["lr", "val_acc"]
 
 
-def test_next_seq_is_zero_for_a_new_run_and_one_past_the_last_stored(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_next_seq_is_zero_for_a_new_run_and_one_past_the_last_stored(store_at, make_events):
+    with store_at() as store:
         assert store.next_seq("digits-cnn") == 0
         store.append(make_events())
         assert store.next_seq("digits-cnn") == 10
@@ -192,9 +203,9 @@ def test_many_openers_of_a_new_file_all_get_the_store(tmp_path):
     assert failed == []
 
 
-def test_one_store_serves_a_writer_thread_and_a_reader_thread(tmp_path):
+def test_one_store_serves_a_writer_thread_and_a_reader_thread(store_at):
     seen = []
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         writer = threading.Thread(target=lambda: [store.append([scalars("r", s, s, loss=1.0)]) for s in range(100)])
         writer.start()
         while writer.is_alive() or not seen or seen[-1] < 100:
@@ -204,8 +215,8 @@ def test_one_store_serves_a_writer_thread_and_a_reader_thread(tmp_path):
 
 
 @pytest.mark.parametrize("run", ["../etc/passwd", "a b", "x'; DROP TABLE events;--", "", ".hidden", "r\x00"])
-def test_a_hostile_run_id_is_rejected_with_a_clear_error(tmp_path, run):
-    with RunStore(tmp_path) as store:
+def test_a_hostile_run_id_is_rejected_with_a_clear_error(store_at, run):
+    with store_at() as store:
         for call in (store.events, store.scalars, store.run_info, store.scalar_names, store.next_seq):
             with pytest.raises(SchemaError, match="run: expected 1-128 characters from A-Z"):
                 call(run)
@@ -236,18 +247,21 @@ def input_event(run, seq, step, **overrides):
                  data=InputStats(**{**fields, **overrides}))
 
 
-def derived_tables(path):
-    """Every row of the derived tables, NaN-free (SQLite's NULLs), for comparing two files."""
-    db = sqlite3.connect(path)
-    try:
-        return {table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-                for table in ("layer_points", "layers", "input_points", "scalar_blocks")}
-    finally:
-        db.close()
+def derived_tables(store):
+    """Every row of the derived tables, for comparing two stores; NaN as None (SQLite's NULL),
+    as PostgreSQL keeps NaN, which equals nothing."""
+    if isinstance(store, Path):  # a file
+        with RunStore(Path(store).parent) as opened:
+            return derived_tables(opened)
+    def row(values):
+        return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+    return {table: sorted(map(row, store._query(f"SELECT * FROM {table}")), key=repr)
+            for table in ("layer_points", "layers", "input_points", "scalar_blocks")}
 
 
-def test_each_stored_summary_becomes_one_row_of_layer_columns(tmp_path):
-    with RunStore(tmp_path) as store:
+def test_each_stored_summary_becomes_one_row_of_layer_columns(store_at):
+    with store_at() as store:
         store.append([layer_event("r", 0, 0, summary("conv1", mean=0.5, units=8, dead_units=2)),
                       layer_event("r", 1, 200, summary("conv1", mean=0.25, units=8, dead_units=4))])
         (conv1,) = store.layer_points("r", "activation")
@@ -259,10 +273,10 @@ def test_each_stored_summary_becomes_one_row_of_layer_columns(tmp_path):
     assert list(conv1.columns) == list(LAYER_FIELDS)
 
 
-def test_layer_columns_tell_nan_from_absent_and_keep_infinities(tmp_path):
+def test_layer_columns_tell_nan_from_absent_and_keep_infinities(store_at):
     nan_grad = summary("fc", signal="param_grad", module="Linear", quantiles=(), units=None, dead_units=None,
                        window=None, mean=math.nan, update_ratio=math.nan, max=math.inf, min=-math.inf)
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         store.append([layer_event("r", 0, 0, nan_grad)])
         (fc,) = store.layer_points("r", "param_grad", fields=["mean", "max", "min", "q0", "update_ratio", "sat_frac"])
     assert math.isnan(fc.columns["mean"][0]) and math.isnan(fc.columns["update_ratio"][0])
@@ -271,8 +285,8 @@ def test_layer_columns_tell_nan_from_absent_and_keep_infinities(tmp_path):
     assert fc.absent["q0"].tolist() == [True]
 
 
-def test_layer_points_select_layers_and_fields_and_refuse_unknown_ones(tmp_path):
-    with RunStore(tmp_path) as store:
+def test_layer_points_select_layers_and_fields_and_refuse_unknown_ones(store_at):
+    with store_at() as store:
         store.append([layer_event("r", 0, 0, summary("a"), summary("b"), summary("c"))])
         chosen = store.layer_points("r", "activation", layers=["c", "a", "missing"], fields=["norm"])
         assert [(c.layer, list(c.columns)) for c in chosen] == [("c", ["step", "norm"]), ("a", ["step", "norm"])]
@@ -282,18 +296,18 @@ def test_layer_points_select_layers_and_fields_and_refuse_unknown_ones(tmp_path)
             store.layer_points("r", "weights")
 
 
-def test_replaying_layer_stats_adds_no_layer_rows(tmp_path):
+def test_replaying_layer_stats_adds_no_layer_rows(store_at):
     events = [layer_event("r", 0, 0, summary("a"), summary("b", signal="output_grad")), input_event("r", 1, 0)]
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         store.append(events)
-        before = derived_tables(store.path)
+        before = derived_tables(store)
         assert store.append(events) == 0
-        assert derived_tables(store.path) == before
+        assert derived_tables(store) == before
         assert len(store.layer_points("r", "activation")[0].columns["step"]) == 1
 
 
-def test_the_layer_index_lists_layers_in_first_seen_order_even_after_a_late_replay(tmp_path):
-    with RunStore(tmp_path) as store:
+def test_the_layer_index_lists_layers_in_first_seen_order_even_after_a_late_replay(store_at):
+    with store_at() as store:
         store.append([layer_event("r", 5, 50, summary("b"), summary("a"), summary("b", signal="output_grad"))])
         store.append([layer_event("r", 1, 10, summary("z", module="Linear"))])  # replayed late, seen first
         assert store.layer_index("r") == [("z", "activation", "Linear"), ("b", "activation", "Conv2d"),
@@ -301,8 +315,8 @@ def test_the_layer_index_lists_layers_in_first_seen_order_even_after_a_late_repl
         assert store.layer_index("other") == []
 
 
-def test_input_stats_come_back_as_columns_in_step_order(tmp_path):
-    with RunStore(tmp_path) as store:
+def test_input_stats_come_back_as_columns_in_step_order(store_at):
+    with store_at() as store:
         store.append([input_event("r", 2, 20, mean=math.nan, nan=3), input_event("r", 1, 10, max=math.inf, inf=1)])
         columns = store.input_points("r")
     assert columns["step"].tolist() == [10, 20] and columns["max"][0] == math.inf
@@ -323,8 +337,8 @@ def test_latest_is_the_highest_seq_of_a_kind_found_through_the_kind_index(tmp_pa
     assert "events_by_kind" in str(plan) and "TEMP B-TREE" not in str(plan)
 
 
-def test_scalar_columns_give_a_series_or_its_last_rows_as_arrays(tmp_path):
-    with RunStore(tmp_path) as store:
+def test_scalar_columns_give_a_series_or_its_last_rows_as_arrays(store_at):
+    with store_at() as store:
         store.append([scalars("r", s, s, wall=100.0 + s, loss=1.0 / (s + 1)) for s in range(10)])
         store.append([scalars("r", 10, 10, loss=math.nan, epoch=1.0)])
         tail = store.scalar_columns("r", "loss", last=3)
@@ -334,14 +348,14 @@ def test_scalar_columns_give_a_series_or_its_last_rows_as_arrays(tmp_path):
         assert store.scalar_totals("r") == {"epoch": (1, 1), "loss": (11, 1)}
 
 
-def test_scalar_blocks_hold_each_blocks_count_ends_extremes_and_first_nan_whatever_the_arrival_order(tmp_path):
+def test_scalar_blocks_hold_each_blocks_count_ends_extremes_and_first_nan_whatever_the_arrival_order(store_at):
     rng = np.random.default_rng(0)
     values = rng.normal(size=1000)
     values[[5, 300, 301]] = math.nan
     values[[7, 700]] = (math.inf, -math.inf)
     values[400] = values[420] = 9.0  # a tie: the earlier point is the block's maximum
     order = rng.permutation(1000)
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         for chunk in np.array_split(order, 7):  # batches out of step order, as late replays arrive
             store.append([scalars("r", int(s), int(s), wall=float(s), x=float(values[s])) for s in chunk])
         blocks = store.scalar_blocks("r", "x")
@@ -398,8 +412,8 @@ def test_the_migration_skips_a_layer_stats_row_that_no_longer_decodes(tmp_path):
 
 
 @pytest.mark.parametrize("run", ["../etc/passwd", "x'; DROP TABLE events;--", "", "r\x00"])
-def test_the_run_page_reads_reject_a_hostile_run_id(tmp_path, run):
-    with RunStore(tmp_path) as store:
+def test_the_run_page_reads_reject_a_hostile_run_id(store_at, run):
+    with store_at() as store:
         for call in (lambda: store.latest(run, "flag"), lambda: store.event(run, 0), lambda: store.layer_index(run),
                      lambda: store.layer_points(run, "activation"), lambda: store.input_points(run),
                      lambda: store.scalar_totals(run), lambda: store.scalar_blocks(run, "loss"),
@@ -419,20 +433,20 @@ def test_a_file_from_a_newer_babysit_is_refused_with_the_fix(tmp_path):
 
 # ---------------------------------------------------------------------- lost runs (web.liveness)
 
-def test_a_running_run_marked_lost_keeps_when_and_why_across_a_reopen_and_gets_no_event(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_a_running_run_marked_lost_keeps_when_and_why_across_a_reopen_and_gets_no_event(store_at, make_events):
+    with store_at() as store:
         store.append(make_events("r")[:3])
         assert store.active_runs() == [("r", "gpu-1", 1000.0)]
         assert store.mark_lost("r", "no heartbeat for 31 s", at=1234.5)
-    with RunStore(tmp_path) as store:
+    with store_at() as store:
         info = store.run_info("r")
         assert (info.status, info.lost_at, info.lost_reason) == ("lost", 1234.5, "no heartbeat for 31 s")
         assert store.runs()[0] == info and store.lost_runs() == {"r": (1234.5, "no heartbeat for 31 s")}
         assert store.active_runs() == [] and store.next_seq("r") == 3  # the trainer's seqs, untouched
 
 
-def test_only_a_running_or_stopping_run_can_be_marked_lost(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_only_a_running_or_stopping_run_can_be_marked_lost(store_at, make_events):
+    with store_at() as store:
         store.append(make_events("ended"))  # ends diverged
         store.append(make_events("stopping")[:1] + [Event("stopping", 1, 1, 1001.0, Kind.STATUS, Status("stopping"))])
         assert not store.mark_lost("ended", "silent") and not store.mark_lost("unknown", "silent")
@@ -442,8 +456,8 @@ def test_only_a_running_or_stopping_run_can_be_marked_lost(tmp_path, make_events
         assert not store.mark_alive("stopping") and store.run_info("stopping").lost_at is None
 
 
-def test_new_events_bring_a_lost_run_back_and_a_status_among_them_wins(tmp_path, make_events):
-    with RunStore(tmp_path) as store:
+def test_new_events_bring_a_lost_run_back_and_a_status_among_them_wins(store_at, make_events):
+    with store_at() as store:
         store.append(make_events("back")[:3] + make_events("ends")[:3])
         store.mark_lost("back", "silent")
         store.mark_lost("ends", "silent")

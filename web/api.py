@@ -114,7 +114,7 @@ def api_blueprint(app) -> Blueprint:
             return json_response({"error": f"format: expected one of {', '.join(FORMATS)}"}, 400)
         buffer = io.BytesIO()
         with tempfile.TemporaryDirectory(prefix="babysit-export-") as folder:
-            paths = export_run(run, app.config.logdir, fmt, Path(folder))
+            paths = export_run(run, app.store, fmt, Path(folder))
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
                 for path in paths:
                     archive.write(path, f"{run}/{path.name}")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 log = logging.getLogger("babysit.store")
 
-#: The store's states: it takes writes, or why it does not.
-OK, FULL, READ_ONLY, BUSY, IO_ERROR = "ok", "full", "read_only", "busy", "io_error"
+#: The store's states: it takes writes, or why it does not (``unreachable``: a database
+#: server that is down or cannot be reached, :mod:`monitor.store.postgres`).
+OK, FULL, READ_ONLY, BUSY, IO_ERROR, UNREACHABLE = "ok", "full", "read_only", "busy", "io_error", "unreachable"
 
 _CAUSE = {
     FULL: "the store's disk is full ({path})",
@@ -128,8 +129,11 @@ class StoreHealth:
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException, path: Path) -> StoreUnavailable:
-        """Record a failed write; the exception to raise in its place."""
-        fault = diagnose(exc, path)
+        """Record a failed write of the SQLite file at ``path``; the exception to raise in its place."""
+        return self.record(diagnose(exc, path), exc)
+
+    def record(self, fault: StoreUnavailable, exc: BaseException) -> StoreUnavailable:
+        """Record a failed write whose cause is ``fault`` (``exc``: the engine's own error); ``fault``."""
         with self._lock:
             before = self._state
             fresh = before.state != fault.state
@@ -137,7 +141,7 @@ class StoreHealth:
                                       time.time() if before.ok else before.since, before.refused + 1)
         if fresh:
             log.error("babysit: %s; nothing is lost: senders keep their batches and send them again "
-                      "(SQLite: %s)", fault, exc)
+                      "(%s: %s)", fault, type(exc).__name__, exc)
         return fault
 
     def succeeded(self) -> None:

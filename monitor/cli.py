@@ -344,6 +344,13 @@ def _add_serve(commands) -> None:
     p.add_argument("--port", type=_port(free=False), default=5000, help="port (default: 5000)")
     p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
                    help="where runs are stored (default: runs)")
+    p.add_argument("--store", metavar="URL", default=None,
+                   help="keep runs in PostgreSQL, shared by several server processes: "
+                        "postgresql://user:password@host:port/database (needs babysit[scale]; default: "
+                        "$BABYSIT_STORE, else SQLite under --logdir)")
+    p.add_argument("--message-queue", metavar="URL", default=None,
+                   help="share live channels with the other server processes through Redis: "
+                        "redis://host:port/N (needs babysit[scale]; default: $BABYSIT_MESSAGE_QUEUE, else none)")
     p.add_argument("--token", type=_token, default=None,
                    help="shared secret for ingest and stop (default: $BABYSIT_TOKEN)")
     p.add_argument("--allowed-origin", action="append", metavar="ORIGIN", default=None,
@@ -425,6 +432,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = ServerConfig(logdir=Path(args.logdir), host=args.host,
                               token=args.token or os.environ.get("BABYSIT_TOKEN") or None, alerts=alerts,
                               allowed_origins=[o for text in origins for o in text.split(",") if o.strip()],
+                              store=args.store or os.environ.get("BABYSIT_STORE") or None,
+                              message_queue=args.message_queue or os.environ.get("BABYSIT_MESSAGE_QUEUE") or None,
                               **({} if args.lost_after is None else {"lost_after": args.lost_after}))
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -466,6 +475,127 @@ def _replay(args: argparse.Namespace) -> int:
     if not results:
         print(f"nothing spooled under {spool}")
     return 0 if all(results.values()) else 1
+
+
+# ------------------------------------------------------------------------------- sync
+
+def _add_sync(commands) -> None:
+    p = commands.add_parser(
+        "sync", help="upload runs recorded offline to a server, each event exactly once",
+        description="Upload the runs a logdir holds (its store, babysit.sqlite3, and its spool/ of events a "
+                    "server never acknowledged), a spool folder or one spool file (<run>.jsonl) to `babysit "
+                    "serve`: every event in seq order, each batch acknowledged after the server committed it. "
+                    "The server stores each (run, seq) once, so running sync again sends again and stores "
+                    "nothing new. Prints per run the events read, new on the server and already there.")
+    p.add_argument("path", metavar="SPOOL_OR_LOGDIR", help="a logdir, a spool folder, or a spool file")
+    p.add_argument("--server", type=_server, metavar="URL",
+                   help="the babysit serve URL, e.g. http://host:5000 (default: $BABYSIT_SERVER)")
+    p.add_argument("--token", type=_token, default=None, help="the server's token (default: $BABYSIT_TOKEN)")
+    p.add_argument("--run", action="append", default=[], metavar="ID_OR_NAME",
+                   help="upload only this run (its id, or a name: every run of that name); repeat it for more")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and batches that would be sent; send nothing")
+    p.add_argument("--remove-spool", action="store_true",
+                   help="delete a spool file once the server acknowledged every event in it (default: keep it)")
+    p.set_defaults(func=_sync)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import os
+
+    from monitor import sync
+    from monitor.store import RunStore, StoreUnavailable
+    from monitor.validation import SchemaError
+
+    server = args.server or os.environ.get("BABYSIT_SERVER") or None
+    if server is None and not args.dry_run:
+        raise CliError("give the server to upload to: --server http://host:5000 (or set $BABYSIT_SERVER)")
+    if server is not None and args.server is None:  # the variable's value, held to the option's rule
+        try:
+            server = _server(server)
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"$BABYSIT_SERVER: {exc}") from None
+    try:
+        sources = sync.find_sources(args.path)
+        stamps = {path: _stamp(path) for path in sources.spools}  # before reading: a trainer may still append
+        store = RunStore(sources.store) if sources.store is not None else None
+        try:
+            every = sync.plan(sources, store)
+            chosen = sync.select(every, args.run)
+            if args.dry_run:
+                return _sync_dry_run(chosen, server)
+            return _sync_upload(chosen, every, stamps, server, args.token or os.environ.get("BABYSIT_TOKEN") or None,
+                                args.remove_spool)
+        finally:
+            if store is not None:
+                store.close()
+    except (sync.SyncError, SchemaError, StoreUnavailable) as exc:
+        raise CliError(_message(exc)) from None
+
+
+def _sync_dry_run(chosen, server: str | None) -> int:
+    from trainer_hooks.upload import run_batches
+
+    read = sent = 0
+    for entry in chosen:
+        batches = list(run_batches(entry))
+        count = sum(b.count for b in batches)
+        where = ", ".join((["store"] if entry.store is not None else []) + [str(p) for p in entry.spools])
+        seqs = f"seqs {batches[0].first_seq}..{batches[-1].last_seq}" if batches else "no events"
+        print(f"{entry.run}  {entry.name}: {count} events ({seqs}) in {len(batches)} batches, from {where}")
+        read, sent = read + count, sent + len(batches)
+    print(f"total: {len(chosen)} runs, {read} events in {sent} batches would be sent"
+          f"{' to ' + server if server else ''} (--dry-run: nothing sent)")
+    return 0
+
+
+def _sync_upload(chosen, every, stamps, server: str, token: str | None, remove_spool: bool) -> int:
+    from trainer_hooks.upload import Uploader, UploadError
+
+    uploader = Uploader(server, token)
+    done: set[str] = set()
+    read = new = 0
+    try:
+        uploader.connect()
+        for entry in chosen:
+            result = uploader.upload(entry)
+            done.add(entry.run)
+            read, new = read + result.read, new + result.new
+            print(f"{result.run}  {result.name}: {result.read} events read, {result.new} new on the server, "
+                  f"{result.already} already there", flush=True)
+            if remove_spool:
+                for path in entry.spools:
+                    if all(other.run in done for other in every if path in other.spools):
+                        _remove_spool(path, stamps[path])
+    except UploadError as exc:
+        print(f"babysit sync: error: {exc}", file=sys.stderr)
+        if done:
+            print(f"babysit sync: {len(done)} of {len(chosen)} runs were uploaded completely", file=sys.stderr)
+        return 1
+    finally:
+        uploader.close()
+    print(f"total: {len(chosen)} runs, {read} events read, {new} new on the server, {read - new} already there")
+    return 0
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _remove_spool(path: Path, stamp: tuple[int, int]) -> None:
+    """Delete an uploaded spool file and its read position (first: a position without its
+    file would make a resumed spool skip lines), unless it changed since it was read."""
+    try:
+        changed = _stamp(path) != stamp
+    except OSError:  # removed meanwhile
+        return
+    if changed:
+        print(f"babysit sync: kept {path}: it changed while it was uploaded (a trainer still writes it?)",
+              file=sys.stderr)
+        return
+    path.with_suffix(".sent").unlink(missing_ok=True)
+    path.unlink()
+    print(f"babysit sync: removed {path} (every event in it is on the server)")
 
 
 # -------------------------------------------------------------------------------- run
@@ -692,6 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(commands)
     _add_serve(commands)
     _add_replay(commands)
+    _add_sync(commands)
     _add_run(commands)
     _add_sweep(commands)
     return parser

@@ -145,7 +145,7 @@ class SocketSink:
             client, self._client = self._client, None
         if client is not None:  # everything sent was acknowledged: the close need not be waited
             # for (websocket-client waits up to 3 s for the server's closing frame)
-            closing = threading.Thread(target=_quietly_disconnect, args=(client,), daemon=True)
+            closing = threading.Thread(target=quietly_disconnect, args=(client,), daemon=True)
             closing.start()
             closing.join(CLOSE_WAIT_SECONDS)
 
@@ -223,25 +223,7 @@ class SocketSink:
                       self.url, error[:500], self.refused_file)
 
     def _call(self, text: str):
-        """Emit a batch and wait for its acknowledgement, giving up as soon as the connection
-        drops (python-socketio's ``call`` would wait out its whole timeout: a server that
-        went away mid-batch would hold the spool back for ``ACK_TIMEOUT``)."""
-        answered = threading.Event()
-        reply: list = []
-
-        def acknowledged(*args):
-            reply.append(args[0] if args else None)
-            answered.set()
-
-        client = self._client
-        client.emit(protocol.BATCH, text, namespace=protocol.INGEST_NAMESPACE, callback=acknowledged)
-        deadline = time.monotonic() + ACK_TIMEOUT
-        while not answered.wait(ACK_POLL_SECONDS):
-            if not client.connected:
-                raise ConnectionError("the connection dropped before the acknowledgement")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no acknowledgement within {ACK_TIMEOUT:g} s")
-        return reply[0]
+        return send_batch(self._client, text)
 
     def _connected(self) -> bool:
         self._start_heartbeat()
@@ -250,13 +232,8 @@ class SocketSink:
         if time.monotonic() < self._next_try:
             return False
         self._next_try = time.monotonic() + RETRY_SECONDS
-        import socketio
-
-        client = socketio.Client(reconnection=False)
-        client.on(protocol.STOP, self._stop_command, namespace=protocol.INGEST_NAMESPACE)
         try:
-            client.connect(self.url, namespaces=[protocol.INGEST_NAMESPACE], transports=["websocket"],
-                           auth={"token": self.token} if self.token else None, wait_timeout=CONNECT_TIMEOUT)
+            client = connect(self.url, self.token, on_stop=self._stop_command)
         except Exception as exc:
             if not self._unreachable:  # once per outage, not every retry
                 log.warning("babysit: cannot reach the server at %s (%s); spooling to %s until it answers",
@@ -323,7 +300,43 @@ class SocketSink:
         self._next_try = time.monotonic() + RETRY_SECONDS
 
 
-def _quietly_disconnect(client) -> None:
+def connect(url: str, token: str | None = None, on_stop: Callable | None = None):
+    """A python-socketio client connected to ``url``'s ingest namespace (``on_stop``: the
+    handler of the server's stop commands). Raises python-socketio's ConnectionError:
+    "One or more namespaces failed to connect" when the server refused the token."""
+    import socketio
+
+    client = socketio.Client(reconnection=False)
+    if on_stop is not None:
+        client.on(protocol.STOP, on_stop, namespace=protocol.INGEST_NAMESPACE)
+    client.connect(url, namespaces=[protocol.INGEST_NAMESPACE], transports=["websocket"],
+                   auth={"token": token} if token else None, wait_timeout=CONNECT_TIMEOUT)
+    return client
+
+
+def send_batch(client, text: str):
+    """Emit a batch and wait for its acknowledgement (the server's raw reply, read it with
+    :meth:`monitor.protocol.Ack.from_reply`), giving up as soon as the connection drops
+    (python-socketio's ``call`` would wait out its whole timeout: a server that went away
+    mid-batch would hold the sender back for ``ACK_TIMEOUT``)."""
+    answered = threading.Event()
+    reply: list = []
+
+    def acknowledged(*args):
+        reply.append(args[0] if args else None)
+        answered.set()
+
+    client.emit(protocol.BATCH, text, namespace=protocol.INGEST_NAMESPACE, callback=acknowledged)
+    deadline = time.monotonic() + ACK_TIMEOUT
+    while not answered.wait(ACK_POLL_SECONDS):
+        if not client.connected:
+            raise ConnectionError("the connection dropped before the acknowledgement")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no acknowledgement within {ACK_TIMEOUT:g} s")
+    return reply[0]
+
+
+def quietly_disconnect(client) -> None:
     try:
         client.disconnect()
     except Exception:  # a connection that is already gone

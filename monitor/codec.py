@@ -36,7 +36,7 @@ def dumps(value: Any) -> str:
     swaps them for tags, skipping quoted strings (a layer may well be named "NaN").
     This keeps encoding at C speed, which matters on the writer thread.
     """
-    text = json.dumps(value, allow_nan=True, default=_default, separators=(",", ":"))
+    text = _ENCODER.encode(value)
     if "NaN" not in text and "Infinity" not in text:
         return text
     return _STRING_OR_TOKEN.sub(lambda m: _TOKENS.get(m.group(0), m.group(0)), text)
@@ -52,10 +52,20 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode a {type(value).__name__} as JSON")
 
 
+# Made once: json.dumps with any option builds a new encoder on every call, a cost the
+# server's ingest pays per event (it is stateless, so one serves every thread).
+_ENCODER = json.JSONEncoder(allow_nan=True, default=_default, separators=(",", ":"))
+
+
 def loads(text: str | bytes) -> Any:
-    """Parse JSON written by :func:`dumps`; malformed input raises :class:`SchemaError`."""
+    """Parse JSON written by :func:`dumps`; malformed input raises :class:`SchemaError`.
+
+    A text with no ``$`` (written plainly or as the escape ``\\u0024``) holds no tag, so it is
+    parsed without the per-object hook: a batch of finite losses, the common case on the
+    server's ingest path, decodes at the C parser's speed."""
+    hook = _untag if not isinstance(text, str) or "$" in text or "\\u0024" in text else None
     try:
-        return json.loads(text, object_hook=_untag, parse_constant=_reject_constant)
+        return json.loads(text, object_hook=hook, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"not valid JSON: {exc}") from None
     except UnicodeDecodeError as exc:  # bytes that are not UTF-8 (or -16, -32) text

@@ -403,6 +403,9 @@ PAYLOADS: dict[Kind, type[Payload]] = {
 }
 
 
+_EVENT_FIELDS = frozenset({"run", "seq", "step", "wall", "kind", "data"})
+
+
 @dataclass(frozen=True)
 class Event:
     run: str
@@ -414,12 +417,12 @@ class Event:
 
     def __post_init__(self):
         check_run_id(self.run)
-        set_field(self, "seq", as_int("seq", self.seq))
-        set_field(self, "step", as_int("step", self.step))
-        set_field(self, "wall", as_float("wall", self.wall))
+        convert_fields(self, as_int, ("seq", "step"))  # written only where conversion changed them
+        convert_fields(self, as_float, ("wall",))
         if not math.isfinite(self.wall):
             raise fail("wall", "finite unix seconds", self.wall)
-        set_field(self, "kind", as_enum(Kind, "kind", self.kind))
+        if type(self.kind) is not Kind:
+            set_field(self, "kind", as_enum(Kind, "kind", self.kind))
         expected = PAYLOADS[self.kind]
         if not isinstance(self.data, expected):
             raise fail(f"data of a {self.kind.value} event", expected.__name__, type(self.data).__name__)
@@ -439,11 +442,10 @@ class Event:
 
     @classmethod
     def from_dict(cls, raw: Any) -> "Event":
-        if not isinstance(raw, Mapping):
+        if type(raw) is not dict and not isinstance(raw, Mapping):  # typing's isinstance is slow: dict first
             raise fail("event", "a mapping", raw)
-        expected = {"run", "seq", "step", "wall", "kind", "data"}
-        if set(raw) != expected:
-            raise SchemaError(f"event: expected fields {sorted(expected)}, got {shown_names(raw)}")
+        if raw.keys() != _EVENT_FIELDS:
+            raise SchemaError(f"event: expected fields {sorted(_EVENT_FIELDS)}, got {shown_names(raw)}")
         kind = as_enum(Kind, "kind", raw["kind"])
         return cls(run=raw["run"], seq=raw["seq"], step=raw["step"], wall=raw["wall"], kind=kind,
                    data=PAYLOADS[kind].from_dict(raw["data"]))

@@ -164,14 +164,13 @@ class Payload:
 
     @classmethod
     def from_dict(cls, raw: Any):
-        if not isinstance(raw, Mapping):
+        if type(raw) is not dict and not isinstance(raw, Mapping):  # typing's isinstance is slow: dict first
             raise fail(cls.__name__, "a mapping", raw)
-        names = {f.name for f in fields(cls)}
-        unknown = set(raw) - names
+        names, required = _field_names(cls)
+        unknown = raw.keys() - names
         if unknown:
             raise SchemaError(f"{cls.__name__}: unknown field(s) {shown_names(unknown)}; expected {sorted(names)}")
-        missing = sorted(f.name for f in fields(cls) if f.name not in raw
-                         and f.default is MISSING and f.default_factory is MISSING)
+        missing = sorted(name for name in required if name not in raw)
         if missing:
             raise SchemaError(f"{cls.__name__}: missing field(s) {missing}")
         return cls(**decode_nested(cls, raw))
@@ -198,6 +197,19 @@ class Payload:
             elif type(value) is tuple and value and isinstance(value[0], Payload):
                 out[name] = [v.to_dict() for v in value]
         return out  # tuples and mappings: the codec writes them as JSON lists and objects
+
+
+#: Per payload class, its field names and the names of those without a default (for from_dict).
+_NAMES: dict[type, tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+def _field_names(cls) -> tuple[frozenset[str], tuple[str, ...]]:
+    known = _NAMES.get(cls)
+    if known is None:
+        known = _NAMES[cls] = (frozenset(f.name for f in fields(cls)),
+                               tuple(f.name for f in fields(cls)
+                                     if f.default is MISSING and f.default_factory is MISSING))
+    return known
 
 
 def decode_nested(cls, raw: Mapping) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class LoadResult:
     ack_ms: dict = field(default_factory=dict)
     server_rss_mb: list = field(default_factory=list)
     server_cpu_s: list = field(default_factory=list)
+    #: CPU seconds of the rest while the trainers sent: postgres, redis-server, the trainers' and the viewers' processes
+    other_cpu_s: dict = field(default_factory=dict)
     send_seconds: float = 0.0
 
     @property
@@ -166,6 +168,7 @@ def _trainers_main(spec: dict) -> None:
                                for i in range(spec["trainers"])))
 
     asyncio.run(main())
+    out["_cpu"] = time.process_time()
     print(json.dumps(out), flush=True)
 
 
@@ -236,7 +239,7 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
     result = LoadResult(trainers, viewers, processes, store, seconds, rate, interval)
     with _services(store, processes, fsync) as (store_url, queue), \
             tempfile.TemporaryDirectory(prefix="babysit-load-") as logdir:
-        servers, urls = [], []
+        servers, urls, logs, children = [], [], [], []
         try:
             for _ in range(processes):
                 port = free_port()
@@ -244,8 +247,9 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
                        "--lost-after", "600", "--threads", str(threads or (trainers + viewers) // processes + 16)]
                 cmd += ["--store", store_url] if store_url else []
                 cmd += ["--message-queue", queue] if queue else []
-                servers.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                text=True))
+                log = open(Path(logdir) / f"serve-{port}.log", "w")  # noqa: SIM115 - closed with the server
+                servers.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+                logs.append(log)
                 urls.append(f"http://127.0.0.1:{port}")
             for url, server in zip(urls, servers):
                 _wait_healthy(url, server)
@@ -253,11 +257,13 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             watched = [[psutil.Process(s.pid), *psutil.Process(s.pid).children(recursive=True)] for s in servers]
             spec = {"urls": urls, "trainers": trainers, "viewers": viewers, "rate": rate, "interval": interval}
             viewer_proc = _python_of("_viewers", spec, stdin=subprocess.PIPE)
+            children.append(viewer_proc)
             if viewer_proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("the viewers did not join their rooms")
             start = time.time() + 2.0  # every trainer connected by then
             spec.update(start=start, until=start + seconds)
             trainer_proc = _python_of("_trainers", spec)
+            children.append(trainer_proc)
             peaks = [0.0] * processes
             sampling = threading.Event()
 
@@ -270,10 +276,18 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             def cpu(family):
-                return sum(sum(p.cpu_times()[:2]) for p in family)
+                total = 0.0
+                for p in family:
+                    with contextlib.suppress(psutil.Error):
+                        total += sum(p.cpu_times()[:2])
+                return total
 
             cpu_before = [cpu(family) for family in watched]
+            others = {"postgres": _named("postgres"), "redis": _named("redis-server"),
+                      "trainers": [psutil.Process(trainer_proc.pid)], "viewers": [psutil.Process(viewer_proc.pid)]}
+            others_before = {role: cpu(family) for role, family in others.items()}
             sent = json.loads(trainer_proc.stdout.readline())
+            trainers_cpu = sent.pop("_cpu")
             trainer_proc.wait(30)
             result.send_seconds = time.time() - start
             result.acknowledged = sum(r["acked"] for r in sent.values())
@@ -282,6 +296,8 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             result.expected_deliveries = sum(sent[f"load-{j % trainers}"]["acked"] for j in range(viewers))
             time.sleep(1.0)  # the last fan-out in flight
             result.server_cpu_s = [round(cpu(family) - before, 1) for family, before in zip(watched, cpu_before)]
+            result.other_cpu_s = {role: round(cpu(others[role]) - before, 1) for role, before in others_before.items()}
+            result.other_cpu_s["trainers"] = round(trainers_cpu, 1)  # its own count: it has exited
             viewer_proc.stdin.write("\n")
             viewer_proc.stdin.flush()
             seen = json.loads(viewer_proc.stdout.readline())
@@ -291,9 +307,22 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             _check_viewers(result, seen, sent)
             _check_store(result, store_url or logdir, sent)
         finally:
+            for child in children:
+                stop(child)
+                for pipe in (child.stdin, child.stdout):
+                    if pipe is not None:
+                        pipe.close()
             for server in servers:
                 stop(server)
+            for log in logs:
+                log.close()
     return result
+
+
+def _named(name: str) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == name]
 
 
 def _check_viewers(result: LoadResult, seen: list, sent: dict) -> None:
@@ -339,7 +368,8 @@ def report(r: LoadResult) -> str:
         f"log() -> viewer: p50 {r.latency_ms['p50']:.1f} ms, p95 {r.latency_ms['p95']:.1f} ms, "
         f"max {r.latency_ms['max']:.1f} ms",
         f"server processes (worker): peak RSS {', '.join(f'{m:.0f}' for m in r.server_rss_mb)} MB; "
-        f"CPU {', '.join(f'{c:.1f}' for c in r.server_cpu_s)} s",
+        f"CPU {', '.join(f'{c:.1f}' for c in r.server_cpu_s)} s; others' CPU: "
+        + ", ".join(f"{role} {c:.1f} s" for role, c in r.other_cpu_s.items()),
         ok])
 
 

@@ -262,16 +262,44 @@ def _add_export(commands) -> None:
     p.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv",
                    help="file format (default: csv)")
     p.add_argument("--out", type=_directory, metavar="DIR", default=None,
-                   help="directory to write into (default: chosen by the exporter, printed at the end)")
+                   help="directory to write into (default: chosen by the exporter, printed at the end; "
+                        "required with --store)")
+    _add_read_store_option(p)
     p.set_defaults(func=_export)
 
 
+def _add_read_store_option(p) -> None:
+    p.add_argument("--store", metavar="URL", default=None,
+                   help="read the runs from PostgreSQL, as `babysit serve --store` keeps them: "
+                        "postgresql://user:password@host:port/database (default: $BABYSIT_STORE, else --logdir)")
+
+
+def _read_store(args: argparse.Namespace) -> str:
+    """Where a reading command finds the runs: the --store URL (or $BABYSIT_STORE), else the logdir."""
+    import os
+
+    from monitor.store import is_database_url
+
+    url = args.store or os.environ.get("BABYSIT_STORE") or None
+    if url is None:
+        _require_logdir(args.logdir)
+        return args.logdir
+    if not is_database_url(url):
+        raise CliError(f"--store: expected a postgresql://user:password@host:port/database URL, got {url!r}")
+    return url
+
+
 def _export(args: argparse.Namespace) -> int:
-    _require_logdir(args.logdir)
+    where = _read_store(args)
+    if where != args.logdir and args.out is None:
+        raise CliError("export --store: give the folder to write into with --out DIR")
     from monitor.export import export
+    from monitor.store import StoreUnavailable
 
     try:
-        done = export(args.run, args.logdir, args.fmt, args.out)
+        done = export(args.run, where, args.fmt, args.out)
+    except StoreUnavailable as exc:
+        raise CliError(str(exc)) from None
     except (LookupError, ValueError) as exc:  # an unknown run or a format the exporter refuses
         raise CliError(_message(exc)) from None
     if done.note:
@@ -294,16 +322,22 @@ def _add_runs(commands) -> None:
                             description="List the runs stored under --logdir, newest first.")
     p.add_argument("--logdir", type=_directory, metavar="DIR", default="runs",
                    help="where runs are stored (default: runs)")
+    _add_read_store_option(p)
     p.set_defaults(func=_runs)
 
 
 def _runs(args: argparse.Namespace) -> int:
-    _require_logdir(args.logdir)
-    from monitor.store import RunStore
+    where = _read_store(args)
+    from monitor.store import StoreUnavailable, open_store
 
-    runs = list(RunStore(args.logdir).runs())
+    try:
+        with open_store(where) as store:
+            runs = list(store.runs())
+            location = store.location if where != args.logdir else args.logdir
+    except StoreUnavailable as exc:
+        raise CliError(str(exc)) from None
     if not runs:
-        print(f"no runs stored in {args.logdir}")
+        print(f"no runs stored in {location}")
         return 0
     rows = [[_cell(getattr(r, c, "")) for c in RUN_COLUMNS] for r in runs]
     print(format_table(RUN_HEADERS, rows))
@@ -424,6 +458,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from web.app import ServerConfig
+    from web.message_queue import MessageQueueError, check_reachable, shown
     from web.production import serve
 
     alerts = _alerts(vars(args), os.environ)
@@ -437,9 +472,17 @@ def _serve(args: argparse.Namespace) -> int:
                               **({} if args.lost_after is None else {"lost_after": args.lost_after}))
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if config.message_queue is not None:  # here, before gunicorn: its worker would print a traceback
+        try:
+            check_reachable(config.message_queue)
+        except MessageQueueError as exc:
+            raise CliError(str(exc)) from None
     print(f"babysit serve: http://{args.host}:{args.port}/  (runs in {config.logdir})", flush=True)
     print(f"babysit serve: {alerts.describe()}" if alerts else
           "babysit serve: no alert emails (give --smtp-host and --mail-to, see docs/alerts.md)", flush=True)
+    if config.message_queue is not None:
+        print(f"babysit serve: live channels shared with the other server processes through "
+              f"{shown(config.message_queue)} (docs/scale-out.md)", flush=True)
     serve(config, args.port, args.threads)
     return 0
 

@@ -25,13 +25,15 @@ def serving(logdir, port: int = 0, token=None, **config):
         yield running
 
 
-def stop_from_dashboard(url: str, run: str, reason: str) -> None:
-    """Press a page's Stop button, as a real python-socketio client on ``/dashboard`` does."""
+def stop_from_dashboard(url: str, run: str, reason: str, token: str | None = None) -> None:
+    """Press a page's Stop button, as a real python-socketio client on ``/dashboard`` does
+    (``token``: the server's, which the page asks for when the server has one)."""
     import socketio
 
     browser = socketio.Client()
     browser.connect(url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=5)
+    message = {"run": run, "reason": reason, **({"token": token} if token is not None else {})}
     try:
-        assert browser.call("stop", {"run": run, "reason": reason}, namespace="/dashboard", timeout=5)["ok"] is True
+        assert browser.call("stop", message, namespace="/dashboard", timeout=5)["ok"] is True
     finally:
         browser.disconnect()

@@ -70,14 +70,14 @@ def stop(process: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIG
 # ---------------------------------------------------------------------------------- Redis
 
 @contextlib.contextmanager
-def redis_server():
-    """A Redis server on a free loopback port, nothing saved to disk; yields its URL."""
+def redis_server(port: int | None = None):
+    """A Redis server on loopback ``port`` (None: a free one), nothing saved to disk; yields its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing("redis-server")
     import redis
 
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--protected-mode", "yes"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,6 +7,7 @@ import io
 import math
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import summary
@@ -208,3 +209,20 @@ def test_a_training_streams_into_a_postgresql_store_through_a_real_server(tmp_pa
         assert_complete(store.events(mon.run_id), 12)
         assert store.run_info(mon.run_id).status == "finished"
     assert not (tmp_path / "server").exists() or not list((tmp_path / "server").glob("*.sqlite3"))
+
+
+def test_babysit_runs_and_export_read_a_postgresql_store(tmp_path, postgres_url, make_events, capsys):
+    from monitor.cli import main
+
+    with open_store(postgres_url) as store:
+        store.append(make_events())
+    assert main(["runs", "--store", postgres_url]) == 0
+    listed = capsys.readouterr().out
+    assert "digits-cnn" in listed and "diverged" in listed
+    assert main(["export", "digits", "--store", postgres_url, "--out", str(tmp_path / "out")]) == 0
+    written = capsys.readouterr().out.split()
+    assert {Path(p).name for p in written} >= {"scalars.csv", "flags.csv"} and all(Path(p).exists() for p in written)
+    assert main(["export", "digits", "--store", postgres_url]) == 2
+    assert "give the folder to write into with --out" in capsys.readouterr().err
+    assert main(["runs", "--store", "mysql://x"]) == 2
+    assert "expected a postgresql://" in capsys.readouterr().err

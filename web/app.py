@@ -17,10 +17,10 @@ from monitor.alert_config import AlertConfig
 from monitor.mailer import AlertMailer
 from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE, LOST_AFTER_SECONDS, MAX_MESSAGE_BYTES
 from monitor.store import Store, is_database_url, open_store
-from web.liveness import Liveness, check_lost_after
+from web import message_queue
 from web.fanout import for_server
+from web.liveness import Liveness, check_lost_after
 from web.origins import HostCheck, check_origin, is_loopback, origin_check
-
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class ServerConfig:
     marked lost (:mod:`web.liveness`).
     ``store``: a ``postgresql://`` URL to keep the runs in PostgreSQL (shared by several
     server processes); None keeps them in SQLite under ``logdir``.
-    ``message_queue``: a ``redis://`` URL through which several server processes share their
-    live channels (Flask-SocketIO's message queue); None: this process alone."""
+    ``message_queue``: a ``redis://host:port/N`` URL through which several server processes
+    share their live channels (:mod:`web.message_queue`, docs/scale-out.md); None: this process alone."""
 
     logdir: Path = Path("runs")
     host: str = "127.0.0.1"
@@ -50,6 +50,8 @@ class ServerConfig:
         if self.store is not None and not is_database_url(self.store):
             raise ValueError(f"store: expected a postgresql://user:password@host:port/database URL, got "
                              f"{self.store!r} (for SQLite give the logdir instead)")
+        if self.message_queue is not None:
+            object.__setattr__(self, "message_queue", message_queue.check_url(self.message_queue))
         object.__setattr__(self, "lost_after", check_lost_after(self.lost_after))
         object.__setattr__(self, "logdir", Path(self.logdir))
         if isinstance(self.allowed_origins, str):
@@ -80,6 +82,8 @@ class App:
 
 
 def create_app(config: ServerConfig | None = None) -> App:
+    """The app of ``config``. With a message queue, Redis must answer now: a
+    :class:`web.message_queue.MessageQueueError` says what failed (its package, or Redis)."""
     from web.api import api_blueprint
     from web.live import DashboardNamespace, IngestNamespace
     from web.pages import pages_blueprint
@@ -88,14 +92,19 @@ def create_app(config: ServerConfig | None = None) -> App:
     flask = Flask(__name__)
     flask.config["BABYSIT"] = config
     # Browser sockets from the page's own origin (and the listed ones) only; an empty
-    # list would switch engine.io's origin check off (web.origins).
+    # list would switch engine.io's origin check off (web.origins). The client manager
+    # bounds what each viewer of this process may have waiting (web.fanout), and shares
+    # every emit with the other server processes through the message queue, if any.
     socketio = SocketIO(flask, async_mode="threading", max_http_buffer_size=MAX_MESSAGE_BYTES,
-                        cors_allowed_origins=origin_check(config))
+                        cors_allowed_origins=origin_check(config),
+                        client_manager=message_queue.client_manager(config.message_queue))
     flask.wsgi_app = HostCheck(flask.wsgi_app, config)  # around Socket.IO's middleware too
     for_server(socketio)  # the bounded fan-out, made before any viewer connects (web.fanout)
     store = open_store(config.store or config.logdir)
     app = App(flask, socketio, store, config, AlertMailer(config.alerts) if config.alerts else None)
-    app.liveness = Liveness(app, config.lost_after)
+    # Several server processes (a queue, a database store) judge silence by what all of them heard.
+    app.liveness = Liveness(app, config.lost_after,
+                            shared=config.message_queue is not None or config.store is not None)
     flask.before_request(app.liveness.start)  # a page or REST request is a first use too
     socketio.on_namespace(IngestNamespace(INGEST_NAMESPACE, app))
     socketio.on_namespace(DashboardNamespace(DASHBOARD_NAMESPACE, app))

@@ -33,8 +33,13 @@ made after it was first called: call it when the app is built. A viewer connecte
 still has its backlog freed and its connection closed; only its stuck writer (and what it
 took) stays until the peer goes.
 
-With a message queue (several server processes, ARCHITECTURE.md) each process would run
-this for its own viewers; today's single process emits to its local rooms directly.
+**Where it applies.** The server's client manager (:class:`BoundedManager`) delivers every
+emit to the ``/dashboard`` namespace through this fan-out, so the app itself just calls
+``socketio.emit``. With a message queue (several server processes, :mod:`web.message_queue`)
+an emit is published to the other processes and each delivers it to its own viewers through
+its own fan-out: the bound is per process, for the viewers connected to it. Emits to the
+training processes (``/ingest``: a stop) and those that wait for an answer go out unbounded,
+as python-socketio sends them.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ import weakref
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+from socketio import Manager
 from socketio import packet as sio_packet
 
 from monitor import protocol
@@ -71,7 +77,7 @@ class BoundedFanOut:
 
     def __init__(self, socketio, *, max_bytes: int = MAX_PENDING_BYTES, max_packets: int = MAX_PENDING_PACKETS,
                  grace: float = DROP_GRACE_SECONDS):
-        self.server = socketio.server  # python-socketio's Server under Flask-SocketIO
+        self.server = _sio_server(socketio)
         self.eio = self.server.eio
         self.max_bytes, self.max_packets, self.grace = max_bytes, max_packets, grace
         self.dropped = 0
@@ -79,16 +85,20 @@ class BoundedFanOut:
         # checked); re-entrant: a disconnect handler run by a drop may emit too
         self._connections = _track_websockets(self.eio)
 
-    def emit(self, event: str, data, *, to: str, namespace: str) -> int:
-        """``event`` with ``data`` to every viewer in room ``to``; returns how many were dropped."""
-        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, data]).encode()
+    def emit(self, event: str, data, *, to: str | None, namespace: str, skip_sid=None) -> int:
+        """``event`` with ``data`` (one argument; a tuple: several) to every viewer of this process
+        in room ``to`` (None: every viewer of ``namespace``) but ``skip_sid`` (a sid or a list);
+        returns how many were dropped. Local only: ``socketio.emit`` reaches the other processes."""
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
         packets = [eio_packet.Packet(eio_packet.MESSAGE, text)  # encoded once, shared by every viewer
                    for text in (encoded if isinstance(encoded, list) else [encoded])]
         size = sum(_size(p) for p in packets)
         dropped = 0
         with self._lock:
-            for _sid, eio_sid in list(self.server.manager.get_participants(namespace, to)):
-                client = self.eio.sockets.get(eio_sid)
+            for sid, eio_sid in list(self.server.manager.get_participants(namespace, to)):
+                client = None if sid in skip else self.eio.sockets.get(eio_sid)
                 if client is None or client.closed or client.closing:
                     continue
                 waiting, waiting_bytes = _pending(client.queue)
@@ -157,18 +167,38 @@ class BoundedFanOut:
 
 
 def for_server(socketio) -> BoundedFanOut:
-    """The :class:`BoundedFanOut` of a Flask-SocketIO server, made on first use. Making it
-    early (when the app is built) lets it cut the sockets of every viewer, not only of
-    those that connected after it was made."""
+    """The :class:`BoundedFanOut` of a Flask-SocketIO server (or of its python-socketio
+    ``Server``), made on first use. Making it early (when the app is built) lets it cut the
+    sockets of every viewer, not only of those that connected after it was made."""
+    server = _sio_server(socketio)
     with _made_lock:
-        made = _made.get(socketio)
+        made = _made.get(server)
         if made is None:
-            made = _made[socketio] = BoundedFanOut(socketio)
+            made = _made[server] = BoundedFanOut(server)
         return made
+
+
+class BoundedManager(Manager):
+    """python-socketio's client manager, delivering to this process's viewers (the
+    ``/dashboard`` namespace) through :func:`for_server`'s bounded fan-out; every other emit
+    as python-socketio does. The message-queue manager (:mod:`web.message_queue`) puts
+    itself in front of it: its local delivery, of this process's emits and of those the
+    queue brings from the others, comes here."""
+
+    def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        room = to or room
+        if namespace != protocol.DASHBOARD_NAMESPACE or callback is not None:
+            return super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
+        for_server(self.server).emit(event, data, to=room, namespace=namespace, skip_sid=skip_sid)
 
 
 _made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _made_lock = threading.Lock()
+
+
+def _sio_server(socketio):
+    """python-socketio's ``Server``: Flask-SocketIO's ``SocketIO`` holds it as ``.server``."""
+    return getattr(socketio, "server", socketio)
 
 
 def _size(p) -> int:

@@ -10,7 +10,9 @@ nothing. Every batch gets an answer, whatever arrives: a batch that can never be
 (malformed, or values the store cannot hold) is refused as permanent, one the store cannot
 take now (disk full, read-only) as transient, and either way the server logs one line and
 counts it (:class:`Refusals`), and stays as it was. After the commit the events go to the
-browsers that joined the run's room on ``/dashboard``, and to the alert policy
+browsers that joined the run's room on ``/dashboard`` (with a message queue, those of every
+server process: :mod:`web.message_queue`; a live fan-out that fails is said once and never
+holds back the ack, the events are stored), and to the alert policy
 (``monitor.mailer``: it decides under a lock and returns; emails are sent from its own
 thread, so the ack never waits). A batch, and a ``heartbeat`` naming runs whose trainers
 have nothing to send, tell :mod:`web.liveness` that those runs are alive.
@@ -30,7 +32,6 @@ from monitor.events import Event
 from monitor.protocol import INDEX_ROOM, room, trainer_room
 from monitor.store.faults import StoreUnavailable
 from monitor.validation import SchemaError, check_run_id
-from web import fanout
 
 log = logging.getLogger("babysit.server")
 
@@ -82,6 +83,7 @@ class IngestNamespace(Namespace):
         super().__init__(namespace)
         self.app = app
         self.refusals = Refusals()
+        self._fan_out_failing = False  # said once per failure, not once per batch
 
     def on_connect(self, auth=None):
         token = self.app.config.token
@@ -138,7 +140,7 @@ class IngestNamespace(Namespace):
         except Exception as exc:  # anything else the store met: the sender keeps it
             return self.refusals.refuse(f"the server could not store the batch now ({type(exc).__name__}: "
                                         f"{exc}); it is kept by the sender and sent again", permanent=False)
-        self.fan_out(events, texts)
+        self._fan_out_safely(events, texts)
         if stored and self.app.alerts is not None:  # a replay (stored == 0) was alerted on the first time
             # the policy only: sending happens on the mailer's thread; the link defaults to the address
             # this training process reached us at
@@ -148,15 +150,29 @@ class IngestNamespace(Namespace):
     def fan_out(self, events: list[Event], texts: list[str]) -> None:
         """The committed events to the browsers watching their runs, and the index told.
         Each viewer's backlog is bounded (:mod:`web.fanout`): one that falls behind is told
-        to resync and dropped, without holding up the others or this batch's ack."""
-        live = fanout.for_server(self.app.socketio)
+        to resync and dropped, without holding up the others or this batch's ack. With a
+        message queue the emits also go to the other server processes' viewers."""
+        socketio = self.app.socketio
         for run in dict.fromkeys(event.run for event in events):
             batch = [{"seq": e.seq, "step": e.step, "wall": e.wall, "kind": e.kind.value, "data": t}
                      for e, t in zip(events, texts) if e.run == run]
-            live.emit(protocol.EVENTS, {"run": run, "events": batch}, to=room(run),
-                      namespace=protocol.DASHBOARD_NAMESPACE)
-        live.emit(protocol.RUNS_CHANGED, {"runs": list(dict.fromkeys(e.run for e in events))},
-                  to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
+            socketio.emit(protocol.EVENTS, {"run": run, "events": batch}, to=room(run),
+                          namespace=protocol.DASHBOARD_NAMESPACE)
+        socketio.emit(protocol.RUNS_CHANGED, {"runs": list(dict.fromkeys(e.run for e in events))},
+                      to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
+
+    def _fan_out_safely(self, events: list[Event], texts: list[str]) -> None:
+        """:meth:`fan_out`, whose failure costs the viewers their live events (they reload
+        from REST), never the batch: it is stored, and acknowledged all the same."""
+        try:
+            self.fan_out(events, texts)
+        except Exception as exc:  # noqa: BLE001 - the batch is committed: nothing may undo its ack
+            if not self._fan_out_failing:
+                log.warning("babysit: could not send live events to the viewers (%s: %s); the batches are stored "
+                            "and acknowledged, pages show them on reload", type(exc).__name__, exc)
+            self._fan_out_failing = True
+        else:
+            self._fan_out_failing = False
 
 
 class DashboardNamespace(Namespace):

@@ -24,8 +24,23 @@ An open connection alone is not counted as life: a connection whose peer vanishe
 open until engine.io's ping times out (45 s by default), and a wedged sender's client
 threads still answer pings; the heartbeat is what the trainer's sender itself says.
 
-What was heard is kept in this server process: several server processes behind a proxy
-(ARCHITECTURE.md, scaling out) would have to share it through the store.
+**Several server processes** (``shared``: a message queue or a database store, the
+scaled-out shape of docs/scale-out.md) see each trainer on one process only, so they judge
+by what all of them heard: each process writes when it last heard its runs into the
+store's ``heard_runs`` (:meth:`monitor.store.Store.note_heard`), at most once per check and
+in one transaction, and each check reads the table back (:meth:`~monitor.store.Store.last_heard`).
+A run is silent since the latest hearing by any process (one before this process started
+counts as none: the restart grace above holds). A run that another process marked lost is
+revived by the process that hears its trainer again, at its next check. Which process
+marks a run lost or back does not matter: the store lets one of them do it, and with a
+message queue the run's viewers on every process are told. Alone (SQLite, no queue) a
+process writes nothing of this.
+
+Clocks: the shared times are unix seconds of the hearing process's clock, compared with
+the judging process's. Server machines are assumed to keep their clocks in step (NTP, a
+skew well under a second, against a timeout of half a minute); a skew of ``d`` seconds
+makes one machine judge a run of the other ``d`` seconds early or late. Processes on one
+machine share its clock.
 """
 from __future__ import annotations
 
@@ -40,7 +55,6 @@ from typing import Iterable
 
 from monitor import protocol
 from monitor.events import Kind
-from web import fanout
 
 log = logging.getLogger("babysit.server")
 
@@ -54,15 +68,20 @@ class Liveness:
 
     ``heard(runs)`` from the ingest handlers; :meth:`start` at first use (a trainer's
     connection, a page or REST request: the app factory starts nothing); :meth:`stop`
-    with the server. ``clock``: monotonic seconds (for a test that wants its own)."""
+    with the server. ``clock``: monotonic seconds (for a test that wants its own).
+    ``shared``: several server processes share the store (see the module doc)."""
 
-    def __init__(self, app, lost_after: float, *, clock=time.monotonic):
+    def __init__(self, app, lost_after: float, *, clock=time.monotonic, shared: bool = False):
         self.app = app
         self.lost_after = lost_after
+        self.shared = shared
         self.host = socket.gethostname()
         self._clock = clock
         self._born = clock()  # runs not heard since are silent since then
         self._heard: dict[str, tuple[float, str | None]] = {}  # run -> (when, the address it reached us at)
+        self._unshared: dict[str, float] = {}  # shared: run -> unix time heard, not yet written to the store
+        self._heard_at: dict[str, float] = {}  # shared: run -> unix time this process last heard it
+        self._share_failing = False
         self._lost: set[str] = set()  # runs marked lost, here or by this server's previous life
         self._processes: dict[str, tuple[float, str, int]] = {}  # run -> (started, host, pid) of its run_start
         self._lock = threading.Lock()
@@ -97,11 +116,13 @@ class Liveness:
     def heard(self, runs: Iterable[str], base_url: str | None = None) -> None:
         """A batch or a heartbeat named these runs: their trainers are alive; a lost one is back."""
         self.start()
-        now = self._clock()
+        now, wall = self._clock(), time.time()
         runs = list(dict.fromkeys(runs))
         with self._lock:
             for run in runs:
                 self._heard[run] = (now, base_url)
+                if self.shared:
+                    self._unshared[run] = self._heard_at[run] = wall
             back = [run for run in runs if run in self._lost]
             self._lost.difference_update(back)
         for run in back:
@@ -125,16 +146,21 @@ class Liveness:
     def check(self) -> list[str]:
         """Mark the runs that fell silent lost; return them."""
         now = self._clock()
+        elsewhere = self._share(now) if self.shared else {}
         active = self.app.store.active_runs()
         silent = []
         with self._lock:
             for run, host, started in active:
                 when, _ = self._heard.get(run, (None, None))
+                other = elsewhere.get(run)
+                if other is not None and other > self._born and (when is None or other > when):
+                    when = other  # heard by another process, later
                 quiet = now - (self._born if when is None else when)
                 if quiet >= self.lost_after:
                     silent.append((run, host, started, quiet, when is not None))
             names = {run for run, _, _ in active}  # forget what no longer matters
             self._heard = {run: v for run, v in self._heard.items() if run in names or now - v[0] < self.lost_after}
+            self._heard_at = {run: v for run, v in self._heard_at.items() if run in self._heard}
             self._processes = {run: v for run, v in self._processes.items() if run in names}
         marked = []
         for run, host, started, quiet, streamed in silent:
@@ -162,6 +188,32 @@ class Liveness:
             marked.append(run)
             self._announce_lost(run, reason, at, base_url)
         return marked
+
+    def _share(self, now: float) -> dict[str, float]:
+        """With other server processes: write what this one heard since the last check (one
+        transaction), revive the runs another marked lost that this one heard since, and
+        return when any process last heard each active run, on this process's ``clock``."""
+        with self._lock:
+            heard, self._unshared = self._unshared, {}
+        try:
+            self.app.store.note_heard(heard)
+        except Exception as exc:  # the store takes no writes now: judge by what can be read
+            with self._lock:  # kept for the next check; a later hearing of the same run wins
+                self._unshared = {**heard, **self._unshared}
+            if not self._share_failing:
+                log.warning("babysit: could not tell the other server processes which runs this one heard "
+                            "(%s: %s); they may mark its runs lost until it can", type(exc).__name__, exc)
+            self._share_failing = True
+        else:
+            self._share_failing = False
+        wall = time.time()
+        lost = self.app.store.lost_runs()
+        with self._lock:
+            back = [run for run, (at, _) in lost.items() if self._heard_at.get(run, -math.inf) > at]
+            self._lost = set(lost).difference(back)
+        for run in back:
+            self._revive(run)
+        return {run: now - (wall - at) for run, at in self.app.store.last_heard().items()}
 
     def _process(self, run: str, started: float) -> tuple[bool, int]:
         """Whether the process of the run's ``run_start`` on this machine is alive, and its pid."""
@@ -198,12 +250,13 @@ class Liveness:
             self._tell(run, info.status, "", time.time())
 
     def _tell(self, run: str, status: str, reason: str, at: float) -> None:
-        """The run's room and the index, through the same bounded fan-out as its events."""
-        live = fanout.for_server(self.app.socketio)
-        live.emit(protocol.RUN_STATUS, {"run": run, "status": status, "reason": reason, "at": at},
-                  to=protocol.room(run), namespace=protocol.DASHBOARD_NAMESPACE)
-        live.emit(protocol.RUNS_CHANGED, {"runs": [run]}, to=protocol.INDEX_ROOM,
-                  namespace=protocol.DASHBOARD_NAMESPACE)
+        """The run's room and the index (of every server process, with a message queue),
+        through the same bounded fan-out as its events (:mod:`web.fanout`)."""
+        socketio = self.app.socketio
+        socketio.emit(protocol.RUN_STATUS, {"run": run, "status": status, "reason": reason, "at": at},
+                      to=protocol.room(run), namespace=protocol.DASHBOARD_NAMESPACE)
+        socketio.emit(protocol.RUNS_CHANGED, {"runs": [run]}, to=protocol.INDEX_ROOM,
+                      namespace=protocol.DASHBOARD_NAMESPACE)
 
 
 def pid_alive(pid: int) -> bool:

@@ -5,7 +5,8 @@ app is embedded in training processes, where eventlet or gevent monkey patching 
 acceptable), and gunicorn's threaded worker carries its WebSockets properly (a clean close,
 where Werkzeug's development server leaves the client waiting), restarts a crashed worker,
 and handles signals. One worker, because Socket.IO sessions must stick to one process;
-more processes are the message-queue setup of ARCHITECTURE.md. Each open WebSocket (a
+more processes are several ``babysit serve --message-queue`` behind a reverse proxy with
+sticky sessions (docs/scale-out.md, :mod:`web.message_queue`). Each open WebSocket (a
 training process, a browser tab) holds one of the worker's threads for its lifetime,
 hence ``threads``. On Windows, where gunicorn does not run, Werkzeug's threaded server
 stands in, with a warning.

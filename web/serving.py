@@ -31,6 +31,9 @@ class RunningServer:
             self._app.liveness.stop()
         if self._app is not None:  # every client, so they reconnect elsewhere (web.fanout)
             for_server(self._app.socketio).close_all(timeout)
+            close = getattr(self._app.socketio.server.manager, "close", None)  # the message queue's threads
+            if close is not None:
+                close()
         self._thread.join(timeout)
 
 

@@ -280,7 +280,7 @@ def _update_run(db, run: str, new: list[Event]) -> None:
     db.execute("UPDATE runs SET updated = CASE WHEN updated < ? THEN ? ELSE updated END, "
                "last_step = CASE WHEN last_step < ? THEN ? ELSE last_step END WHERE run = ?",
                (wall, wall, step, step, run))
-    liveness.revive(db, run)  # a lost run's process is back; a status event below still wins
+    liveness.revive_on_news(db, run)  # a lost run's process is back; a status event below still wins
     # Lifecycle by seq, not by arrival: the row says what the run's latest start and latest
     # status say, so a late replay of an earlier seq never turns a finished run back to running.
     lifecycle = [e for e in new if e.kind in _LIFECYCLE]

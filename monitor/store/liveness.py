@@ -45,12 +45,25 @@ def mark_lost(db, run: str, reason: str, at: float) -> bool:
 
 def revive(db, run: str) -> bool:
     """The run's status from before it was lost, if it is lost; True when it was."""
-    row = db.execute("SELECT was FROM lost_runs WHERE run = ?", (run,)).fetchone()
+    # the status read here, not a rowcount: in a PostgreSQL pipeline a rowcount is not known yet
+    row = db.execute("SELECT l.was, r.status FROM lost_runs l LEFT JOIN runs r ON r.run = l.run WHERE l.run = ?",
+                     (run,)).fetchone()
     if row is None:
         return False
-    changed = db.execute("UPDATE runs SET status = ? WHERE run = ? AND status = 'lost'", (row[0], run)).rowcount
+    was, status = row
+    if status == "lost":
+        db.execute("UPDATE runs SET status = ? WHERE run = ?", (was, run))
     db.execute("DELETE FROM lost_runs WHERE run = ?", (run,))
-    return changed > 0
+    return status == "lost"
+
+
+def revive_on_news(db, run: str) -> None:
+    """:func:`revive` as statements whose results are not read (a batch of new events is news
+    of the run: on a PostgreSQL pipeline, reading back would cost a round trip per batch)."""
+    db.execute("UPDATE runs SET status = (SELECT was FROM lost_runs WHERE lost_runs.run = runs.run) "
+               "WHERE run = ? AND status = 'lost' AND EXISTS (SELECT 1 FROM lost_runs WHERE lost_runs.run = runs.run)",
+               (run,))
+    db.execute("DELETE FROM lost_runs WHERE run = ?", (run,))
 
 
 def lost(query: Callable[..., list[tuple]]) -> dict[str, tuple[float, str]]:

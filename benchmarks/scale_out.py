@@ -77,6 +77,8 @@ class LoadResult:
     #: CPU seconds of the rest while the trainers sent: postgres, redis-server, the trainers' and the viewers' processes
     other_cpu_s: dict = field(default_factory=dict)
     send_seconds: float = 0.0
+    #: Seconds after the last acknowledgement until the viewers had everything (the fan-out's backlog)
+    drain_seconds: float = 0.0
 
     @property
     def committed_per_s(self) -> float:
@@ -84,7 +86,8 @@ class LoadResult:
 
     @property
     def delivered_per_s(self) -> float:
-        return self.deliveries / self.send_seconds if self.send_seconds else 0.0
+        seconds = self.send_seconds + self.drain_seconds
+        return self.deliveries / seconds if seconds else 0.0
 
     @property
     def lost(self) -> bool:
@@ -184,9 +187,16 @@ def _viewers_main(spec: dict) -> None:
         while len(joined) < spec["viewers"]:
             await asyncio.sleep(0.05)
         print("ready", flush=True)
+
+        async def progress():  # how many deliveries so far, for the run to wait for the fan-out to drain
+            while not done.is_set():
+                Path(spec["progress"]).write_text(str(sum(len(v["seqs"]) for v in out)))
+                await asyncio.sleep(0.25)
+
+        reporter = asyncio.create_task(progress())
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # told to finish
         done.set()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, reporter)
 
     asyncio.run(main())
     print(json.dumps(out), flush=True)
@@ -255,7 +265,9 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
                 _wait_healthy(url, server)
             # babysit serve is gunicorn: its master and the worker that serves
             watched = [[psutil.Process(s.pid), *psutil.Process(s.pid).children(recursive=True)] for s in servers]
-            spec = {"urls": urls, "trainers": trainers, "viewers": viewers, "rate": rate, "interval": interval}
+            progress = Path(logdir) / "delivered"
+            spec = {"urls": urls, "trainers": trainers, "viewers": viewers, "rate": rate, "interval": interval,
+                    "progress": str(progress)}
             viewer_proc = _python_of("_viewers", spec, stdin=subprocess.PIPE)
             children.append(viewer_proc)
             if viewer_proc.stdout.readline().strip() != "ready":
@@ -285,7 +297,7 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             cpu_before = [cpu(family) for family in watched]
             others = {"postgres": _named("postgres"), "redis": _named("redis-server"),
                       "trainers": [psutil.Process(trainer_proc.pid)], "viewers": [psutil.Process(viewer_proc.pid)]}
-            others_before = {role: cpu(family) for role, family in others.items()}
+            others_before = {role: {p.pid: cpu([p]) for p in family} for role, family in others.items()}
             sent = json.loads(trainer_proc.stdout.readline())
             trainers_cpu = sent.pop("_cpu")
             trainer_proc.wait(30)
@@ -294,9 +306,11 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             result.batches = sum(r["batches"] for r in sent.values())
             result.ack_ms = quantiles([t for r in sent.values() for t in r["ack"]])
             result.expected_deliveries = sum(sent[f"load-{j % trainers}"]["acked"] for j in range(viewers))
-            time.sleep(1.0)  # the last fan-out in flight
+            _drain(progress, result.expected_deliveries)
+            result.drain_seconds = round(time.time() - start - result.send_seconds, 1)
             result.server_cpu_s = [round(cpu(family) - before, 1) for family, before in zip(watched, cpu_before)]
-            result.other_cpu_s = {role: round(cpu(others[role]) - before, 1) for role, before in others_before.items()}
+            result.other_cpu_s = {role: round(sum(max(0.0, cpu([p]) - before[p.pid]) for p in others[role]
+                                                  if p.pid in before), 1) for role, before in others_before.items()}
             result.other_cpu_s["trainers"] = round(trainers_cpu, 1)  # its own count: it has exited
             viewer_proc.stdin.write("\n")
             viewer_proc.stdin.flush()
@@ -317,6 +331,27 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             for log in logs:
                 log.close()
     return result
+
+
+#: Seconds the fan-out may take to drain after the trainers stop (what is late is not lost).
+DRAIN_TIMEOUT = 120.0
+
+
+def _drain(progress: Path, expected: int) -> None:
+    """Wait until the viewers received every delivery, or their count stopped growing for 3 s."""
+    last, since, deadline = -1, time.monotonic(), time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            count = int(progress.read_text() or 0)
+        except (OSError, ValueError):
+            count = 0
+        if count >= expected:
+            return
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since > 3.0:
+            return
+        time.sleep(0.25)
 
 
 def _named(name: str) -> list:
@@ -364,7 +399,8 @@ def report(r: LoadResult) -> str:
         f"{r.seconds:.0f} s",
         f"committed and acknowledged: {r.acknowledged:,} events in {r.batches:,} batches, "
         f"{r.committed_per_s:,.0f} events/s; ack p50 {r.ack_ms['p50']:.1f} ms, p95 {r.ack_ms['p95']:.1f} ms",
-        f"fanned out: {r.deliveries:,} deliveries of {r.expected_deliveries:,}, {r.delivered_per_s:,.0f} events/s",
+        f"fanned out: {r.deliveries:,} deliveries of {r.expected_deliveries:,}, {r.delivered_per_s:,.0f} events/s "
+        f"(the last {r.drain_seconds:.1f} s after the last acknowledgement)",
         f"log() -> viewer: p50 {r.latency_ms['p50']:.1f} ms, p95 {r.latency_ms['p95']:.1f} ms, "
         f"max {r.latency_ms['max']:.1f} ms",
         f"server processes (worker): peak RSS {', '.join(f'{m:.0f}' for m in r.server_rss_mb)} MB; "

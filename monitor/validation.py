@@ -212,8 +212,10 @@ def _field_names(cls) -> tuple[frozenset[str], tuple[str, ...]]:
     return known
 
 
-def decode_nested(cls, raw: Mapping) -> dict[str, Any]:
-    nested = getattr(cls, "_nested", {})
+def decode_nested(cls, raw: Mapping) -> Mapping[str, Any]:
+    nested = getattr(cls, "_nested", None)
+    if not nested:  # most payloads (scalars among them): the mapping as it came, for cls(**raw)
+        return raw
     return {k: tuple(nested[k].from_dict(v) for v in as_list(f"{cls.__name__}.{k}", raw[k]))
             if k in nested else raw[k] for k in raw}
 

@@ -91,7 +91,11 @@ class BoundedFanOut:
         returns how many were dropped. Local only: ``socketio.emit`` reaches the other processes."""
         args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
         skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
-        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        # A batch of live events holds text and numbers only (web.live.fan_out): no need for
+        # python-socketio to search its thousands of values for bytes.
+        binary = False if event == protocol.EVENTS else None
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args],
+                                           binary=binary).encode()
         packets = [eio_packet.Packet(eio_packet.MESSAGE, text)  # encoded once, shared by every viewer
                    for text in (encoded if isinstance(encoded, list) else [encoded])]
         size = sum(_size(p) for p in packets)

@@ -44,6 +44,8 @@ SCHEMES = ("redis", "rediss")
 CONNECT_TIMEOUT, ANSWER_TIMEOUT = 3.0, 5.0
 #: Messages waiting to be published at most; beyond, while Redis does not answer, they are dropped.
 OUTBOX_MESSAGES = 1000
+#: Messages published in one round trip at most.
+PUBLISH_BATCH = 100
 #: Seconds the listener waits for a message before it looks whether the server is stopping.
 LISTEN_POLL_SECONDS = 0.5
 #: Seconds between two health checks (PING) of the listener's connection, which finds a Redis gone silent.
@@ -168,27 +170,50 @@ class RedisQueueManager(RedisManager, BoundedManager):
         client = self._redis.Redis.from_url(self.redis_url, **self.redis_options)
         failed, dropped_before = None, 0
         while True:
-            data = self._outbox.get()
-            if data is None:  # close()
-                client.close()
-                return
+            waiting = self._waiting()
+            closing = waiting[-1] is None
+            messages = [data for data in waiting if data is not None]
             try:
-                client.publish(self.channel, self.json.dumps(data))
+                if messages:
+                    # all that waits in one round trip, in order: one publish per round trip
+                    # falls behind a busy ingest (its thread waits for the GIL after each answer)
+                    pipe = client.pipeline(transaction=False)
+                    for data in messages:
+                        pipe.publish(self.channel, self.json.dumps(data))
+                    pipe.execute()
             except Exception as exc:  # noqa: BLE001 - whatever Redis says, the server goes on
-                self._drop()
+                for _ in messages:
+                    self._drop()
                 if failed is None:
-                    failed, dropped_before = time.monotonic(), self.dropped - 1
+                    failed, dropped_before = time.monotonic(), self.dropped - len(messages)
                     log.warning("babysit: cannot publish to the message queue %s (%s: %s); live events for the "
                                 "other server processes are dropped until it answers (the store has them)",
                                 shown(self.redis_url), type(exc).__name__, exc)
+                if closing:
+                    client.close()
+                    return
                 continue
-            if failed is not None:
+            if closing:  # close(): what waited before it was sent
+                client.close()
+                return
+            if failed is not None and messages:
                 lost = self.dropped - dropped_before
                 log.warning("babysit: the message queue %s answers again after %.0f s; %d live messages for "
                             "the other server processes were dropped, their viewers are told to resync",
                             shown(self.redis_url), time.monotonic() - failed, lost)
                 failed = None
                 self._publish_resync(client)
+
+    def _waiting(self) -> list:
+        """The next message (waiting for one) and every one behind it, up to :data:`PUBLISH_BATCH`;
+        a ``None`` (close) ends the list."""
+        out = [self._outbox.get()]
+        while out[-1] is not None and len(out) < PUBLISH_BATCH:
+            try:
+                out.append(self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        return out
 
     def _drop(self) -> None:
         with self._dropped_lock:

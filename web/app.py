@@ -18,6 +18,7 @@ from monitor.mailer import AlertMailer
 from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE, LOST_AFTER_SECONDS, MAX_MESSAGE_BYTES
 from monitor.store import Store, is_database_url, open_store
 from web import message_queue
+from web.committer import GroupCommitter
 from web.fanout import for_server
 from web.liveness import Liveness, check_lost_after
 from web.origins import HostCheck, check_origin, is_loopback, origin_check
@@ -79,6 +80,8 @@ class App:
     config: ServerConfig
     alerts: AlertMailer | None = None
     liveness: Liveness | None = None
+    #: Commits the ingest's batches, those that arrive together in one transaction (web.committer).
+    committer: GroupCommitter | None = None
 
 
 def create_app(config: ServerConfig | None = None) -> App:
@@ -102,6 +105,7 @@ def create_app(config: ServerConfig | None = None) -> App:
     for_server(socketio)  # the bounded fan-out, made before any viewer connects (web.fanout)
     store = open_store(config.store or config.logdir)
     app = App(flask, socketio, store, config, AlertMailer(config.alerts) if config.alerts else None)
+    app.committer = GroupCommitter(store)
     # Several server processes (a queue, a database store) judge silence by what all of them heard.
     app.liveness = Liveness(app, config.lost_after,
                             shared=config.message_queue is not None or config.store is not None)

@@ -133,7 +133,7 @@ class IngestNamespace(Namespace):
             join_room(trainer_room(run))  # where a stop for this run is sent
         self.app.liveness.heard((event.run for event in events), request.host_url)  # even if the store fails now
         try:
-            stored = self.app.store.append(events, texts)
+            stored = self.app.committer.append(events, texts)  # with the batches arriving meanwhile
         except StoreUnavailable as exc:  # the disk is full or read-only: the store logged it once
             return self.refusals.refuse(f"the server could not store the batch now: {exc}; the sender "
                                         "keeps it and sends it again", permanent=False, quiet=True)

@@ -121,22 +121,37 @@ class Store(RunPageReads):
         already encoded by the caller (``codec.encode_payload(event.data)`` of each event),
         so that a writer can time or reuse the encoding.
         """
-        events = list(events)
-        for position, event in enumerate(events):
-            if not isinstance(event, Event):
-                raise TypeError(f"append: item {position} of the batch is a {type(event).__name__}, "
-                                "expected a monitor.events.Event; nothing of this batch was stored")
-        if not events:
-            return 0
-        if texts is None:
-            texts = [codec.encode_payload(e.data) for e in events]
-        elif len(texts) != len(events):
-            raise ValueError(f"append: {len(texts)} encoded payloads for {len(events)} events")
-        rows = [(e.run, e.seq, e.step, e.wall, e.kind.value, text) for e, text in zip(events, texts)]
-        return self._transaction(self._write_batch, events, rows)
+        return self.append_batches([(events, texts)])[0]
 
-    def _write_batch(self, db, events: list[Event], rows: list[tuple]) -> int:
-        """The statements of one batch, inside :meth:`_transaction`; how many events were new."""
+    def append_batches(self, batches: Sequence[tuple[Sequence[Event], Sequence[str] | None]]) -> list[int]:
+        """Several batches ``(events, texts)`` in one transaction (a server commits the batches
+        that arrived together at once: one commit, a few round trips to a database, not a few
+        per batch); how many events of each were new. All or nothing, as :meth:`append`."""
+        events, rows, sizes = [], [], []
+        for batch_events, texts in batches:
+            batch_events = list(batch_events)
+            for position, event in enumerate(batch_events):
+                if not isinstance(event, Event):
+                    raise TypeError(f"append: item {position} of the batch is a {type(event).__name__}, "
+                                    "expected a monitor.events.Event; nothing of this batch was stored")
+            if texts is None:
+                texts = [codec.encode_payload(e.data) for e in batch_events]
+            elif len(texts) != len(batch_events):
+                raise ValueError(f"append: {len(texts)} encoded payloads for {len(batch_events)} events")
+            events += batch_events
+            rows += [(e.run, e.seq, e.step, e.wall, e.kind.value, text) for e, text in zip(batch_events, texts)]
+            sizes.append(len(batch_events))
+        if not events:
+            return [0] * len(sizes)
+        fresh = self._transaction(self._write_batch, events, rows)
+        counts, start = [], 0
+        for size in sizes:
+            counts.append(sum(id(e) in fresh for e in events[start:start + size]))
+            start += size
+        return counts
+
+    def _write_batch(self, db, events: list[Event], rows: list[tuple]) -> set[int]:
+        """The statements of one batch, inside :meth:`_transaction`; the ids of the events that were new."""
         self._lock_runs(db, sorted(dict.fromkeys(e.run for e in events)))
         fresh = _new_events(db, events)
         db.executemany("INSERT INTO events (run, seq, step, wall, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
@@ -150,7 +165,7 @@ class Store(RunPageReads):
         layers.insert(db, new)
         for run in dict.fromkeys(e.run for e in new):
             _update_run(db, run, [e for e in new if e.run == run])
-        return len(new)
+        return fresh
 
     # ------------------------------------------------------------------ reading
 

@@ -45,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the servers the tests start
 
+#: Seconds between starting the trainers' process and their first batch (they connect meanwhile).
+START_DELAY = 2.0
 #: One scalar event on the wire, as monitor.codec writes it (built by hand: the load
 #: generators must not cost more than what they measure).
 _EVENT = ('{{"run":"{run}","seq":{seq},"step":{seq},"wall":{wall!r},"kind":"scalars",'
@@ -221,11 +223,12 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
 
 @contextlib.contextmanager
 def _services(store: str, processes: int, fsync: bool):
-    """(store URL or None, message queue URL or None)."""
+    """(store URL or None, message queue URL or None). ``store``: ``postgresql`` (a server
+    started here), ``sqlite``, or the URL of a PostgreSQL database to use."""
     from services import postgres_server, redis_server
 
     with contextlib.ExitStack() as stack:
-        store_url = None
+        store_url = store if store.startswith("postgresql://") else None
         if store == "postgresql":
             settings = {} if fsync else {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
             store_url = stack.enter_context(postgres_server(**settings)).create_database("load")
@@ -272,7 +275,7 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             children.append(viewer_proc)
             if viewer_proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("the viewers did not join their rooms")
-            start = time.time() + 2.0  # every trainer connected by then
+            start = time.time() + START_DELAY  # every trainer connected by then
             spec.update(start=start, until=start + seconds)
             trainer_proc = _python_of("_trainers", spec)
             children.append(trainer_proc)

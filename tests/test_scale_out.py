@@ -255,7 +255,7 @@ def test_a_run_heard_by_one_process_is_not_lost_on_the_other_while_a_vanished_on
 def test_each_process_drops_its_own_viewer_that_falls_behind_on_events_from_the_other(redis_url, tmp_path):
     """The bound of web.fanout holds with the queue in place: B delivers A's events to its
     viewers through its own bounded fan-out (in-process servers: the drop is B's to count)."""
-    from test_slow_viewers import HealthyViewer, RawViewer, Trainer
+    from test_slow_viewers import HealthyViewer, RawViewer, Trainer, send_until_dropped
 
     queue = redis_url.rsplit("/", 1)[0] + "/2"
     with serving_app(tmp_path, message_queue=queue) as (a, a_app), \
@@ -267,10 +267,7 @@ def test_each_process_drops_its_own_viewer_that_falls_behind_on_events_from_the_
         healthy = HealthyViewer(b.url, "slow-across")
         slow = RawViewer(b.url, "slow-across")
         try:
-            deadline = time.monotonic() + 20
-            while live.dropped == 0:  # the slow viewer reads nothing meanwhile
-                assert time.monotonic() < deadline, "the slow viewer on B was never dropped"
-                trainer.send_one()
+            send_until_dropped(trainer, live, "the slow viewer on B")
             assert slow.read_to_the_end(), "the dropped viewer's connection stayed open"
             eventually(lambda: len(healthy.seqs) == trainer.next_seq - trainer.per_batch,
                        "the healthy viewer on B to get every batch")

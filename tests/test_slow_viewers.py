@@ -313,6 +313,14 @@ def test_viewers_that_never_read_are_dropped_with_the_memory_bounded_while_other
     assert output.count("dropped a live viewer") == STUCK_VIEWERS, output[-3000:]
 
 
+def send_until_dropped(trainer: Trainer, live, what: str = "the slow viewer") -> None:
+    """Send batches until the server drops a viewer (the slow one reads nothing meanwhile)."""
+    deadline = time.monotonic() + 20
+    while live.dropped == 0:
+        assert time.monotonic() < deadline, f"{what} was never dropped"
+        trainer.send_one()
+
+
 def test_a_viewer_that_falls_behind_is_told_to_resync_then_closed_and_the_others_are_not(tmp_path):
     with serving_app(tmp_path) as (running, app):
         live = fanout.for_server(app.socketio)
@@ -322,10 +330,7 @@ def test_a_viewer_that_falls_behind_is_told_to_resync_then_closed_and_the_others
         healthy = HealthyViewer(running.url, "slow")
         slow = RawViewer(running.url, "slow")
         try:
-            deadline = time.monotonic() + 20
-            while live.dropped == 0:  # the slow viewer reads nothing meanwhile
-                assert time.monotonic() < deadline, "the slow viewer was never dropped"
-                trainer.send_one()
+            send_until_dropped(trainer, live)
             trainer.send_one()  # after the drop: to the healthy viewer only
             assert slow.read_to_the_end(), "the dropped viewer's connection stayed open"
         finally:

@@ -477,7 +477,13 @@ def _serve(args: argparse.Namespace) -> int:
             check_reachable(config.message_queue)
         except MessageQueueError as exc:
             raise CliError(str(exc)) from None
-    print(f"babysit serve: http://{args.host}:{args.port}/  (runs in {config.logdir})", flush=True)
+    if config.store is not None:
+        from monitor.store.postgres import redact
+
+        where = redact(config.store)
+    else:
+        where = config.logdir
+    print(f"babysit serve: http://{args.host}:{args.port}/  (runs in {where})", flush=True)
     print(f"babysit serve: {alerts.describe()}" if alerts else
           "babysit serve: no alert emails (give --smtp-host and --mail-to, see docs/alerts.md)", flush=True)
     if config.message_queue is not None:

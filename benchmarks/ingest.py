@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
             @listener.on("events", namespace="/dashboard")
             def count(message):
-                received[0] += len(message["events"])
+                received[0] += len(codec.loads(message["events"]))
 
             listener.connect(url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=10)
             for i in range(args.trainers):

@@ -142,13 +142,15 @@ async def _trainer(url: str, run: str, rate: float, interval: float, start: floa
 async def _viewer(url: str, run: str, out: list, ready: asyncio.Event, joined: list):
     import socketio
 
+    from monitor import codec
+
     sio = socketio.AsyncClient(reconnection=False)
     seen = {"run": run, "seqs": [], "latency": [], "dropped": False}
 
     @sio.on("events", namespace="/dashboard")
     async def on_events(message):
         now = time.time()
-        for e in message["events"]:
+        for e in codec.loads(message["events"]):
             seen["seqs"].append(e["seq"])
             seen["latency"].append(now - e["wall"])
 

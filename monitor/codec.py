@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from monitor.events import Event
 from monitor.validation import Payload, SchemaError, fail
@@ -36,7 +36,7 @@ def dumps(value: Any) -> str:
     swaps them for tags, skipping quoted strings (a layer may well be named "NaN").
     This keeps encoding at C speed, which matters on the writer thread.
     """
-    text = _ENCODER.encode(value)
+    text = _encode(value)
     if "NaN" not in text and "Infinity" not in text:
         return text
     return _STRING_OR_TOKEN.sub(lambda m: _TOKENS.get(m.group(0), m.group(0)), text)
@@ -55,6 +55,28 @@ def _default(value: Any) -> Any:
 # Made once: json.dumps with any option builds a new encoder on every call, a cost the
 # server's ingest pays per event (it is stateless, so one serves every thread).
 _ENCODER = json.JSONEncoder(allow_nan=True, default=_default, separators=(",", ":"))
+
+
+def _c_encode():
+    """The C encoder behind ``_ENCODER``, made once, or None. ``JSONEncoder.encode`` makes a new
+    one on every call, half the cost of encoding a small payload (the server encodes one per
+    event). It is CPython's internal (``json.encoder.c_make_encoder``): where it is missing or
+    its signature differs, ``_ENCODER.encode`` is used. No circular-reference check (markers
+    None): events are trees."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder = make(None, _default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+        sample = {"a": [1, 2.5, math.nan, "é"], "b": None}
+        if "".join(encoder(sample, 0)) != _ENCODER.encode(sample):
+            return None
+    except Exception:  # noqa: BLE001 - another Python's internals: the public encoder then
+        return None
+    return lambda value: "".join(encoder(value, 0))
+
+
+_encode = _c_encode() or _ENCODER.encode
 
 
 def loads(text: str | bytes) -> Any:
@@ -102,6 +124,23 @@ def _reject_constant(token: str) -> Any:
 def encode_payload(payload: Payload) -> str:
     """An event's ``data`` as stored and sent."""
     return dumps(payload.to_dict())
+
+
+_LIVE_EVENT = '{"seq":%d,"step":%d,"wall":%r,"kind":"%s","data":%s}'
+
+
+def live_events(events: Sequence[Event], texts: Sequence[str]) -> str:
+    """Events of one run as the page receives them live (``protocol.EVENTS``): one JSON text
+    of a list of ``{seq, step, wall, kind, data}``, each ``data`` the stored text of its
+    payload (``texts``, from :func:`encode_payload`) embedded as it is.
+
+    Why one text: a fan-out emits each batch to every server process (through the message
+    queue) and to each of their viewers; as a list of objects, it was encoded to JSON by the
+    emitting process, decoded and encoded again by each other one, a cost per event per
+    process; as one string, each of those steps copies it at C speed. Validated events make
+    it JSON by construction: ints, a finite float, a kind's name, and codec text."""
+    return "[" + ",".join([_LIVE_EVENT % (e.seq, e.step, e.wall, e.kind.value, text)
+                           for e, text in zip(events, texts)]) + "]"
 
 
 def encode_event(event: Event) -> str:

@@ -14,8 +14,9 @@ from enum import Enum
 from typing import Any, Mapping
 
 from monitor.validation import (
-    SchemaError, Payload, as_enum, as_float, as_int, as_list, as_str, fail, floats,
-    json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name, shown_names,
+    ACCEPTED_RUN_IDS, ACCEPTED_SCALAR_NAMES, INT_LIMIT, SchemaError, Payload, as_enum, as_float, as_int, as_list,
+    as_str, fail, floats, json_like, set_field, convert_fields, check_label, check_run_id, check_scalar_name,
+    shown_names,
 )
 
 SCHEMA_VERSION = 3
@@ -390,6 +391,32 @@ class Vitals(Payload):
         return {rows[r]: norm for r, norm in zip(which, norms) if r < len(rows)}
 
 
+def _plain_scalars(raw: dict) -> "Event | None":
+    """A scalars event in its plainest form, built without the general checks, or None.
+
+    Why: scalars are most of what a busy server receives (every step of every run), and the
+    general path (a dataclass built and checked field by field) cost a scaled-out server a
+    quarter of its time. This accepts only what the full check accepts and builds what it
+    builds: exact ints for ``seq`` and ``step`` in range, a finite float ``wall``, a run id and
+    metric names the full check accepted before (its caches), float values (NaN and Inf
+    included). Anything else, from an int-valued loss to a first sight of a run, returns None
+    and goes the general way, which normalises it or names what is wrong."""
+    run, seq, step, wall, data = raw["run"], raw["seq"], raw["step"], raw["wall"], raw["data"]
+    if not (type(seq) is int and type(step) is int and type(wall) is float and type(data) is dict
+            and 0 <= seq < INT_LIMIT and 0 <= step < INT_LIMIT and math.isfinite(wall)
+            and len(data) == 1 and type(run) is str and run in ACCEPTED_RUN_IDS):
+        return None
+    values = data.get("values")
+    if type(values) is not dict or not values:
+        return None
+    for name, value in values.items():
+        if type(value) is not float or name not in ACCEPTED_SCALAR_NAMES:
+            return None
+    payload = object.__new__(Scalars)  # as Payload.unchecked, minus its generality (one field)
+    payload.__dict__["values"] = values
+    return Event.unchecked(run, seq, step, wall, Kind.SCALARS, payload)
+
+
 PAYLOADS: dict[Kind, type[Payload]] = {
     Kind.RUN_START: RunStart,
     Kind.SCALARS: Scalars,
@@ -446,6 +473,15 @@ class Event:
             raise fail("event", "a mapping", raw)
         if raw.keys() != _EVENT_FIELDS:
             raise SchemaError(f"event: expected fields {sorted(_EVENT_FIELDS)}, got {shown_names(raw)}")
+        if raw["kind"] == "scalars":
+            fast = _plain_scalars(raw)
+            if fast is not None:
+                return fast
+        return cls._checked(raw)
+
+    @classmethod
+    def _checked(cls, raw: Mapping) -> "Event":
+        """The general path of :meth:`from_dict`, for a mapping with exactly the event's fields."""
         kind = as_enum(Kind, "kind", raw["kind"])
         return cls(run=raw["run"], seq=raw["seq"], step=raw["step"], wall=raw["wall"], kind=kind,
                    data=PAYLOADS[kind].from_dict(raw["data"]))

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Bumped when a message's shape changes incompatibly; sent by the trainer in its
-#: connection's auth data and answered in every acknowledgement.
-PROTOCOL_VERSION = 1
+#: connection's auth data and answered in every acknowledgement. 2: a live batch's events as one text.
+PROTOCOL_VERSION = 2
 
 INGEST_NAMESPACE = "/ingest"
 DASHBOARD_NAMESPACE = "/dashboard"
@@ -43,7 +43,9 @@ STOP = "stop"  # server -> trainer: {"run", "reason", "by"}; browser -> server o
 JOIN = "join"  # browser -> server: a run id; the room then receives EVENTS
 LEAVE = "leave"
 WATCH_RUNS = "watch_runs"  # browser -> server: join the index, which receives RUNS_CHANGED
-EVENTS = "events"  # server -> browser: {"run", "events": [{seq, step, wall, kind, data (codec text)}]}
+#: server -> browser: {"run", "events": codec JSON text of [{seq, step, wall, kind, data}]} (one
+#: text, not a list: see monitor.codec.live_events)
+EVENTS = "events"
 RUNS_CHANGED = "runs_changed"  # server -> browser: {"runs": [run ids]}
 RESYNC = "resync"  # server -> browser: {"reason"}: live events were dropped; reload from REST
 #: server -> browser (the run's room): {"run", "status", "reason", "at"}: the server marked the

@@ -82,6 +82,11 @@ def _matches(pattern: re.Pattern, value: Any) -> bool:
     return True
 
 
+#: The run ids and scalar names accepted so far (read by the ingest's fast path, :mod:`monitor.events`).
+ACCEPTED_RUN_IDS: set[str] = _ACCEPTED.setdefault(RUN_ID_PATTERN, set())
+ACCEPTED_SCALAR_NAMES: set[str] = _ACCEPTED.setdefault(SCALAR_NAME_PATTERN, set())
+
+
 def is_run_id(value: Any) -> bool:
     return _matches(RUN_ID_PATTERN, value)
 

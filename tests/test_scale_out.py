@@ -142,6 +142,11 @@ def batch(*events: Event) -> str:
     return codec.dumps([e.to_dict() for e in events])
 
 
+def live_seqs(message: dict) -> list[int]:
+    """The seqs of one live batch (``protocol.EVENTS``)."""
+    return [e["seq"] for e in codec.loads(message["events"])]
+
+
 def started(run: str) -> list[Event]:
     return [Event(run, 0, 0, time.time(), Kind.RUN_START,
                   RunStart(name=run, config={}, model=(), host="gpu-far-away", pid=1, rank=0, world=1,
@@ -181,7 +186,7 @@ def test_a_viewer_on_one_process_sees_live_the_events_a_trainer_streams_to_anoth
     trainer = trainer_client(a.url)
     viewer = client(b.url, DASHBOARD_NAMESPACE)
     seen, changed = [], []
-    viewer.on("events", lambda m: seen.extend(e["seq"] for e in m["events"]) if m["run"] == run else None,
+    viewer.on("events", lambda m: seen.extend(live_seqs(m)) if m["run"] == run else None,
               namespace=DASHBOARD_NAMESPACE)
     viewer.on("runs_changed", lambda m: changed.extend(m["runs"]), namespace=DASHBOARD_NAMESPACE)
     try:
@@ -290,7 +295,7 @@ def test_while_redis_is_down_batches_are_stored_and_acked_at_once_it_is_said_onc
             trainer = trainer_client(a.url)
             viewer = client(b.url, DASHBOARD_NAMESPACE)
             seen, resyncs = [], []
-            viewer.on("events", lambda m: seen.extend(e["seq"] for e in m["events"]), namespace=DASHBOARD_NAMESPACE)
+            viewer.on("events", lambda m: seen.extend(live_seqs(m)), namespace=DASHBOARD_NAMESPACE)
             viewer.on("resync", resyncs.append, namespace=DASHBOARD_NAMESPACE)
             try:
                 send(trainer, *started("outage"))
@@ -538,6 +543,6 @@ def page_socket(url: str, cert: Path, run: str):
         viewer.emit("join", run, namespace=DASHBOARD_NAMESPACE)
 
     viewer.on("connect", joined, namespace=DASHBOARD_NAMESPACE)
-    viewer.on("events", lambda m: seen.extend(e["seq"] for e in m["events"]), namespace=DASHBOARD_NAMESPACE)
+    viewer.on("events", lambda m: seen.extend(live_seqs(m)), namespace=DASHBOARD_NAMESPACE)
     viewer.connect(url, namespaces=[DASHBOARD_NAMESPACE], transports=["websocket"], wait_timeout=10)
     return viewer, seen, connects

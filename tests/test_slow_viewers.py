@@ -161,7 +161,7 @@ class HealthyViewer:
         assert self.client.call(protocol.JOIN, run, namespace=DASHBOARD_NAMESPACE, timeout=5)["ok"]
 
     def _events(self, batch: dict) -> None:
-        self.seqs.extend(event["seq"] for event in batch["events"])
+        self.seqs.extend(event["seq"] for event in codec.loads(batch["events"]))
 
 
 class RawViewer:

@@ -153,12 +153,15 @@ class IngestNamespace(Namespace):
         to resync and dropped, without holding up the others or this batch's ack. With a
         message queue the emits also go to the other server processes' viewers."""
         socketio = self.app.socketio
-        for run in dict.fromkeys(event.run for event in events):
-            batch = [{"seq": e.seq, "step": e.step, "wall": e.wall, "kind": e.kind.value, "data": t}
-                     for e, t in zip(events, texts) if e.run == run]
-            socketio.emit(protocol.EVENTS, {"run": run, "events": batch}, to=room(run),
+        runs = list(dict.fromkeys(event.run for event in events))
+        for run in runs:
+            if len(runs) == 1:  # a trainer's batch: one run
+                text = codec.live_events(events, texts)
+            else:
+                text = codec.live_events(*zip(*((e, t) for e, t in zip(events, texts) if e.run == run)))
+            socketio.emit(protocol.EVENTS, {"run": run, "events": text}, to=room(run),
                           namespace=protocol.DASHBOARD_NAMESPACE)
-        socketio.emit(protocol.RUNS_CHANGED, {"runs": list(dict.fromkeys(e.run for e in events))},
+        socketio.emit(protocol.RUNS_CHANGED, {"runs": runs},
                       to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
 
     def _fan_out_safely(self, events: list[Event], texts: list[str]) -> None:

@@ -13,12 +13,34 @@ stands in, with a warning.
 """
 from __future__ import annotations
 
+import gc
 import sys
 
 from web.app import ServerConfig, create_app
 
 #: Worker threads: open connections (trainers, browser tabs) plus room for REST requests.
 DEFAULT_THREADS = 64
+#: Allocations between two young-generation collections in the server process (CPython's
+#: default: 700). See :func:`tune_gc`.
+GC_YOUNG_THRESHOLD = 100_000
+
+
+def tune_gc() -> None:
+    """Fit CPython's cyclic collector to a server that decodes big batches.
+
+    Why: a trainer's batch of 2,000 events decodes into some 8,000 new dicts and lists, and
+    at the default threshold the collector runs a dozen times while it is built, each time
+    walking the objects not yet freed: it doubled the cost of reading a batch (measured on
+    a batch of 1,650 scalars: 7.9 us an event, 4.2 at this threshold, 4.2 with no collector).
+    What a server allocates is nearly all freed by reference counting; the collector is
+    only for cycles, which a collection every :data:`GC_YOUNG_THRESHOLD` allocations (a few
+    a second under load) still finds. ``gc.freeze`` first moves what the server holds for
+    its lifetime (modules, the app) out of the collector's sight. Only ``babysit serve``:
+    an in-process dashboard lives in the user's training process, whose collector is theirs."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def serve(config: ServerConfig, port: int, threads: int = DEFAULT_THREADS) -> None:
@@ -59,4 +81,6 @@ class _Gunicorn(_gunicorn_base()):
             self.cfg.set(key, value)
 
     def load(self):
-        return create_app(self.babysit).flask
+        app = create_app(self.babysit).flask
+        tune_gc()  # in the worker, which loads the app after the fork
+        return app

@@ -26,7 +26,7 @@ export function request(socket, event, payload, timeoutMs = 10000) {
   });
 }
 
-// One live event as the server fans it out: its payload is codec JSON text.
-export function decodeEvent(raw) {
-  return { seq: raw.seq, step: raw.step, wall: raw.wall, kind: raw.kind, data: parse(raw.data) };
+// A live batch's events as the server fans them out: one codec JSON text of [{seq, step, wall, kind, data}].
+export function decodeEvents(text) {
+  return parse(text);
 }

@@ -1,6 +1,6 @@
 // Generated from monitor/protocol.py by `python -m monitor.protocol > web/js/src/protocol.js`;
 // do not edit (tests/test_protocol.py checks that it is current).
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const DASHBOARD_NAMESPACE = "/dashboard";
 export const JOIN = "join";
 export const LEAVE = "leave";

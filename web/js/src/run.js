@@ -3,7 +3,7 @@
 // live one; events that arrive while the history loads are held and applied after it.
 import { getJSON, HttpError } from "./codec.js";
 import { bokehModels, setData, stream, syncLegends } from "./models.js";
-import { connect, decodeEvent, request } from "./live.js";
+import { connect, decodeEvents, request } from "./live.js";
 import { EVENTS, JOIN, RESYNC, RUN_STATUS } from "./protocol.js";
 import { ScalarSeries } from "./series.js";
 import { FlagPanel } from "./flags.js";
@@ -261,7 +261,7 @@ class RunPage {
   // ---------------------------------------------------------------- live
 
   onEvents(batch) {
-    const events = batch.events.map(decodeEvent);
+    const events = decodeEvents(batch.events);
     if (!this.loaded) { this.held.push(...events); return; }
     this.apply(events.filter((e) => e.seq > this.lastSeq));
   }

@@ -244,8 +244,8 @@ def _python_of(child: str, spec: dict, **popen) -> subprocess.Popen:
 
 
 def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate: float = 1000.0,
-             interval: float = 0.05, seconds: float = 20.0, store: str = "postgresql", fsync: bool = True,
-             threads: int | None = None) -> LoadResult:
+             interval: float = 0.05, seconds: float = 20.0, store: str = "postgresql", fsync: bool = True
+             ) -> LoadResult:
     """One load run (see the module doc); the result with its checks and figures."""
     import psutil
 
@@ -259,7 +259,7 @@ def run_load(*, trainers: int = 50, viewers: int = 100, processes: int = 2, rate
             for _ in range(processes):
                 port = free_port()
                 cmd = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(port), "--logdir", logdir,
-                       "--lost-after", "600", "--threads", str(threads or (trainers + viewers) // processes + 16)]
+                       "--lost-after", "600"]
                 cmd += ["--store", store_url] if store_url else []
                 cmd += ["--message-queue", queue] if queue else []
                 log = open(Path(logdir) / f"serve-{port}.log", "w")  # noqa: SIM115 - closed with the server

@@ -391,8 +391,10 @@ def _add_serve(commands) -> None:
                    help="a browser origin besides the server's own whose pages may open its sockets, as "
                         "scheme://host[:port], e.g. the https:// address of a reverse proxy; repeat it or give a "
                         "comma list (default: $BABYSIT_ALLOWED_ORIGINS, else the server's own origin only)")
-    p.add_argument("--threads", type=_whole(1, "connections", 64), default=64, metavar="N",
-                   help="connections served at once: training processes, browser tabs (default: 64)")
+    p.add_argument("--connections", "--threads", dest="connections", type=_whole(1, "connections", 1000),
+                   default=1000, metavar="N",
+                   help="connections served at once: training processes, browser tabs, REST requests "
+                        "(default: 1000)")
     p.add_argument("--lost-after", type=_number("seconds", "30", positive=True), default=None, metavar="S",
                    help="mark a run lost when its training process has sent nothing, not even its heartbeat "
                         "(every 5 s), for S seconds; it is marked running again if it comes back (default: 30)")
@@ -489,7 +491,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.message_queue is not None:
         print(f"babysit serve: live channels shared with the other server processes through "
               f"{shown(config.message_queue)} (docs/scale-out.md)", flush=True)
-    serve(config, args.port, args.threads)
+    serve(config, args.port, args.connections)
     return 0
 
 

@@ -84,9 +84,12 @@ class App:
     committer: GroupCommitter | None = None
 
 
-def create_app(config: ServerConfig | None = None) -> App:
+def create_app(config: ServerConfig | None = None, async_mode: str = "threading") -> App:
     """The app of ``config``. With a message queue, Redis must answer now: a
-    :class:`web.message_queue.MessageQueueError` says what failed (its package, or Redis)."""
+    :class:`web.message_queue.MessageQueueError` says what failed (its package, or Redis).
+    ``async_mode``: ``threading`` where the app shares a process (a training process's
+    dashboard), ``gevent`` in a process of its own whose standard library gevent patched
+    (``babysit serve``: :mod:`web.production`)."""
     from web.api import api_blueprint
     from web.live import DashboardNamespace, IngestNamespace
     from web.pages import pages_blueprint
@@ -98,7 +101,10 @@ def create_app(config: ServerConfig | None = None) -> App:
     # list would switch engine.io's origin check off (web.origins). The client manager
     # bounds what each viewer of this process may have waiting (web.fanout), and shares
     # every emit with the other server processes through the message queue, if any.
-    socketio = SocketIO(flask, async_mode="threading", max_http_buffer_size=MAX_MESSAGE_BYTES,
+    # async_handlers=False: an event's handler runs on its connection's own thread, not on
+    # a new one per event (a thread start per batch, and one more handoff on a batch's way
+    # to its ack); a trainer has one batch in flight, and the other handlers return at once.
+    socketio = SocketIO(flask, async_mode=async_mode, async_handlers=False, max_http_buffer_size=MAX_MESSAGE_BYTES,
                         cors_allowed_origins=origin_check(config),
                         client_manager=message_queue.client_manager(config.message_queue))
     flask.wsgi_app = HostCheck(flask.wsgi_app, config)  # around Socket.IO's middleware too

@@ -43,6 +43,7 @@ as python-socketio sends them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -212,7 +213,8 @@ def _size(p) -> int:
 
 def _pending(q: queue.Queue) -> tuple[int, int]:
     """Packets and bytes waiting in a client's engine.io queue."""
-    with q.mutex:  # the writer takes from it meanwhile: read it as one snapshot
+    mutex = getattr(q, "mutex", None)  # gevent's queue has none: no other greenlet runs meanwhile
+    with mutex or contextlib.nullcontext():  # the writer takes from it meanwhile: read it as one snapshot
         return len(q.queue), sum(_size(p) for p in q.queue)
 
 
@@ -232,9 +234,10 @@ def _track_websockets(eio) -> dict:
     """Remember each WebSocket connection of ``eio`` by session id while it is open, so a
     dropped viewer's socket can be cut. engine.io keeps no such reference (the connection
     lives in its handler's frame), so this server's WebSocket driver is replaced by one
-    that records it; other servers in the process keep theirs. Empty outside threading mode."""
+    that records it; other servers in the process keep theirs. Empty in a mode other than
+    threading or gevent (whose WebSockets are simple-websocket's too)."""
     connections: dict = {}
-    if eio.async_mode != "threading" or not isinstance(eio._async.get("websocket"), type) \
+    if eio.async_mode not in ("threading", "gevent") or not isinstance(eio._async.get("websocket"), type) \
             or not issubclass(eio._async["websocket"], SimpleWebSocketWSGI):
         return connections
 

@@ -163,8 +163,8 @@ class Store(RunPageReads):
                        scalar_rows)
         blocks.insert(db, scalar_rows)
         layers.insert(db, new)
-        for run in dict.fromkeys(e.run for e in new):
-            _update_run(db, run, [e for e in new if e.run == run])
+        if new:
+            _update_runs(db, new)
         return fresh
 
     # ------------------------------------------------------------------ reading
@@ -269,13 +269,35 @@ _RUN_COLUMNS = ("runs.run, name, status, started, updated, last_step, last_loss,
                 "host, rank, world, config, lost_runs.at, coalesce(lost_runs.reason, '')")
 
 
+#: Runs whose stored seqs one statement reads at most (its parameters: three a run).
+RUNS_PER_READ = 100
+
+
 def _new_events(db, events: list[Event]) -> set[int]:
-    """ids of the events whose ``(run, seq)`` is neither stored nor earlier in the batch."""
+    """ids of the events whose ``(run, seq)`` is neither stored nor earlier in the batch.
+
+    One statement for all the runs of a group (each run's seq range, through the primary
+    key), not one a run: on PostgreSQL this read is the transaction's one wait for an answer
+    (a pipeline sends everything else without waiting), and a committer that waited once a
+    run, for fifty runs, spent most of each group waiting, each wait ending in a wait for
+    the interpreter lock."""
+    ranges: dict[str, list[int]] = {}
+    for e in events:
+        span = ranges.get(e.run)
+        if span is None:
+            ranges[e.run] = [e.seq, e.seq]
+        elif e.seq < span[0]:
+            span[0] = e.seq
+        elif e.seq > span[1]:
+            span[1] = e.seq
     stored: set[tuple[str, int]] = set()
-    for run in dict.fromkeys(e.run for e in events):
-        seqs = [e.seq for e in events if e.run == run]
-        stored.update((run, seq) for (seq,) in db.execute(
-            "SELECT seq FROM events WHERE run = ? AND seq BETWEEN ? AND ?", (run, min(seqs), max(seqs))).fetchall())
+    spans = list(ranges.items())
+    for start in range(0, len(spans), RUNS_PER_READ):
+        chunk = spans[start:start + RUNS_PER_READ]
+        where = " OR ".join(["(run = ? AND seq BETWEEN ? AND ?)"] * len(chunk))
+        params = [value for run, (low, high) in chunk for value in (run, low, high)]
+        stored.update((run, seq) for run, seq in db.execute(f"SELECT run, seq FROM events WHERE {where}",
+                                                            params).fetchall())
     fresh = set()
     for event in events:
         key = (event.run, event.seq)
@@ -285,41 +307,56 @@ def _new_events(db, events: list[Event]) -> set[int]:
     return fresh
 
 
-def _update_run(db, run: str, new: list[Event]) -> None:
-    """The run's row from its newly stored events: counters once, lifecycle by seq."""
-    first = new[0]
-    db.execute("INSERT INTO runs (run, name, status, started, updated, last_step) "
-               "VALUES (?, ?, 'running', ?, ?, ?) ON CONFLICT (run) DO NOTHING",
-               (run, run, first.wall, first.wall, first.step))
-    wall, step = max(e.wall for e in new), max(e.step for e in new)
-    db.execute("UPDATE runs SET updated = CASE WHEN updated < ? THEN ? ELSE updated END, "
-               "last_step = CASE WHEN last_step < ? THEN ? ELSE last_step END WHERE run = ?",
-               (wall, wall, step, step, run))
-    liveness.revive_on_news(db, run)  # a lost run's process is back; a status event below still wins
-    # Lifecycle by seq, not by arrival: the row says what the run's latest start and latest
-    # status say, so a late replay of an earlier seq never turns a finished run back to running.
+def _update_runs(db, new: list[Event]) -> None:
+    """The runs' rows from their newly stored events: counters once, lifecycle by seq. Each
+    statement goes once for all the runs of the group (``executemany``: one prepared
+    statement, its rows sent together), not once a run."""
+    by_run: dict[str, list[Event]] = {}
+    for e in new:
+        by_run.setdefault(e.run, []).append(e)
+    runs = list(by_run)
+    db.executemany("INSERT INTO runs (run, name, status, started, updated, last_step) "
+                   "VALUES (?, ?, 'running', ?, ?, ?) ON CONFLICT (run) DO NOTHING",
+                   [(run, run, events[0].wall, events[0].wall, events[0].step) for run, events in by_run.items()])
+    progress = []
+    for run, events in by_run.items():
+        wall, step = max(e.wall for e in events), max(e.step for e in events)
+        progress.append((wall, wall, step, step, run))
+    db.executemany("UPDATE runs SET updated = CASE WHEN updated < ? THEN ? ELSE updated END, "
+                   "last_step = CASE WHEN last_step < ? THEN ? ELSE last_step END WHERE run = ?", progress)
+    liveness.revive_on_news(db, runs)  # a lost run's process is back; a status event below still wins
+    for run, events in by_run.items():
+        _update_lifecycle(db, run, events)
+    flags = [(n, run) for run, events in by_run.items() if (n := sum(e.kind is Kind.FLAG for e in events))]
+    db.executemany("UPDATE runs SET flags = flags + ? WHERE run = ?", flags)
+    losses = []
+    for run, events in by_run.items():
+        with_loss = [e for e in events if e.kind is Kind.SCALARS and "loss" in e.data.values]
+        if with_loss:  # the loss at the highest step (the later one on a tie); a late replay never wins
+            latest = max(reversed(with_loss), key=lambda e: e.step)
+            losses.append((latest.data.values["loss"], latest.step, run, latest.step))
+    db.executemany("UPDATE runs SET last_loss = ?, loss_step = ? WHERE run = ? AND coalesce(loss_step, -1) <= ?",
+                   losses)
+
+
+def _update_lifecycle(db, run: str, new: list[Event]) -> None:
+    """Lifecycle by seq, not by arrival: the row says what the run's latest start and latest
+    status say, so a late replay of an earlier seq never turns a finished run back to running."""
     lifecycle = [e for e in new if e.kind in _LIFECYCLE]
-    if lifecycle:
-        latest = {kind: db.execute("SELECT max(seq) FROM events WHERE run = ? AND kind = ?",
-                                   (run, kind.value)).fetchone()[0] for kind in _LIFECYCLE}
-        newest = max(lifecycle, key=lambda e: e.seq)
-        if newest.seq == max(seq for seq in latest.values() if seq is not None):
-            state = "running" if newest.kind is Kind.RUN_START else newest.data.state.value
-            db.execute("UPDATE runs SET status = ? WHERE run = ?", (state, run))
-        start = max((e for e in lifecycle if e.kind is Kind.RUN_START), key=lambda e: e.seq, default=None)
-        if start is not None and start.seq == latest[Kind.RUN_START]:
-            data = start.data
-            db.execute("UPDATE runs SET name = ?, started = ?, host = ?, rank = ?, world = ?, config = ? "
-                       "WHERE run = ?", (data.name, start.wall, data.host, data.rank, data.world,
-                                         codec.dumps(dict(data.config)), run))
-    flags = sum(e.kind is Kind.FLAG for e in new)
-    if flags:
-        db.execute("UPDATE runs SET flags = flags + ? WHERE run = ?", (flags, run))
-    losses = [e for e in new if e.kind is Kind.SCALARS and "loss" in e.data.values]
-    if losses:  # the loss at the highest step (the later one on a tie); a late replay never wins
-        latest_loss = max(reversed(losses), key=lambda e: e.step)
-        db.execute("UPDATE runs SET last_loss = ?, loss_step = ? WHERE run = ? AND coalesce(loss_step, -1) <= ?",
-                   (latest_loss.data.values["loss"], latest_loss.step, run, latest_loss.step))
+    if not lifecycle:
+        return
+    latest = {kind: db.execute("SELECT max(seq) FROM events WHERE run = ? AND kind = ?",
+                               (run, kind.value)).fetchone()[0] for kind in _LIFECYCLE}
+    newest = max(lifecycle, key=lambda e: e.seq)
+    if newest.seq == max(seq for seq in latest.values() if seq is not None):
+        state = "running" if newest.kind is Kind.RUN_START else newest.data.state.value
+        db.execute("UPDATE runs SET status = ? WHERE run = ?", (state, run))
+    start = max((e for e in lifecycle if e.kind is Kind.RUN_START), key=lambda e: e.seq, default=None)
+    if start is not None and start.seq == latest[Kind.RUN_START]:
+        data = start.data
+        db.execute("UPDATE runs SET name = ?, started = ?, host = ?, rank = ?, world = ?, config = ? "
+                   "WHERE run = ?", (data.name, start.wall, data.host, data.rank, data.world,
+                                     codec.dumps(dict(data.config)), run))
 
 
 def _run_info(row: tuple) -> RunInfo:

@@ -18,7 +18,7 @@ their SQL is portable (SQLite and PostgreSQL).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lost_runs (
@@ -57,13 +57,15 @@ def revive(db, run: str) -> bool:
     return status == "lost"
 
 
-def revive_on_news(db, run: str) -> None:
+def revive_on_news(db, runs: Sequence[str]) -> None:
     """:func:`revive` as statements whose results are not read (a batch of new events is news
-    of the run: on a PostgreSQL pipeline, reading back would cost a round trip per batch)."""
-    db.execute("UPDATE runs SET status = (SELECT was FROM lost_runs WHERE lost_runs.run = runs.run) "
-               "WHERE run = ? AND status = 'lost' AND EXISTS (SELECT 1 FROM lost_runs WHERE lost_runs.run = runs.run)",
-               (run,))
-    db.execute("DELETE FROM lost_runs WHERE run = ?", (run,))
+    of its run: on a PostgreSQL pipeline, reading back would cost a round trip per batch),
+    each sent once for all of ``runs``."""
+    rows = [(run,) for run in runs]
+    db.executemany("UPDATE runs SET status = (SELECT was FROM lost_runs WHERE lost_runs.run = runs.run) "
+                   "WHERE run = ? AND status = 'lost' AND EXISTS (SELECT 1 FROM lost_runs WHERE lost_runs.run = "
+                   "runs.run)", rows)
+    db.executemany("DELETE FROM lost_runs WHERE run = ?", rows)
 
 
 def lost(query: Callable[..., list[tuple]]) -> dict[str, tuple[float, str]]:

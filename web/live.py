@@ -32,6 +32,7 @@ from monitor.events import Event
 from monitor.protocol import INDEX_ROOM, room, trainer_room
 from monitor.store.faults import StoreUnavailable
 from monitor.validation import SchemaError, check_run_id
+from web.coalesce import Coalesced
 
 log = logging.getLogger("babysit.server")
 
@@ -84,6 +85,7 @@ class IngestNamespace(Namespace):
         self.app = app
         self.refusals = Refusals()
         self._fan_out_failing = False  # said once per failure, not once per batch
+        self._index = Coalesced(self._tell_index, app.socketio.start_background_task, app.socketio.sleep)
 
     def on_connect(self, auth=None):
         token = self.app.config.token
@@ -148,7 +150,8 @@ class IngestNamespace(Namespace):
         return protocol.accepted(stored, max(event.seq for event in events))
 
     def fan_out(self, events: list[Event], texts: list[str]) -> None:
-        """The committed events to the browsers watching their runs, and the index told.
+        """The committed events to the browsers watching their runs, and the index told
+        (within half a second: :mod:`web.coalesce`).
         Each viewer's backlog is bounded (:mod:`web.fanout`): one that falls behind is told
         to resync and dropped, without holding up the others or this batch's ack. With a
         message queue the emits also go to the other server processes' viewers."""
@@ -161,8 +164,16 @@ class IngestNamespace(Namespace):
                 text = codec.live_events(*zip(*((e, t) for e, t in zip(events, texts) if e.run == run)))
             socketio.emit(protocol.EVENTS, {"run": run, "events": text}, to=room(run),
                           namespace=protocol.DASHBOARD_NAMESPACE)
-        socketio.emit(protocol.RUNS_CHANGED, {"runs": runs},
-                      to=INDEX_ROOM, namespace=protocol.DASHBOARD_NAMESPACE)
+        self._index.note(runs)
+
+    def _tell_index(self, runs: list[str]) -> None:
+        """The runs index's notice (``runs_changed``, coalesced: :mod:`web.coalesce`); a failure
+        costs the index pages a reload they would have made, nothing else."""
+        try:
+            self.app.socketio.emit(protocol.RUNS_CHANGED, {"runs": runs}, to=INDEX_ROOM,
+                                   namespace=protocol.DASHBOARD_NAMESPACE)
+        except Exception as exc:  # noqa: BLE001 - on a background task: say it, never raise
+            log.warning("babysit: could not tell the runs index what changed (%s: %s)", type(exc).__name__, exc)
 
     def _fan_out_safely(self, events: list[Event], texts: list[str]) -> None:
         """:meth:`fan_out`, whose failure costs the viewers their live events (they reload

@@ -315,15 +315,14 @@ def _update_runs(db, new: list[Event]) -> None:
     for e in new:
         by_run.setdefault(e.run, []).append(e)
     runs = list(by_run)
+    # a new run's row (started at its first new event), or a known one's progress: one upsert
     db.executemany("INSERT INTO runs (run, name, status, started, updated, last_step) "
-                   "VALUES (?, ?, 'running', ?, ?, ?) ON CONFLICT (run) DO NOTHING",
-                   [(run, run, events[0].wall, events[0].wall, events[0].step) for run, events in by_run.items()])
-    progress = []
-    for run, events in by_run.items():
-        wall, step = max(e.wall for e in events), max(e.step for e in events)
-        progress.append((wall, wall, step, step, run))
-    db.executemany("UPDATE runs SET updated = CASE WHEN updated < ? THEN ? ELSE updated END, "
-                   "last_step = CASE WHEN last_step < ? THEN ? ELSE last_step END WHERE run = ?", progress)
+                   "VALUES (?, ?, 'running', ?, ?, ?) ON CONFLICT (run) DO UPDATE SET "
+                   "updated = CASE WHEN runs.updated < excluded.updated THEN excluded.updated ELSE runs.updated END, "
+                   "last_step = CASE WHEN runs.last_step < excluded.last_step THEN excluded.last_step "
+                   "ELSE runs.last_step END",
+                   [(run, run, events[0].wall, max(e.wall for e in events), max(e.step for e in events))
+                    for run, events in by_run.items()])
     liveness.revive_on_news(db, runs)  # a lost run's process is back; a status event below still wins
     for run, events in by_run.items():
         _update_lifecycle(db, run, events)

@@ -6,7 +6,7 @@ of an OS thread. Measured with 50 trainers and 100 viewers on 2 server processes
 2-core machine (benchmarks/scale_out.py), gunicorn's threaded worker kept some 300 threads
 a process, and a batch's way from its arrival to its ack to the viewers crossed five of
 them, each handoff a wait for the interpreter lock among all the others: a group commit
-held 3.6 ms of CPU and took 30 ms (log() -> viewer p95 146 ms at 5,000 events/s, 3.9 s at
+held 3.6 ms of CPU and took 30 ms (log() -> viewer p95 about 150 ms at 5,000 events/s, 3.9 s at
 50,000). As greenlets the same work waits for nothing but itself (76 ms and 0.89 s).
 Flask-SocketIO, python-engineio (simple-websocket), redis-py and psycopg all run on gevent
 as they are. The embedded dashboard stays in threading mode: it lives in a training

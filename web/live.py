@@ -155,16 +155,15 @@ class IngestNamespace(Namespace):
         Each viewer's backlog is bounded (:mod:`web.fanout`): one that falls behind is told
         to resync and dropped, without holding up the others or this batch's ack. With a
         message queue the emits also go to the other server processes' viewers."""
-        socketio = self.app.socketio
-        runs = list(dict.fromkeys(event.run for event in events))
-        for run in runs:
-            if len(runs) == 1:  # a trainer's batch: one run
-                text = codec.live_events(events, texts)
-            else:
-                text = codec.live_events(*zip(*((e, t) for e, t in zip(events, texts) if e.run == run)))
-            socketio.emit(protocol.EVENTS, {"run": run, "events": text}, to=room(run),
-                          namespace=protocol.DASHBOARD_NAMESPACE)
-        self._index.note(runs)
+        by_run: dict[str, tuple[list[Event], list[str]]] = {}  # a trainer's batch holds one run
+        for event, text in zip(events, texts):
+            mine = by_run.setdefault(event.run, ([], []))
+            mine[0].append(event)
+            mine[1].append(text)
+        for run, (run_events, run_texts) in by_run.items():
+            self.app.socketio.emit(protocol.EVENTS, {"run": run, "events": codec.live_events(run_events, run_texts)},
+                                   to=room(run), namespace=protocol.DASHBOARD_NAMESPACE)
+        self._index.note(by_run)
 
     def _tell_index(self, runs: list[str]) -> None:
         """The runs index's notice (``runs_changed``, coalesced: :mod:`web.coalesce`); a failure

@@ -32,6 +32,8 @@ from web.app import ServerConfig, create_app
 #: Connections served at once (trainers, browser tabs, REST requests): gunicorn's
 #: ``worker_connections``, each a greenlet (a few tens of kB).
 DEFAULT_CONNECTIONS = 1000
+
+
 def freeze_what_lasts() -> None:
     """Move what the server holds for its lifetime (modules, the app: some 190,000
     objects) out of the cyclic collector's sight (``gc.freeze``).
@@ -40,9 +42,9 @@ def freeze_what_lasts() -> None:
     live until it is stored, long enough to be promoted to the old generation; each full
     collection they cause then walks the whole heap. Reading a batch of 1,650 scalars beside
     a heap of a million objects cost 6.1 us an event, 4.0 with the heap frozen (3.1 with no
-    collector at all). The thresholds stay CPython's: raising them (10,000 or 100,000 allocations for the
-    young generation, 3.6 and 3.2 us) let a server streaming to dropped viewers grow by
-    8 MB/s (tests/test_slow_viewers.py), its cyclic garbage collected too late. Only
+    collector at all). The thresholds stay CPython's: raising them (10,000 or 100,000
+    allocations for the young generation: 3.6 and 3.2 us) let a server streaming to dropped
+    viewers grow by 8 MB/s (tests/test_slow_viewers.py), its cyclic garbage collected too late. Only
     ``babysit serve``: an in-process dashboard lives in the user's training process, whose
     collector is theirs."""
     gc.collect()

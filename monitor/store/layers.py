@@ -99,7 +99,12 @@ def insert(db, events: Sequence[Event]) -> None:
             inputs.append((e.run, e.step, e.seq, e.wall, d.mean, d.std, d.min, d.max, d.nan, d.inf))
     if points:
         db.executemany(_INSERT_POINTS, points)
-        db.executemany(_INSERT_LAYER, layers)
+        first: dict[tuple, tuple] = {}  # each layer once, where it is first seen: an upsert names each key once
+        for row in layers:
+            key = row[:3]
+            if key not in first or row[4:] < first[key][4:]:
+                first[key] = row
+        db.executemany(_INSERT_LAYER, list(first.values()))
     if inputs:
         db.executemany(_INSERT_INPUT, inputs)
 

@@ -57,15 +57,22 @@ def revive(db, run: str) -> bool:
     return status == "lost"
 
 
+#: Runs one statement names at most (SQLite's and PostgreSQL's limits on parameters are far above).
+RUNS_PER_STATEMENT = 500
+
+
 def revive_on_news(db, runs: Sequence[str]) -> None:
     """:func:`revive` as statements whose results are not read (a batch of new events is news
     of its run: on a PostgreSQL pipeline, reading back would cost a round trip per batch),
-    each sent once for all of ``runs``."""
-    rows = [(run,) for run in runs]
-    db.executemany("UPDATE runs SET status = (SELECT was FROM lost_runs WHERE lost_runs.run = runs.run) "
-                   "WHERE run = ? AND status = 'lost' AND EXISTS (SELECT 1 FROM lost_runs WHERE lost_runs.run = "
-                   "runs.run)", rows)
-    db.executemany("DELETE FROM lost_runs WHERE run = ?", rows)
+    each one statement for all of ``runs``."""
+    runs = list(runs)
+    for start in range(0, len(runs), RUNS_PER_STATEMENT):
+        chunk = runs[start:start + RUNS_PER_STATEMENT]
+        among = ", ".join("?" * len(chunk))
+        db.execute("UPDATE runs SET status = (SELECT was FROM lost_runs WHERE lost_runs.run = runs.run) "
+                   f"WHERE run IN ({among}) AND status = 'lost' AND EXISTS (SELECT 1 FROM lost_runs "
+                   "WHERE lost_runs.run = runs.run)", chunk)
+        db.execute(f"DELETE FROM lost_runs WHERE run IN ({among})", chunk)
 
 
 def lost(query: Callable[..., list[tuple]]) -> dict[str, tuple[float, str]]:

@@ -92,6 +92,11 @@ def run_lock_key(run: str) -> int:
 
 # A plain multi-row INSERT (no ON CONFLICT): rows the store already knows are new.
 _PLAIN_INSERT = re.compile(r"^INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)$")
+# An INSERT of one row of values with a tail (ON CONFLICT ... DO UPDATE): the runs' rows,
+# the scalars' blocks. Many rows go as one statement of many VALUES rows.
+_UPSERT = re.compile(r"^(INSERT INTO \w+ \([\w, ]+\) VALUES )(\([^()]*\))( ON CONFLICT .*)$", re.S)
+#: Parameters of one statement at most (PostgreSQL's protocol allows 65,535).
+MAX_PARAMETERS = 30_000
 
 
 class _Connection:
@@ -106,7 +111,10 @@ class _Connection:
     the client against 0.6 for ``COPY`` (and 4.7 to 5.7 us a row in all against 2.8 to 3.2).
     ``COPY`` cannot run in a pipeline, so the pipeline is ended first (one round trip)
     and begun again at the next statement; below :data:`COPY_ROWS` rows the unnest
-    ``INSERT`` stays in the pipeline (fewer round trips for a small batch)."""
+    ``INSERT`` stays in the pipeline (fewer round trips for a small batch). An upsert of
+    many rows (``INSERT ... VALUES (...) ON CONFLICT ...``: the runs' rows, the scalars'
+    blocks, the layers) goes as one statement of many ``VALUES`` rows: the store's callers
+    give each key of a ``DO UPDATE`` once (a statement may not update a row twice)."""
 
     def __init__(self, raw, pipelined: bool = False):
         self.raw = raw
@@ -125,9 +133,20 @@ class _Connection:
             return
         plain = _PLAIN_INSERT.match(sql) if len(rows) > 1 else None
         if plain is None:
+            upsert = _UPSERT.match(sql) if len(rows) > 1 else None
             self._begin_pipeline()
             with self.raw.cursor() as cursor:
-                cursor.executemany(_placeholders(sql), rows)
+                if upsert is None:
+                    cursor.executemany(_placeholders(sql), rows)
+                    return
+                # one statement, not one execution a row: the database's work per statement
+                # (planning, executing) was most of what PostgreSQL spent on a group
+                head, one, tail = upsert.groups()
+                per_statement = max(1, MAX_PARAMETERS // len(rows[0]))
+                for start in range(0, len(rows), per_statement):
+                    chunk = rows[start:start + per_statement]
+                    cursor.execute(_placeholders(head + ", ".join([one] * len(chunk)) + tail),
+                                   [value for row in chunk for value in row])
             return
         table, columns = plain.group(1), [c.strip() for c in plain.group(2).split(",")]
         types = self._types(table)

@@ -272,10 +272,11 @@ class WholeSends:
     Why: simple-websocket (1.1.0) writes each frame with one ``socket.send`` and ignores
     what it returns; a send may take only part of a big frame, and what follows is then
     read as garbage: the connection breaks. Under gevent it happened to live batches of
-    2,000 events at 55,000 events/s: a viewer stopped receiving, with no resync (reported
-    upstream as simple-websocket issue 45). ``sendall`` under a lock also keeps the frames
-    of two senders of one connection (engine.io's writer, simple-websocket's ping) from
-    interleaving when a send yields halfway. Everything else is the socket's own."""
+    2,000 events at 55,000 events/s: a viewer stopped receiving, with no resync (known
+    upstream: simple-websocket issue 45, closed; 1.1.0, its latest release, still sends so).
+    ``sendall`` under a lock also keeps the frames of two senders of one connection
+    (engine.io's writer, simple-websocket's ping) from interleaving when a send yields
+    halfway. Everything else is the socket's own."""
 
     def __init__(self, sock):
         self._sock = sock

@@ -163,7 +163,7 @@ class IngestNamespace(Namespace):
         for run, (run_events, run_texts) in by_run.items():
             self.app.socketio.emit(protocol.EVENTS, {"run": run, "events": codec.live_events(run_events, run_texts)},
                                    to=room(run), namespace=protocol.DASHBOARD_NAMESPACE)
-        self._index.note(by_run)
+        self._index.note(list(by_run))
 
     def _tell_index(self, runs: list[str]) -> None:
         """The runs index's notice (``runs_changed``, coalesced: :mod:`web.coalesce`); a failure

@@ -92,8 +92,9 @@ def run_lock_key(run: str) -> int:
 
 # A plain multi-row INSERT (no ON CONFLICT): rows the store already knows are new.
 _PLAIN_INSERT = re.compile(r"^INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)$")
-# An INSERT of one row of values with a tail (ON CONFLICT ... DO UPDATE): the runs' rows,
-# the scalars' blocks. Many rows go as one statement of many VALUES rows.
+# An INSERT of one row of values with an ON CONFLICT tail (DO UPDATE: the runs' rows, the
+# scalars' blocks, the layers; DO NOTHING: the layer and input points). Many rows go as
+# one statement of many VALUES rows.
 _UPSERT = re.compile(r"^(INSERT INTO \w+ \([\w, ]+\) VALUES )(\([^()]*\))( ON CONFLICT .*)$", re.S)
 #: Parameters of one statement at most (PostgreSQL's protocol allows 65,535).
 MAX_PARAMETERS = 30_000
@@ -129,16 +130,22 @@ class _Connection:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
+        plain = _PLAIN_INSERT.match(sql) if len(rows) > 1 else None
+        upsert = _UPSERT.match(sql) if len(rows) > 1 else None
         if not rows:
             return
-        plain = _PLAIN_INSERT.match(sql) if len(rows) > 1 else None
-        if plain is None:
-            upsert = _UPSERT.match(sql) if len(rows) > 1 else None
-            self._begin_pipeline()
-            with self.raw.cursor() as cursor:
-                if upsert is None:
-                    cursor.executemany(_placeholders(sql), rows)
-                    return
+        if plain is not None and len(rows) >= COPY_ROWS:
+            self._copy(plain.group(1), [c.strip() for c in plain.group(2).split(",")], rows)
+            return
+        self._begin_pipeline()
+        with self.raw.cursor() as cursor:
+            if plain is not None:
+                table, columns = plain.group(1), [c.strip() for c in plain.group(2).split(",")]
+                types = self._types(table)
+                arrays = ", ".join(f"%b::{types[c]}[]" for c in columns)  # binary: no text escaping
+                cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})",
+                               [list(column) for column in zip(*rows)])
+            elif upsert is not None:
                 # one statement, not one execution a row: the database's work per statement
                 # (planning, executing) was most of what PostgreSQL spent on a group
                 head, one, tail = upsert.groups()
@@ -147,22 +154,18 @@ class _Connection:
                     chunk = rows[start:start + per_statement]
                     cursor.execute(_placeholders(head + ", ".join([one] * len(chunk)) + tail),
                                    [value for row in chunk for value in row])
-            return
-        table, columns = plain.group(1), [c.strip() for c in plain.group(2).split(",")]
+            else:
+                cursor.executemany(_placeholders(sql), rows)
+
+    def _copy(self, table: str, columns: list[str], rows: list[Sequence[Any]]) -> None:
+        """``rows`` into ``table`` by binary ``COPY``, after the pipeline (which cannot carry it)."""
+        self.end_pipeline()
         types = self._types(table)
-        if len(rows) >= COPY_ROWS:
-            self.end_pipeline()
-            with self.raw.cursor() as cursor, \
-                    cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types([types[c] for c in columns])
-                for row in rows:
-                    copy.write_row(row)
-            return
-        self._begin_pipeline()
-        with self.raw.cursor() as cursor:
-            arrays = ", ".join(f"%b::{types[c]}[]" for c in columns)  # binary: no text escaping
-            cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})",
-                           [list(column) for column in zip(*rows)])
+        with self.raw.cursor() as cursor, \
+                cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([types[c] for c in columns])
+            for row in rows:
+                copy.write_row(row)
 
     def end_pipeline(self) -> None:
         """Send what waits in the pipeline and read its answers (a failed statement raises here)."""

@@ -33,6 +33,7 @@ from monitor.validation import is_scalar_name
 from trainer_hooks.agreement import StopAgreement, distributed_world, job_run_id
 from trainer_hooks.by_hand import after as hand_update_done
 from trainer_hooks.capture import StepCapture
+from trainer_hooks.compiled import compiled_wrapper
 from trainer_hooks.notebook import show_link
 from trainer_hooks.config import WatchConfig, check_model, check_optimizer
 from trainer_hooks.endings import ending, remember_uncaught, uncaught
@@ -55,6 +56,10 @@ CLOSE_DETECT_SECONDS = 5.0
 #: Scalar names that describe where training is, not how it goes: logging them alone
 #: does not advance the step of a run without an optimizer.
 POSITION_SCALARS = frozenset({"epoch"})
+#: Optimizer steps running whose forward the hooks never saw, after which the model is taken
+#: to run in a graph compiled with its hooks traced: two, because a watch that begins after
+#: a step's forward (``babysit run`` attaching at the first optimizer step) misses one.
+UNSEEN_FORWARDS_TRACED = 2
 
 #: The open handle of each watched model (a weak reference: the handle holds the model).
 _watched: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
@@ -91,6 +96,7 @@ class Monitor:
             raise TypeError(f"Monitor: options must be a trainer_hooks.config.WatchConfig, got "
                             f"{type(options).__name__}: call watch(model, optimizer, **options) instead")
         self.model = unwrap(check_model(model))
+        self._entry = compiled_wrapper(model)  # where a compiled model's forward enters (trainer_hooks.compiled)
         optimizer = check_optimizer(optimizer)
         previous = watching(self.model)
         if previous is not None:  # a notebook cell run again, or a close() forgotten: end that run first
@@ -114,6 +120,8 @@ class Monitor:
         self.flags: list = []
         self._step = 0
         self._forward_step: int | None = None
+        self._traced = False  # the model's forward runs traced by torch.compile (see _found_traced)
+        self._unseen_forwards = 0  # steps running that ended with no forward pass seen
         self._capture: StepCapture | None = None
         self._awaiting: tuple | None = None  # a hand-updated step's capture, until its weights are updated
         self._captured_step = -1
@@ -179,7 +187,7 @@ class Monitor:
     def _probe(self) -> Probe:
         options = self.options
         probe = Probe(self.model, self.optimizer, sample_size=options.sample_size, dead_window=options.dead_window,
-                      dead_span=dead_span(options.dead_window, options.every))
+                      dead_span=dead_span(options.dead_window, options.every), entry=self._entry)
         probe.on_root_forward = self._on_root_forward
         probe.on_optimizer_step = self._end_step
         return probe
@@ -194,6 +202,7 @@ class Monitor:
         self.probe.remove()
         self._unregister()
         self.model, self.optimizer = unwrap(check_model(model)), check_optimizer(optimizer)
+        self._entry = compiled_wrapper(model)
         self._lr_logged, self._forward_step = None, None
         self.probe = self._probe()
         _watched[self.model] = weakref.ref(self)
@@ -414,7 +423,8 @@ class Monitor:
 
     def _on_root_forward(self, args) -> None:
         if not torch.is_grad_enabled():
-            return  # validation or inference: keep it out of the training statistics
+            self.probe.eager_next(False)  # validation or inference: compiled as it was, and no statistics
+            return
         if self._awaiting is not None:
             self._seal_awaiting()  # the last step's hand update is done: its weights are read now
         self._forward_step = self._step
@@ -436,13 +446,34 @@ class Monitor:
             self._put_vitals(self._vitals.add(self._step, *vitals))
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
+        if self._forward_step == self._step or self._traced or self.probe.by_hand is not None:
+            self._unseen_forwards = 0
+        else:  # twice running: a watch that began after its first step's forward sees one
+            self._unseen_forwards += 1
+            if self._unseen_forwards == UNSEEN_FORWARDS_TRACED:
+                self._found_traced()
         self._step += 1
+        if self._traced:
+            self._forward_step = self._step - 1  # its forward will pass unseen: what is logged now is this step's
+            if self.schedule.due(self._step):
+                self.probe.eager_next()
         if self._step % NUDGE_STEPS == 0:
             self._put_vitals(self._vitals.take())
             self._writer.nudge()  # the detectors see this step's evidence within NUDGE_STEPS steps
         if self._agreement is not None and self._agreement.due(self._step):
             self._agree()
         self._step_started = time.perf_counter()  # the bookkeeping above is not the user's step
+
+    def _found_traced(self) -> None:
+        """Steps ended whose forward passes the hooks never saw: the model runs inside a
+        graph compiled with its hooks traced (``model.compile()``, or ``torch.compile`` of a
+        module that contains the watched one). From now on each due step's forward is made
+        eager before it begins (trainer_hooks.compiled), so its statistics are read; a
+        value logged between the forward and ``optimizer.step()`` counts one step early."""
+        self._traced = True
+        self._warn("traced", "babysit: this model's forward runs in a graph compiled with its hooks (model.compile() "
+                   "or torch.compile of an enclosing module); sampled steps run eagerly. For exact steps, watch "
+                   "what torch.compile returned: mon = watch(torch.compile(model), optimizer)")
 
     def _agree(self) -> None:
         """A round of the ranks' stop agreement; a stop another rank asked for becomes ours.

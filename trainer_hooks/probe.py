@@ -25,6 +25,7 @@ from torch.nn.modules import module as module_hooks
 from monitor.events import Signal
 from trainer_hooks.by_hand import HandUpdates
 from trainer_hooks.capture import StepCapture
+from trainer_hooks.compiled import EagerStep, compiling, expect_wrapper_hooks
 from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
 from trainer_hooks.reduce import (
     DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, channel_moments, flat_tail_start, reduce_tensor, unit_maxima,
@@ -143,8 +144,13 @@ class Probe:
     """Registers the hooks and fills a :class:`StepCapture` while one is open."""
 
     def __init__(self, model: nn.Module, optimizer, *, sample_size: int = SAMPLE_SIZE,
-                 dead_window: int = 8, dead_span: int = DEAD_SPAN_STEPS):
+                 dead_window: int = 8, dead_span: int = DEAD_SPAN_STEPS, entry: nn.Module | None = None):
         self.root = model
+        # The module whose call begins a forward pass: the model, or the wrapper torch.compile
+        # made of it, whose hooks run outside the graph (trainer_hooks.compiled).
+        self.entry = model if entry is None else entry
+        self._entry_id = id(self.entry)  # by id: dynamo traces this hook; no module of ours enters its graph
+        self._eager = EagerStep()
         self.optimizer = optimizer
         self.sample_size = sample_size
         self.dead_window = dead_window
@@ -175,6 +181,7 @@ class Probe:
         # The forward hook exists only while a sampled forward pass runs (see begin): with
         # none, unsampled calls skip it, and a recurrent cell may be called thousands of times a step.
         self._handles = [module_hooks.register_module_forward_pre_hook(self._forward_pre)]
+        expect_wrapper_hooks()
         self._forward_handle = None
         self.by_hand = None  # without an optimizer: the gradients read as they arrive (trainer_hooks.by_hand)
         if optimizer is not None:
@@ -193,6 +200,7 @@ class Probe:
     def stop_capturing(self) -> None:
         """The sampled forward pass is over (or never ended: an exception, a closed run)."""
         self.capturing = False
+        self._eager.release()
         if self._forward_handle is not None:
             self._forward_handle.remove()
             self._forward_handle = None
@@ -200,13 +208,24 @@ class Probe:
     # ------------------------------------------------------------------ forward
 
     def _forward_pre(self, module, args):
-        if module is self.root:
+        # Traced into a compiled graph, nothing: a decision per step would be baked into the
+        # graph or break it (trainer_hooks.compiled); the Monitor finds out and prepares.
+        if id(module) == self._entry_id and not compiling():
             self.on_root_forward(args)
+
+    def eager_next(self, eager: bool = True) -> None:
+        """Run the next forward pass eagerly (or no longer): for a model compiled where the
+        entry's hooks are traced, a sampled step's forward must be eager from its start."""
+        if eager:
+            self._eager.hold()
+        elif not self.capturing:
+            self._eager.release()
 
     def begin(self, capture: StepCapture, args) -> None:
         """Open a capture for the forward pass that is starting."""
         self.capture = capture
         self.capturing = True
+        self._eager.hold()  # a compiled model's sampled forward runs eagerly, its hooks with it
         if self._forward_handle is None:  # the root's own forward hooks are read after its forward: it sees it
             self._forward_handle = module_hooks.register_module_forward_hook(self._forward)
         if self.by_hand is not None:
@@ -226,7 +245,7 @@ class Probe:
         if not self.capturing:
             return  # not a sampled step: nothing else runs
         info = self.modules.get(id(module))
-        if module is self.root:
+        if module is self.entry:
             self.stop_capturing()  # the forward pass is over; the model itself is recorded if it is one layer
             if info is None:
                 return

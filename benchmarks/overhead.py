@@ -58,6 +58,7 @@ from trainer_hooks import EarlyStopping, watch
 THREADS = 2  # the reference machine's core count; fixed so results compare across machines
 BATCH = 64
 DEVICE = "cpu"  # --device: the reference figures are CPU; on a GPU the same workloads show the hooks' launch cost
+COMPILE = False  # --compile: every config's model through torch.compile (inductor), bare included
 WARMUP_STEPS = 60  # timed apart; covers lazy initialisation and the automatic schedule's calibration
 MEMORY_STEPS = 200  # steps each memory subprocess trains: several sampled steps at the default interval
 MEMORY_REPEATS = 3  # fresh processes per config; the median, as one process's peak varies by a few MiB
@@ -144,6 +145,8 @@ def make_trainer(workload: str, config: str, logdir: str, seed: int = 0, instanc
     torch.manual_seed(seed)  # every config starts from the same weights and sees the same batches
     model = build().to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if COMPILE:  # every config, bare included: the overhead is against the compiled bare model
+        model = torch.compile(model)
     batches = [(torch.randn(BATCH, *shape).to(DEVICE), torch.randint(0, 10, (BATCH,)).to(DEVICE)) for _ in range(4)]
     mon = None
     if config in EVERY:
@@ -209,7 +212,8 @@ def time_workload(workload: str, rounds: int, steps: int, instances: int = INSTA
 def peak_rss_mib(workload: str, config: str, steps: int) -> tuple[float, bool]:
     """Peak resident set of a fresh process that trains ``steps`` steps in ``config``, and
     whether the count started after the imports."""
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", workload, config, "--steps", str(steps)],
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", workload, config, "--steps", str(steps),
+                          *(["--compile"] if COMPILE else [])],
                          check=True, capture_output=True, text=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
     return found["maxrss_kib"] / 1024, found["reset"]
@@ -269,7 +273,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    global DEVICE, BATCH
+    global DEVICE, BATCH, COMPILE
     parser = argparse.ArgumentParser(description="Step-time and memory overhead of babysit's watch "
                                                  "on the reference CPU workloads.")
     parser.add_argument("--workload", choices=("cnn", "mlp", "all"), default="all")
@@ -284,9 +288,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (the reference) or cuda; on cuda the "
                                                         "peak-memory probes are skipped")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default: {BATCH})")
+    parser.add_argument("--compile", action="store_true", help="every config's model through torch.compile, "
+                                                               "bare included (watch is given the compiled module)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    DEVICE, BATCH = args.device, args.batch
+    DEVICE, BATCH, COMPILE = args.device, args.batch, args.compile
     torch.set_num_threads(THREADS)
     if args.memory_probe:
         memory_probe(*args.memory_probe, steps=args.steps)
@@ -295,7 +301,8 @@ def main(argv=None) -> int:
                                             (args.rounds, args.steps, MEMORY_STEPS, MEMORY_REPEATS))
     workloads = ("cnn", "mlp") if args.workload == "all" else (args.workload,)
     where = torch.cuda.get_device_name() if DEVICE != "cpu" else "CPU"
-    print(f"{where}, batch {BATCH}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"{where}{' compiled' if COMPILE else ''}, batch {BATCH}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs "
           f"(load average {os.getloadavg()[0]:.1f} at start); "
           f"{rounds} rounds x {steps} steps per config, {WARMUP_STEPS} warm-up steps; "

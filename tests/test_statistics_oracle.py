@@ -214,6 +214,34 @@ def test_recorded_moments_of_large_layers_equal_plain_torch_on_the_same_forward(
             assert act.loc[layer, column] == pytest.approx(o[column], rel=1e-4, abs=1e-6), (layer, column)
 
 
+def test_recorded_moments_of_large_parameter_gradients_equal_plain_torch_on_the_same_step(tmp_path):
+    """The gradients' sums of squares come from the vital signs' pass (not a second one):
+    each large weight's gradient summary is still its own, exactly."""
+    import monitor
+    from trainer_hooks import watch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 48), torch.nn.Tanh(),
+                                torch.nn.Linear(48, 64))
+    x, y = torch.randn(32, 64), torch.randint(0, 64, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = {}
+    with watch(model, opt, every=1, logdir=tmp_path) as mon:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        seen.update({name: p.grad.detach().clone() for name, p in model.named_parameters()})
+        opt.step()
+        mon.log(loss=loss)
+    stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
+    grads = stats[stats.signal == "param_grad"].set_index("layer")
+    for name in ("0.weight", "2.weight", "4.weight"):
+        o = oracle(seen[name])
+        assert o["numel"] > SAMPLE_SIZE
+        row = grads.loc[name]
+        for column in ("mean", "std", "min", "max", "norm"):
+            assert row[column] == pytest.approx(o[column], rel=1e-4, abs=1e-9), (name, column)
+
+
 def test_input_statistics_per_channel_equal_plain_torch_on_raw_pixels(tmp_path):
     """Raw 0..255 pixels (mean far above the spread, where float32 sums of squares
     would cancel) give the exact per-channel mean and std."""

@@ -19,12 +19,15 @@ def has_dense_grad(p: torch.Tensor) -> bool:
     return g is not None and not g.is_sparse and g.is_floating_point() and g.numel() > 0
 
 
-def add_params_before(capture: StepCapture, entries: list[tuple], sample_size: int, generator) -> dict:
+def add_params_before(capture: StepCapture, entries: list[tuple], sample_size: int, generator,
+                      grad_squares: dict[int, float] | None = None) -> dict:
     """Each parameter's gradient and its weights before the update (``param_pre``), for
     ``entries`` of (parameter, layer name, module class). Small parameters (biases, norms)
     travel whole: their gradients and weights are copied in one kernel per device each,
     not one per parameter; large ones by a random sample, whose positions are returned
-    (by parameter id) so that :func:`add_params_after` reads the same elements after."""
+    (by parameter id) so that :func:`add_params_after` reads the same elements after.
+    ``grad_squares``: the gradients' sums of squares the vital signs read this step (CPU),
+    by parameter id: a pass over each gradient saved."""
     indices = {}
     for group in _by_device([e for e in entries if e[0].numel() <= sample_size]):
         grads = _joined([p.grad for p, _, _ in group])
@@ -36,7 +39,7 @@ def add_params_before(capture: StepCapture, entries: list[tuple], sample_size: i
         if p.numel() <= sample_size:
             continue
         idx = indices[id(p)] = sample_indices(p.numel(), sample_size, p.device, generator(p.device))
-        reduced = reduce_tensor(p.grad, indices=idx)
+        reduced = reduce_tensor(p.grad, indices=idx, squares=None if grad_squares is None else grad_squares.get(id(p)))
         capture.add_reduced("param_pre", {"layer": name, "module": module}, reduced,
                             vectors=[p.detach().reshape(-1).index_select(0, idx)])
     return indices

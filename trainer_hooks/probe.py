@@ -167,6 +167,7 @@ class Probe:
         self.generators: dict[torch.device, torch.Generator] = {}
         self.param_indices: dict[int, torch.Tensor] = {}  # sample positions of large parameters
         self.stepped: list[tuple[torch.Tensor, str, str]] = []  # parameters the current step updates
+        self.grad_squares: dict[int, float] = {}  # a sampled CPU step's squared gradient norms, by parameter id
         self.input_shape: tuple[int, ...] | None = None
         self._ids_pending = False
         # The vital signs of the step being taken (see _vitals), for the Monitor to hand on.
@@ -319,16 +320,20 @@ class Probe:
             params = [p for g in groups for p in g["params"]]
             self._layout = (shape, params, [self.param_rows.get(id(p), -1) for p in params])
         _, params, param_rows = self._layout
-        grads, rows = [], []
+        grads, rows, kept = [], [], []
         for p, row in zip(params, param_rows):
             g = p.grad
             if g is not None and not g.is_sparse and g.is_floating_point() and g.numel():
                 grads.append(g.detach() if g.requires_grad else g)  # (a gradient of create_graph=True)
                 rows.append(row)
+                kept.append(p)
         if not grads:
             return None
         if all(g.is_cpu for g in grads):
-            return squares(grads), tuple(rows)
+            found = squares(grads)
+            if self.capture is not None:  # a sampled step reads the same sums of squares again: not twice
+                self.grad_squares = dict(zip(map(id, kept), found))
+            return found, tuple(rows)
         norms = l2_norms(grads)
         device = norms[0].device
         if any(n.device != device for n in norms):  # model parallel: bring them to the first device
@@ -359,7 +364,9 @@ class Probe:
         if capture is None:
             return
         self.stepped = [(p, name, module) for p, (name, module) in self._params() if has_dense_grad(p)]
-        self.param_indices = add_params_before(capture, self.stepped, self.sample_size, self._generator)
+        self.param_indices = add_params_before(capture, self.stepped, self.sample_size, self._generator,
+                                               self.grad_squares)
+        self.grad_squares = {}
 
     def _step_post(self, optimizer, args, kwargs):
         if self.capture is not None and self.stepped:

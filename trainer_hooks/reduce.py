@@ -52,7 +52,8 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
                   indices: torch.Tensor | None = None,
                   maxima: torch.Tensor | None = None,
                   precise: bool = False,
-                  sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> Reduced | None:
+                  sums: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  squares: float | None = None) -> Reduced | None:
     """Moments over the finite elements, exact NaN/Inf counts, and a uniform sample.
 
     Returns None for empty or non-floating tensors. ``indices`` reuses positions drawn
@@ -62,7 +63,8 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
     ``precise`` accumulates in float64 (several times slower): for the model input,
     whose mean may sit far above its spread (raw pixels, years), where the variance
     from float32 sums of squares cancels. ``sums``, the sum and sum of squares the
-    caller has already (the input's, from its per-channel sums), save two passes.
+    caller has already (the input's, from its per-channel sums), save two passes;
+    ``squares``, the sum of squares alone as a float (a gradient's, from the vital signs), one.
     """
     if not x.is_floating_point() or x.numel() == 0:
         return None
@@ -80,6 +82,8 @@ def reduce_tensor(x: torch.Tensor, *, sample_size: int = SAMPLE_SIZE,
         # the sum of squares (NaN or Inf as soon as one element is) says so.
         if sums is not None:
             total, squares = sums
+        elif squares is not None and not precise and flat.dtype == accumulate:
+            total, squares = flat.sum(), torch.tensor(squares, dtype=accumulate)
         elif precise:
             total = flat.sum(dtype=accumulate)
             squares = torch.linalg.vector_norm(flat, dtype=torch.float64) ** 2  # no float64 copy

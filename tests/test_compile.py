@@ -157,3 +157,23 @@ def test_a_model_compiled_by_inductor_is_sampled_with_no_graph_break(tmp_path):
     frames = monitor.load_run(mon.run_id, tmp_path)
     assert activation_steps(frames) == {0, 4, 8}
     assert frames.series("loss").notna().all()
+
+
+def test_without_compiler_stances_a_compiled_model_keeps_its_graph_and_still_records_its_parameters(
+        tmp_path, monkeypatch):
+    """torch < 2.6 has no ``set_stance``: shown here by taking it away. The graph is left
+    alone (no break), the activations go unrecorded, the parameters are still read."""
+    from trainer_hooks import compiled as compiled_module
+
+    monkeypatch.setattr(compiled_module, "_set_stance", None)
+    model = mlp()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = watch(compiled, opt, every=EVERY, logdir=tmp_path)
+    train(compiled, opt, batches(), mon)
+    mon.close()
+    assert graph_breaks() == 0, dict(counters["graph_break"])
+    assert compiled_graphs() == 1
+    stats = monitor.load_run(mon.run_id, tmp_path).layer_stats
+    assert activation_steps(monitor.load_run(mon.run_id, tmp_path)) == set()
+    assert set(stats[stats["signal"] == "param_grad"]["step"]) == {0, 4, 8}

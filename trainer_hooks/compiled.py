@@ -54,9 +54,13 @@ class EagerStep:
         self._set = outside_graph(self._set_now)
         self._unset = outside_graph(self._unset_now)
 
-    def hold(self) -> None:
-        if self._held is None and _set_stance is not None:
+    def hold(self) -> bool:
+        """Whether compiled functions now run eagerly (False on torch without stances)."""
+        if _set_stance is None:
+            return False
+        if self._held is None:
             self._set()
+        return True
 
     def release(self) -> None:
         if self._held is not None:

@@ -226,7 +226,9 @@ class Probe:
         """Open a capture for the forward pass that is starting."""
         self.capture = capture
         self.capturing = True
-        self._eager.hold()  # a compiled model's sampled forward runs eagerly, its hooks with it
+        eager = self._eager.hold()  # a compiled model's sampled forward runs eagerly, its hooks with it
+        if not eager and self.entry is not self.root:
+            return  # torch < 2.6, a compiled model: its graph stays as it is, the parameters are still read
         if self._forward_handle is None:  # the root's own forward hooks are read after its forward: it sees it
             self._forward_handle = module_hooks.register_module_forward_hook(self._forward)
         if self.by_hand is not None:

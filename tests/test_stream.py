@@ -2,13 +2,20 @@
 it; every event lands exactly once and in order, also across an outage."""
 import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import pytest
 
 import torch
 from torch import nn
 
-from monitor import codec
+from monitor import codec, protocol
 from monitor.events import Event, Kind, RunStart, Scalars
 from monitor.protocol import PROTOCOL_VERSION
 from monitor.store import RunStore
@@ -204,6 +211,60 @@ def test_a_batch_refused_for_good_is_set_aside_once_and_everything_after_it_is_d
     server_lines = [r.getMessage() for r in caplog.records if r.name == "babysit.server"]
     assert len(server_lines) == 1 and "permanent" in server_lines[0]  # the damaged line never left the trainer
     assert not any(r.exc_info for r in caplog.records)  # one line each, no traceback
+
+
+def open_sockets() -> set[str]:
+    """The inodes of this process's open sockets (Linux's /proc)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def sockets_to(port: int) -> set[str]:
+    """The inodes of this process's TCP sockets connected to loopback ``port``."""
+    ours = open_sockets()
+    return {fields[9] for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+            if int(fields[2].split(":")[1], 16) == port and fields[9] in ours}
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_a_connection_whose_server_was_killed_leaves_no_socket_open_in_the_trainer(tmp_path):
+    """python-engineio ends the read loop of a connection the server reset without closing its
+    socket, and then does nothing on disconnect: the trainer kept a descriptor per server crash
+    until garbage collection, whose ResourceWarning once failed an unrelated test."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "monitor.cli", "serve", "--port", str(port),
+                               "--logdir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # its gunicorn worker dies with it
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = stream.connect(f"http://127.0.0.1:{port}")
+                break
+            except Exception:  # not up yet
+                assert time.monotonic() < deadline and server.poll() is None, "babysit serve did not start"
+                time.sleep(0.2)
+        connection = sockets_to(port)
+        assert len(connection) == 1
+        os.killpg(server.pid, signal.SIGSTOP)  # killed mid-batch: what it had not read makes its end a reset
+        client.emit(protocol.BATCH, "[]", namespace=protocol.INGEST_NAMESPACE)
+        time.sleep(0.3)
+        os.killpg(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while client.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not client.connected, "the client did not notice its server died"
+        stream.quietly_disconnect(client)
+        assert not connection & open_sockets(), "the reset connection's socket is still open"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
 
 
 def test_a_batch_split_for_the_wire_keeps_every_event_in_order_and_names_the_oversized_ones():

@@ -296,7 +296,7 @@ class SocketSink:
     def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            threading.Thread(target=client.disconnect, daemon=True).start()  # a close may take seconds
+            threading.Thread(target=quietly_disconnect, args=(client,), daemon=True).start()  # may take seconds
         self._next_try = time.monotonic() + RETRY_SECONDS
 
 
@@ -337,10 +337,21 @@ def send_batch(client, text: str):
 
 
 def quietly_disconnect(client) -> None:
+    """Disconnect ``client`` and close its WebSocket, also when the server ended the connection
+    first: python-engineio (4.x) then ends its read loop without closing the socket, and its
+    ``disconnect()`` does nothing once disconnected, so the socket stayed open until garbage
+    collection (a file descriptor per server restart, and a ResourceWarning at a random later
+    moment)."""
     try:
         client.disconnect()
     except Exception:  # a connection that is already gone
         pass
+    ws = getattr(getattr(client, "eio", None), "ws", None)
+    if ws is not None:
+        try:
+            ws.shutdown()  # websocket-client: close the socket now (nothing when already closed)
+        except Exception:  # noqa: BLE001 - it is being closed either way
+            pass
 
 
 def split_for_wire(text: str, limit: int) -> tuple[list[str], list[str]]:

@@ -354,18 +354,20 @@ def test_a_message_queue_that_is_not_redis_does_not_answer_or_lacks_its_package_
 
 #: A tiny real training through the proxy; prints its run id, then "done <should_stop>" at the end.
 TRAINER = r"""
-import sys, time
+import os, sys, time
 import torch
 from torch import nn
 from trainer_hooks import watch
 
-url, logdir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url, logdir, steps, finish = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 with watch(model, optimizer, run="behind-nginx", server=url, logdir=logdir, every=5, detectors=[]) as mon:
     print(mon.run_id, flush=True)
-    for step in range(steps):
+    step = 0
+    while step < steps or (not os.path.exists(finish) and step < 100 * steps):  # until the test has seen enough
+        step += 1
         loss = model(torch.randn(8, 4)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -489,7 +491,9 @@ def test_behind_nginx_a_killed_process_loses_nothing_the_trainer_moves_to_the_ot
         with nginx(tmp_path / "nginx", proxy_port, backends, cert, key) as url:
             environ = {**os.environ, "SSL_CERT_FILE": str(cert), "WEBSOCKET_CLIENT_CA_BUNDLE": str(cert),
                        "BABYSIT_TOKEN": TOKEN, "BABYSIT_HEARTBEAT_SECONDS": str(HEARTBEAT), "OMP_NUM_THREADS": "1"}
-            trainer = subprocess.Popen([sys.executable, "-c", TRAINER, url, str(tmp_path / "trainer"), str(STEPS)],
+            finish = tmp_path / "finish"  # the trainer trains on until this exists: the viewer's resuming is seen live
+            trainer = subprocess.Popen([sys.executable, "-c", TRAINER, url, str(tmp_path / "trainer"), str(STEPS),
+                                        str(finish)],
                                        env=environ, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True)
             viewer = None
@@ -507,10 +511,11 @@ def test_behind_nginx_a_killed_process_loses_nothing_the_trainer_moves_to_the_ot
                 (other,) = [s for s in servers if s is not home]
                 home.kill()
                 before = max(seen)
+                eventually(lambda: len(connects) >= 2 and max(seen) > before + 20,
+                           "the viewer to reconnect and get events after the kill", timeout=60)
+                finish.touch()
                 output = trainer.communicate(timeout=90)[0]
                 assert trainer.returncode == 0 and "done False" in output, output
-                eventually(lambda: len(connects) >= 2 and max(seen) > before + 20,
-                           "the viewer to reconnect and get events after the kill")
             finally:
                 if trainer.poll() is None:
                     trainer.kill()

@@ -20,12 +20,13 @@ from __future__ import annotations
 import atexit
 import base64
 import logging
+import secrets
 import smtplib
 import ssl
 import threading
 import time
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, parseaddr
 from typing import Callable, Iterable
 
 from monitor.alert_config import AlertConfig
@@ -53,12 +54,29 @@ def build_message(config: AlertConfig, content: EmailContent) -> EmailMessage:
     message["From"] = config.mail_from
     message["To"] = ", ".join(config.mail_to)
     message["Date"] = formatdate(localtime=True)
-    # The sender's domain, so make_msgid does not look up this host's name (a DNS query).
-    message["Message-ID"] = make_msgid("babysit", domain=parseaddr(config.mail_from)[1].rpartition("@")[2])
+    message["Message-ID"] = message_id(parseaddr(config.mail_from)[1].rpartition("@")[2])
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     message.set_content(content.text)
     message.add_alternative(content.html, subtype="html")
+    message.set_boundary(boundary(content.text + content.html))
     return message
+
+
+# The standard library's make_msgid and its MIME generator draw from the global ``random``
+# stream, which is the user's own when the dashboard is served inside the training process:
+# an alert would change what a seeded script draws next. Both come from ``secrets`` here.
+
+def message_id(domain: str) -> str:
+    """A unique Message-ID (RFC 5322) at the sender's domain (not this host's name: no DNS query)."""
+    return f"<{time.time_ns()}.{secrets.token_hex(8)}.babysit@{domain}>"
+
+
+def boundary(body: str) -> str:
+    """A MIME boundary that occurs nowhere in ``body`` (RFC 2046, section 5.1.1)."""
+    while True:
+        candidate = f"==============={secrets.token_hex(16)}=="
+        if candidate not in body:
+            return candidate
 
 
 def send_message(config: AlertConfig, message: EmailMessage) -> dict:

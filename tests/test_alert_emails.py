@@ -11,6 +11,7 @@ import email.policy
 import ipaddress
 import logging
 import math
+import random
 import re
 import socket
 import ssl
@@ -387,7 +388,12 @@ def test_an_unreachable_smtp_server_never_slows_ingest_or_training(tmp_path, cap
     assert "ConnectionRefusedError" in caplog.text and caplog.text.count("given up after") == 2
 
 
-def test_the_in_process_dashboard_reads_the_variables_and_emails_a_crash(tmp_path, monkeypatch):
+def test_the_in_process_dashboard_emails_a_crash_and_leaves_the_users_random_stream_alone(tmp_path, monkeypatch):
+    """Served inside the training process, the email's Message-ID and MIME boundary must not be
+    drawn from the global ``random`` (the standard library's are): a seeded script would draw
+    differently after an alert."""
+    random.seed(7)
+    state = random.getstate()
     with smtp_server() as (port, inbox):
         for name, value in {"BABYSIT_SMTP_HOST": "127.0.0.1", "BABYSIT_SMTP_PORT": str(port),
                             "BABYSIT_SMTP_SECURITY": "none", "BABYSIT_MAIL_TO": "ops@example.com",
@@ -405,6 +411,9 @@ def test_the_in_process_dashboard_reads_the_variables_and_emails_a_crash(tmp_pat
             mon.dashboard._app.alerts.close(5)
     assert message["Subject"] == f"[babysit] run {mon.run_id} crashed after 1 steps: ValueError: bad batch"
     assert f"Run page: {mon.dashboard_url}" in message.get_body(("plain",)).get_content()
+    assert random.getstate() == state, "babysit drew from the user's random stream"
+    assert re.fullmatch(r"<\d+\.[0-9a-f]{16}\.babysit@example\.com>", message["Message-ID"])
+    assert message.get_boundary() not in message.get_body(("html",)).get_content()
 
 
 # ------------------------------------------------------------- whole processes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 import threading
 import zipfile
 from pathlib import Path
@@ -201,10 +202,14 @@ def test_a_training_streams_into_a_postgresql_store_through_a_real_server(tmp_pa
 
     from trainer_hooks import watch
 
+    random.seed(7)
+    state = random.getstate()
     with serving(tmp_path / "server", store=postgres_url) as running:
         model, opt = tiny()
         with watch(model, opt, every=2, server=running.url, logdir=tmp_path / "trainer") as mon:
             train(model, opt, mon, 12)
+    # The server ran in this process: its connection pool's jitter must not come from the user's stream.
+    assert random.getstate() == state, "the store's connection pool drew from the global random stream"
     with open_store(postgres_url) as store:
         assert_complete(store.events(mon.run_id), 12)
         assert store.run_info(mon.run_id).status == "finished"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import random
 import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -60,6 +61,26 @@ def _psycopg():
     except ImportError:
         raise RuntimeError("a PostgreSQL store needs psycopg: pip install 'babysit[scale]'") from None
     return psycopg
+
+
+@functools.cache
+def _pool_class():
+    """psycopg_pool's ConnectionPool with its jitter (of connection lifetimes and reconnection
+    delays) drawn from a stream of its own: the library draws from the global ``random``, the
+    user's own when the server runs inside the training process, and a seeded script would
+    draw differently for every connection the pool opens. (One draw is beyond a subclass's
+    reach: the delay between reconnection attempts while the database is unreachable, which
+    psycopg_pool takes on its base class; psycopg_pool 3.2 to 3.3.)"""
+    from psycopg_pool import ConnectionPool
+
+    jitter = random.Random()
+
+    class Pool(ConnectionPool):
+        @classmethod
+        def _jitter(cls, value: float, min_pc: float, max_pc: float) -> float:
+            return value * (1.0 + (max_pc - min_pc) * jitter.random() + min_pc)
+
+    return Pool
 
 
 def translate(statement: str) -> str:
@@ -212,9 +233,7 @@ class PostgresStore(Store):
                 self._migrate(_Connection(raw))
         except self._psycopg.Error as exc:
             raise self._fault(exc, opening=True) from None
-        from psycopg_pool import ConnectionPool
-
-        self._pool = ConnectionPool(url, kwargs=_CONNECT, min_size=1, max_size=pool_size, open=True,
+        self._pool = _pool_class()(url, kwargs=_CONNECT, min_size=1, max_size=pool_size, open=True,
                                     timeout=CONNECT_TIMEOUT, name="babysit-store")
 
     # ------------------------------------------------------------------ the connections

@@ -15,6 +15,7 @@ import socketio
 
 from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE
 from servers import serving
+from trainer_hooks.stream import quietly_disconnect
 
 #: Stops in a row; at the hang rate seen before the fix (1 in 6), 12 clean rounds by chance: 11 %.
 ROUNDS = 12
@@ -45,3 +46,30 @@ def test_every_client_sees_the_server_stop_at_once_round_after_round(tmp_path):
         finally:
             for client, _ in clients:
                 client.disconnect()
+
+
+#: Threads not counted: a server socket's ping timer (engine.io's ``_send_ping``) sleeps out its
+#: ping interval, 25 s, then ends, its socket being closed (bounded); the test client's own
+#: loops (python-engineio's client) are the instrument, not the server.
+NOT_THE_SERVERS = ("(_send_ping)", "(_write_loop)", "(_read_loop_websocket)", "(_read_loop_polling)")
+
+
+def ignored(thread: threading.Thread) -> bool:
+    return thread.name.endswith(NOT_THE_SERVERS)
+
+
+def test_a_stopped_server_leaves_no_thread_behind(tmp_path):
+    """engine.io starts a service task (its ping-timeout sweep) at the first connection and
+    runs it until told to stop: a server stopped without that, as a notebook's dashboard
+    restarted cell after cell, left one thread per server for the life of the process."""
+    before = set(threading.enumerate())
+    for round_ in range(3):
+        with serving(tmp_path / str(round_)) as server:
+            client, ended = connected_client(server.url, DASHBOARD_NAMESPACE, "websocket")
+        assert ended.wait(NOTICE_SECONDS)
+        quietly_disconnect(client)  # as the trainer's stream does: python-engineio's own leaves its loops
+    deadline = time.monotonic() + 5
+    while (left := [t for t in set(threading.enumerate()) - before if t.is_alive() and not ignored(t)]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"threads outlived their servers: {sorted(t.name for t in left)}"

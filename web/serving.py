@@ -34,6 +34,7 @@ class RunningServer:
             close = getattr(self._app.socketio.server.manager, "close", None)  # the message queue's threads
             if close is not None:
                 close()
+            self._app.socketio.server.eio.shutdown()  # its ping-timeout sweep, which would run for good
         self._thread.join(timeout)
 
 

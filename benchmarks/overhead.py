@@ -1,8 +1,13 @@
 """What does ``watch`` cost a training step? The reference workloads of issue 2, item 7.
 
-Two CPU workloads on 2 threads, SGD with momentum 0.9 and cross-entropy, batches of 64:
-``cnn`` (two conv-ReLU-pool blocks on synthetic 3x32x32 images, then a 2048-128-10 MLP head)
-and ``mlp`` (784 -> 512 five times with ReLU, -> 10). Each is timed in five configs:
+The workloads are :mod:`workloads`' (defined once for every benchmark), on 2 threads:
+the CPU reference ``cnn`` (two conv-ReLU-pool blocks on synthetic 3x32x32 images, then a
+2048-128-10 MLP head) and ``mlp`` (784 -> 512 five times with ReLU, -> 10), SGD with
+momentum 0.9 and cross-entropy, batches of 64; also ``transformer`` (a small causal
+language model, AdamW) and ``lstm``; and for ``--device cuda``, ``resnet18`` (ResNet-18 on
+3x32x32, batches of 128) and ``gpt2`` (GPT-2 small, 124M parameters, 8 sequences of 1,024), ``--workload
+gpu`` for both. ``--compile`` runs every config's model through ``torch.compile``, bare
+included. Each is timed in five configs:
 ``bare`` (no babysit); ``bare again`` (a second unwatched model: the noise floor);
 ``unsampled`` (watched, but only step 0 sampled: what every step pays for the hooks, the
 loss logging and the writer); ``auto`` (``watch(every=None)``, the default interval); ``auto+stopping`` (the same
@@ -32,8 +37,9 @@ their peak resident set (Linux ``VmHWM``, reset after the imports through
 is the difference of the medians to bare's. All subprocesses import babysit, so the figure
 is the cost of watching, not of importing.
 
-Run: ``python benchmarks/overhead.py`` (both workloads, about five minutes on 2 cores);
-``--quick`` for a smoke run. See benchmarks/README.md for what the figures mean.
+Run: ``python benchmarks/overhead.py`` (cnn and mlp, about five minutes on 2 cores);
+``--quick`` for a smoke run; on a GPU ``python benchmarks/overhead.py --device cuda
+--workload gpu --instances 1``. See benchmarks/README.md for what the figures mean.
 """
 from __future__ import annotations
 
@@ -53,7 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_hooks import EarlyStopping, watch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: its workloads module
+from trainer_hooks import EarlyStopping, watch  # noqa: E402
+from workloads import CPU_WORKLOADS, GPU_WORKLOADS, workloads  # noqa: E402
 
 THREADS = 2  # the reference machine's core count; fixed so results compare across machines
 BATCH = 64
@@ -71,21 +79,6 @@ INSTANCES = 3  # models per config, used in turn (see time_workload)
 EVERY = {"unsampled": 10**9, "auto": None, "auto+stopping": None, "every=1": 1}  # the watched configs
 
 
-def cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
-def mlp() -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(784, 512), nn.ReLU()]
-    for _ in range(4):
-        layers += [nn.Linear(512, 512), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(512, 10))
-
-
-WORKLOADS = {"cnn": (cnn, (3, 32, 32)), "mlp": (mlp, (784,))}
 TARGETS = {"auto": 1.02, "every=1": 1.5}  # issue 2, done-when: the cnn step time over bare
 
 
@@ -141,13 +134,13 @@ def _drain(mon) -> None:
 
 
 def make_trainer(workload: str, config: str, logdir: str, seed: int = 0, instance: int = 0) -> Trainer:
-    build, shape = WORKLOADS[workload]
+    task = workloads(BATCH)[workload]
     torch.manual_seed(seed)  # every config starts from the same weights and sees the same batches
-    model = build().to(DEVICE)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model = task.build().to(DEVICE)
+    optimizer = task.optimizer(model)
     if COMPILE:  # every config, bare included: the overhead is against the compiled bare model
         model = torch.compile(model)
-    batches = [(torch.randn(BATCH, *shape).to(DEVICE), torch.randint(0, 10, (BATCH,)).to(DEVICE)) for _ in range(4)]
+    batches = [(x.to(DEVICE), y.to(DEVICE)) for x, y in task.batches()]
     mon = None
     if config in EVERY:
         mon = watch(model, optimizer, run=f"bench-{workload}-{config.replace('=', '').replace('+', '-')}-{instance}",
@@ -276,7 +269,8 @@ def main(argv=None) -> int:
     global DEVICE, BATCH, COMPILE
     parser = argparse.ArgumentParser(description="Step-time and memory overhead of babysit's watch "
                                                  "on the reference CPU workloads.")
-    parser.add_argument("--workload", choices=("cnn", "mlp", "all"), default="all")
+    parser.add_argument("--workload", choices=(*CPU_WORKLOADS, *GPU_WORKLOADS, "all", "gpu"), default="all",
+                        help="all: the CPU reference, cnn and mlp; gpu: resnet18 and gpt2 (for --device cuda)")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default: 30)")
     parser.add_argument("--instances", type=int, default=INSTANCES,
                         help=f"models per config, used in turn (default: {INSTANCES})")
@@ -299,7 +293,7 @@ def main(argv=None) -> int:
         return 0
     rounds, steps, memory_steps, repeats = ((3, 10, 40, 1) if args.quick else
                                             (args.rounds, args.steps, MEMORY_STEPS, MEMORY_REPEATS))
-    workloads = ("cnn", "mlp") if args.workload == "all" else (args.workload,)
+    chosen = {"all": ("cnn", "mlp"), "gpu": GPU_WORKLOADS}.get(args.workload, (args.workload,))
     where = torch.cuda.get_device_name() if DEVICE != "cpu" else "CPU"
     print(f"{where}{' compiled' if COMPILE else ''}, batch {BATCH}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, "
@@ -308,7 +302,7 @@ def main(argv=None) -> int:
           f"{rounds} rounds x {steps} steps per config, {WARMUP_STEPS} warm-up steps; "
           f"peak RSS: median of {repeats} fresh process(es) per config ({memory_steps} steps)", flush=True)
     rows, reset = [], True
-    for workload in workloads:
+    for workload in chosen:
         found = time_workload(workload, rounds, steps, 1 if args.quick else args.instances)
         peaks = {}
         for config in ("bare", *EVERY) if DEVICE == "cpu" else ():

@@ -56,12 +56,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: its workloads module
 from trainer_hooks import EarlyStopping, watch  # noqa: E402
-from workloads import CPU_WORKLOADS, GPU_WORKLOADS, workloads  # noqa: E402
+from workloads import CPU_WORKLOADS, GPU_WORKLOADS, train_step, workloads  # noqa: E402
 
 THREADS = 2  # the reference machine's core count; fixed so results compare across machines
 BATCH = 64
@@ -96,11 +95,7 @@ class Trainer:
     steps: int = 0
 
     def step(self) -> None:
-        x, y = self.batches[self.steps % len(self.batches)]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.optimizer.step()
+        loss = train_step(self.model, self.optimizer, self.batches[self.steps % len(self.batches)])
         if self.mon is not None:
             self.mon.log(loss=loss)
         self.steps += 1

@@ -79,12 +79,11 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from overhead import BATCH, THREADS, _peak_rss_kib, _reset_peak_rss  # noqa: E402
 from trainer_hooks import watch  # noqa: E402
-from workloads import CPU_WORKLOADS, Batches, workloads  # noqa: E402  (the models, defined once)
+from workloads import CPU_WORKLOADS, Batches, train_step, workloads  # noqa: E402  (the models, defined once)
 
 SCRIPT = Path(__file__).resolve()
 CONFIGS = ("bare", "babysit auto", "babysit every=100", "babysit every=1", "wandb log=all freq=1",
@@ -340,11 +339,7 @@ class Trainer:
     steps: int = 0
 
     def step(self) -> None:
-        x, y = self.batches[self.steps % len(self.batches)]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.optimizer.step()
+        loss = train_step(self.model, self.optimizer, self.batches[self.steps % len(self.batches)])
         self.monitor.after_step(self.steps, loss)
         self.steps += 1
 

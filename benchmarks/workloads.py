@@ -161,6 +161,17 @@ def workloads(batch: int = BATCH) -> dict[str, Workload]:
     }
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor]):
+    """One step as every benchmark takes it: zero_grad, forward, cross-entropy, backward,
+    optimizer step. Returns the loss (a tensor, as a script hands it to its monitor)."""
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 #: The CPU reference and issue 15's CPU shapes; resnet18 and gpt2 are for a GPU.
 CPU_WORKLOADS = ("cnn", "mlp", "transformer", "lstm")
 GPU_WORKLOADS = ("resnet18", "gpt2")

@@ -1,5 +1,6 @@
 """A real babysit server on a loopback port, for the tests that need one."""
 import contextlib
+import socket
 
 from web.app import ServerConfig, create_app
 from web.serving import serve_in_thread
@@ -37,3 +38,14 @@ def stop_from_dashboard(url: str, run: str, reason: str, token: str | None = Non
         assert browser.call("stop", message, namespace="/dashboard", timeout=5)["ok"] is True
     finally:
         browser.disconnect()
+
+
+def hang_up(client) -> None:
+    """Drop a python-socketio client's connection as a dying process does: the socket closed,
+    no WebSocket close (whose wait for the server's close frame can take websocket-client's
+    3 s timeout), and no reconnecting after, as a dead process does not: a client left to
+    reconnect to a server the test has stopped tries for the life of the test process (and
+    draws its jitter from the global ``random``, which a later hypothesis test sees)."""
+    client.reconnection = False
+    client.eio.ws.sock.shutdown(socket.SHUT_RDWR)
+    client.eio.disconnect(abort=True)

@@ -26,6 +26,7 @@ import pytest
 import socketio
 
 from browser import wait_until
+from servers import hang_up
 from monitor import cli, codec
 from monitor.alert_config import AlertConfig
 from monitor.events import Event, Kind, RunStart, Scalars, Status
@@ -125,13 +126,6 @@ def connected(url, *namespaces) -> socketio.Client:
     client = socketio.Client(reconnection=False)
     client.connect(url, namespaces=list(namespaces), transports=["websocket"], wait_timeout=5)
     return client
-
-
-def hang_up(client) -> None:
-    """Drop the connection as a dying process does: the socket closed, no WebSocket close
-    (whose wait for the server's close frame can take websocket-client's 3 s timeout)."""
-    client.eio.ws.sock.shutdown(socket.SHUT_RDWR)
-    client.eio.disconnect(abort=True)
 
 
 def batch(*events) -> str:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from monitor import cli, codec, protocol
 from monitor.events import Event, Kind, RunStart, Scalars, Status
 from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE
 from monitor.store import RunStore
-from servers import serving_app, stop_from_dashboard
+from servers import hang_up, serving_app, stop_from_dashboard
 from services import free_port, missing, redis_server
 from web import fanout
 
@@ -170,12 +169,6 @@ def status_of(url: str, run: str) -> str | None:
             return codec.loads(response.read())["info"]["status"]
     except OSError:
         return None
-
-
-def hang_up(sio: socketio.Client) -> None:
-    """Drop the connection as a dying process does (no WebSocket close)."""
-    sio.eio.ws.sock.shutdown(socket.SHUT_RDWR)
-    sio.eio.disconnect(abort=True)
 
 
 # ------------------------------------------------------------------ across two processes

@@ -65,8 +65,8 @@ def _psycopg():
 
 @functools.cache
 def _pool_class():
-    """psycopg_pool's ConnectionPool with its jitter (of connection lifetimes and reconnection
-    delays) drawn from a stream of its own: the library draws from the global ``random``, the
+    """psycopg_pool's ConnectionPool with the jitter of its connections' lifetimes drawn from a
+    stream of its own: the library draws from the global ``random``, the
     user's own when the server runs inside the training process, and a seeded script would
     draw differently for every connection the pool opens. (One draw is beyond a subclass's
     reach: the delay between reconnection attempts while the database is unreachable, which

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from trainer_hooks.schedule import (MAX_DEBT, MAX_EVERY, MAX_LOOK, START_STEPS, AutoInterval,
-                                    FixedInterval)
+from trainer_hooks.schedule import (MAX_DEBT, MAX_EVERY, MAX_LOOK, MAX_VITALS_EVERY, START_STEPS, VITALS_START_STEPS,
+                                    AutoInterval, FixedInterval, VitalsCadence)
 
 
 def drive(schedule, plain: float, extra: float, steps: int) -> list[int]:
@@ -160,3 +160,41 @@ def test_noisy_plain_steps_do_not_add_up_to_a_cost():
         due = schedule.due(step)
         schedule.observe(step, 0.010 * rng.uniform(0.8, 1.2) + (0.005 if due else 0.0), due)
     assert 35 <= schedule.every <= 65
+
+
+def read_vitals(cadence: VitalsCadence, step_seconds: float, cost: float, steps: int) -> list[int]:
+    """The steps whose vital signs a cadence reads, each reading costing ``cost``."""
+    read = []
+    for step in range(steps):
+        due = cadence.due(step)
+        if due:
+            read.append(step)
+        cadence.observe(step, step_seconds + (cost if due else 0.0), cost if due else None)
+    return read
+
+
+def test_the_vital_signs_are_read_on_every_step_while_they_are_cheap():
+    assert read_vitals(VitalsCadence(budget=0.002), 0.010, 0.000015, 300) == list(range(300))
+
+
+def test_dear_vital_signs_are_thinned_to_their_budget_after_the_start():
+    """A pass over the gradients at 5 % of a step (a small-batch MLP on the CPU) is read on
+    every step of the start, then once per ceil(5 % / budget) steps."""
+    read = read_vitals(VitalsCadence(budget=0.002), 0.006, 0.0003, 400)
+    assert read[:VITALS_START_STEPS] == list(range(VITALS_START_STEPS))
+    gaps = {b - a for a, b in zip(read[VITALS_START_STEPS:], read[VITALS_START_STEPS + 1:])}
+    every = math.ceil(0.0003 / (0.002 * 0.006))  # the median step is one without them
+    assert gaps == {every}
+    spent = 0.0003 * len(read[VITALS_START_STEPS:]) / (0.006 * (400 - VITALS_START_STEPS))
+    assert spent < 0.0025
+
+
+def test_the_vital_signs_are_never_further_apart_than_the_cap():
+    read = read_vitals(VitalsCadence(budget=0.002), 0.0001, 0.0001, 500)
+    assert max(b - a for a, b in zip(read, read[1:])) == MAX_VITALS_EVERY
+
+
+@pytest.mark.parametrize("budget", [0, 1, -0.1, 2])
+def test_a_vital_signs_budget_outside_zero_and_one_is_rejected(budget):
+    with pytest.raises(ValueError, match="budget"):
+        VitalsCadence(budget=budget)

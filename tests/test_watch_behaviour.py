@@ -11,6 +11,7 @@ from torch.nn.modules import module as module_hooks
 import monitor
 from monitor.events import RunState
 from trainer_hooks import BabysitWarning, watch
+from trainer_hooks.schedule import MAX_VITALS_EVERY, VITALS_START_STEPS
 from trainer_hooks import handle as handle_module
 from trainer_hooks import writer as writer_module
 
@@ -342,8 +343,36 @@ def test_every_step_keeps_its_vital_signs_across_blocks_when_a_layer_is_frozen_m
     assert all(len(layers[s]) == len(layers[0]) - 1 for s in range(11, 21))
 
 
+def test_vital_signs_dear_for_their_step_are_thinned_and_still_exact(tmp_path):
+    """A model whose gradients are large for its compute (wide layers, a batch of 2: a pass
+    over the gradients costs a fair share of the step) has its vital signs read on every
+    step of the start, then on fewer steps, never further apart than the cap, and each
+    reading is the norm torch computes for that step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    steps, expected = 150, {}
+    with watch(model, opt, every=10**6, logdir=tmp_path) as mon:
+        for step in range(steps):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(torch.randn(2, 512)), torch.tensor([0, 1]))
+            loss.backward()
+            grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            expected[step] = torch.linalg.vector_norm(grads).item()
+            opt.step()
+            mon.log(loss=loss)
+    vitals = monitor.load_run(mon.run_id, tmp_path).vitals
+    read = sorted(int(s) for s in vitals.step.unique())
+    assert read[:VITALS_START_STEPS] == list(range(VITALS_START_STEPS))
+    assert len(read) < steps - 20  # thinned
+    assert max(b - a for a, b in zip(read, read[1:])) <= MAX_VITALS_EVERY
+    assert read[-1] > steps - 1 - MAX_VITALS_EVERY
+    totals = vitals[vitals.layer == "(global)"].set_index("step").grad_norm
+    assert {s: totals[s] for s in read} == pytest.approx({s: expected[s] for s in read}, rel=1e-4)
+
+
 def test_every_step_carries_the_global_and_per_layer_gradient_norms_torch_computes(tmp_path):
-    """The vital signs are taken on every step, sampled or not, and are the norms that
+    """The vital signs are taken on every step of the start, sampled or not, and are the norms that
     clip_grad_norm_ would read: global over every gradient, and per layer over its own."""
     model = tiny_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -16,6 +16,7 @@ from, as the optimizer path records them (:func:`trainer_hooks.probe.add_params_
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -38,6 +39,8 @@ class HandUpdates:
         self.stepped: list[tuple] = []  # (parameter, name, module) read on the sampled step
         self.indices: dict = {}
         self._read: set[int] = set()  # ids of the parameters in stepped
+        self.vitals_due = True  # whether this step reads the vital signs (set by the Monitor, as the probe's)
+        self.vitals_seconds: float | None = None  # what they took this step (None: not read)
         self._handles = [p.register_post_accumulate_grad_hook(self._ready)
                          for p in model.parameters() if p.requires_grad]
 
@@ -50,10 +53,13 @@ class HandUpdates:
         if not has_dense_grad(p):
             return
         g = p.grad
-        # Read now: the script may zero the gradient, and will change the weights, before the step ends.
-        norm = squares([g])[0] if g.is_cpu else l2_norms([g])[0]
-        self._norms[id(p)] = (self.rows.get(id(p), -1), norm)
         capture = self.capture
+        if self.vitals_due or capture is not None:
+            # Read now: the script may zero the gradient, and will change the weights, before the step ends.
+            started = time.perf_counter()
+            norm = squares([g])[0] if g.is_cpu else l2_norms([g])[0]
+            self._norms[id(p)] = (self.rows.get(id(p), -1), norm)
+            self.vitals_seconds = (self.vitals_seconds or 0.0) + time.perf_counter() - started
         if capture is None or id(p) in self._read:  # (accumulation: the first pass's)
             return
         name, module = self.names.get(id(p), (f"param{len(self.stepped)}", "Parameter"))

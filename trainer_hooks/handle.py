@@ -40,7 +40,7 @@ from trainer_hooks.endings import ending, remember_uncaught, uncaught
 from trainer_hooks.probe import Probe
 from trainer_hooks.reduce import dead_span
 from trainer_hooks.run_start import default_run_name, rank_world, run_id, run_start
-from trainer_hooks.schedule import NoSamples, make_schedule
+from trainer_hooks.schedule import NoSamples, VitalsCadence, make_schedule
 from trainer_hooks.stream import SocketSink
 from trainer_hooks.writer import (CAPTURE_BACKLOG_LIMIT, FLUSH_SECONDS, LIVE_FLUSH_SECONDS, NUDGE_STEPS,
                                   CaptureRecord, EventRecord, ScalarRecord, StopRecord, VitalsBlock, VitalsRecord,
@@ -176,6 +176,7 @@ class Monitor:
                                               options.sample_size))
         self._emit(Kind.STATUS, Status(RunState.RUNNING))
         self._vitals = VitalsBlock()  # this step's vital signs join it; handed over every NUDGE_STEPS steps
+        self._vitals_cadence = VitalsCadence()  # which steps read them, inside their own budget
         self.probe = self._probe()
         _watched[self.model] = weakref.ref(self)
         atexit.register(self._close_at_exit)
@@ -439,6 +440,7 @@ class Monitor:
     def _end_step(self) -> None:
         now = time.perf_counter()
         self._record_lr()
+        reader = self.probe if self.probe.by_hand is None else self.probe.by_hand
         vitals = self.probe.vitals if self.probe.by_hand is None else self.probe.by_hand.take_vitals()
         if vitals is not None:
             self.probe.vitals = None
@@ -446,6 +448,8 @@ class Monitor:
             self._put_vitals(self._vitals.add(self._step, *vitals))
         sampled = self._finish_capture()
         self.schedule.observe(self._step, now - self._step_started, sampled)
+        cost, reader.vitals_seconds = reader.vitals_seconds, None
+        self._vitals_cadence.observe(self._step, now - self._step_started, cost)
         if self._forward_step == self._step or self._traced or self.probe.by_hand is not None:
             self._unseen_forwards = 0
         else:  # twice running: a watch that began after its first step's forward sees one
@@ -453,6 +457,7 @@ class Monitor:
             if self._unseen_forwards == UNSEEN_FORWARDS_TRACED:
                 self._found_traced()
         self._step += 1
+        reader.vitals_due = self._vitals_cadence.due(self._step)
         if self._traced:
             self._forward_step = self._step - 1  # its forward will pass unseen: what is logged now is this step's
             if self.schedule.due(self._step):

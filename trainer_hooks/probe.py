@@ -16,6 +16,7 @@ input gradient, and the flow is read at the layers that learn.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -172,6 +173,8 @@ class Probe:
         self._ids_pending = False
         # The vital signs of the step being taken (see _vitals), for the Monitor to hand on.
         self.vitals: tuple[torch.Tensor | list[float], tuple[int, ...]] | None = None
+        self.vitals_due = True  # whether this step reads them (the Monitor's trainer_hooks.schedule.VitalsCadence)
+        self.vitals_seconds: float | None = None  # what reading them took this step (None: not read)
         self.param_rows: dict[int, int] = {}  # parameter -> the row of its module in the vitals
         for row, (_, m) in enumerate(parameter_modules(model)):
             for p in m.parameters(recurse=False):
@@ -360,9 +363,13 @@ class Probe:
         return with_closure(args, kwargs, first_then_read)
 
     def _before_update(self) -> None:
-        """The step's vital signs and, when it is sampled, its gradients and weights."""
-        self.vitals = self._vitals()
+        """The step's vital signs when they are due or it is sampled, and then its
+        gradients and weights."""
         capture = self.capture
+        if capture is not None or self.vitals_due:
+            started = time.perf_counter()
+            self.vitals = self._vitals()
+            self.vitals_seconds = time.perf_counter() - started
         if capture is None:
             return
         self.stepped = [(p, name, module) for p, (name, module) in self._params() if has_dense_grad(p)]

@@ -1,10 +1,10 @@
 """Which steps are sampled: a fixed interval, or a schedule led by what diagnosis needs
 inside an overhead budget.
 
-Scalars (the loss) and the vital signs (gradient norms) are recorded on every step
-whatever the schedule; the schedule only decides when the full per-layer statistics are
-taken. Step 0 is always sampled, so the first loss, the initial distributions and the
-initial filters are on record.
+Scalars (the loss) are recorded on every step whatever the schedule, and the vital signs
+(gradient norms) on every step their own budget allows (:class:`VitalsCadence`); the
+schedule decides when the full per-layer statistics are taken. Step 0 is always sampled,
+so the first loss, the initial distributions and the initial filters are on record.
 
 The automatic schedule (``every=None``, the default) has three parts:
 
@@ -83,7 +83,7 @@ class FixedInterval:
 
 class NoSamples:
     """Never sample: a distributed run's other ranks, whose layers rank 0 records (their
-    scalars and vital signs are recorded on every step all the same)."""
+    scalars are recorded on every step all the same, and their vital signs as on any rank)."""
 
     def __init__(self, why: str):
         self.why = why
@@ -188,6 +188,63 @@ class AutoInterval:
 
     def describe(self) -> dict:
         return {"mode": "auto", "budget": self.budget, "every": self.every, "start": self.start_steps}
+
+
+#: Share of the step time the vital signs may take on the training thread. A pass over every
+#: gradient costs what it costs in memory traffic, not in arithmetic: about 2 % of a step of
+#: a conv net (its compute is large for its parameters), 5 to 8 % of a small-batch MLP's,
+#: a fraction of one per cent of a large model's on a GPU. The budget takes them on every
+#: step where they are cheap and thins them where not, so that no model pays more than this
+#: for them.
+VITALS_BUDGET = 0.002
+#: Steps at the start whose vital signs are all read: the exploding-gradient rule's early
+#: reference is the median over the first 20 steps (monitor.detectors.exploding_gradient).
+VITALS_START_STEPS = 24
+#: Never fewer vital signs than one per this many steps, whatever the budget: a gradient
+#: that explodes is seen within this many steps (the loss, read on every step, sees a
+#: divergence on the step it happens).
+MAX_VITALS_EVERY = 32
+#: Recent readings of the vital signs' cost and of the steps' times whose medians set the cadence.
+VITALS_WINDOW = 15
+
+
+class VitalsCadence:
+    """Which steps read the vital signs: every step of the first :data:`VITALS_START_STEPS`,
+    then as often as :data:`VITALS_BUDGET` of the measured step time allows, their own cost
+    measured on the training thread as they are taken (``every = ceil(cost / (budget *
+    step))``, at most :data:`MAX_VITALS_EVERY`). A sampled step reads them whatever the
+    cadence (its parameter statistics reuse the same sums of squares)."""
+
+    def __init__(self, budget: float = VITALS_BUDGET, start_steps: int = VITALS_START_STEPS,
+                 max_every: int = MAX_VITALS_EVERY):
+        if not 0 < budget < 1:
+            raise ValueError(f"vital signs' budget: expected a fraction in (0, 1), got {budget!r}")
+        self.budget, self.start_steps, self.max_every = budget, start_steps, max_every
+        self.every = 1
+        self.next_due = 0
+        self.costs: deque[float] = deque(maxlen=VITALS_WINDOW)
+        self.steps: deque[float] = deque(maxlen=VITALS_WINDOW)
+
+    def due(self, step: int) -> bool:
+        return step < self.start_steps or step >= self.next_due
+
+    def observe(self, step: int, seconds: float, cost: float | None) -> None:
+        """Called once per finished step with its wall time and what its vital signs took
+        (None: not read)."""
+        if step > 0:  # step 0 is warm-up
+            self.steps.append(seconds)
+        if cost is None:
+            return
+        if step > 0:
+            self.costs.append(cost)
+        if self.costs and self.steps:
+            step_time = statistics.median(self.steps)
+            wanted = math.ceil(statistics.median(self.costs) / (self.budget * step_time) - 1e-6) if step_time > 0 else 1
+            self.every = min(max(wanted, 1), self.max_every)
+        self.next_due = step + self.every
+
+    def describe(self) -> dict:
+        return {"budget": self.budget, "every": self.every, "start": self.start_steps}
 
 
 def make_schedule(every: int | None, budget: float = OVERHEAD_BUDGET,

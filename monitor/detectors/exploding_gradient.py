@@ -20,11 +20,12 @@ Three references, none of which assumes that some layer is healthy:
   layer's RMS is above ``min_output`` (a converged network's is negligible). Layers that
   feed a normalisation layer are judged at its output (see :func:`layer_gradients`).
 
-The first two read the every-step vital signs (``vitals``: the global and per-layer
-gradient norms; the weights' norms come from the latest sampled ``layer_stats``), so they
-see every step whatever the sampling interval; a run without vital signs (an older store)
-is read from the sampled parameter gradients instead. The third reads sampled steps.
-Each condition must hold over at least ``min_steps`` steps and ``min_samples`` samples
+The first two read the vital signs (``vitals``: the global and per-layer gradient norms,
+on every step their own budget allows, at least one in 32; the weights' norms come from the
+latest sampled ``layer_stats``), so they do not depend on the sampling interval; a run
+without vital signs (an older store) is read from the sampled parameter gradients
+instead. The third reads sampled steps. Each condition must hold over at least
+``min_steps`` steps and ``min_samples`` samples
 (:class:`~monitor.detectors.common.Persistence`), the same at any interval; a problem
 present at initialisation is confirmed at step 10.
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from trainer_hooks.capture import StepCapture
 from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
+from trainer_hooks.reduce import SamplePositions
 
 
 class HandUpdates:
@@ -64,7 +65,8 @@ class HandUpdates:
             return
         name, module = self.names.get(id(p), (f"param{len(self.stepped)}", "Parameter"))
         entry = [(p, name, module)]
-        self.indices.update(add_params_before(capture, entry, self.sample_size, self.generator))
+        self.indices.update(add_params_before(capture, entry, self.sample_size,
+                                              SamplePositions(self.sample_size, self.generator)))
         self.stepped += entry
         self._read.add(id(p))
 

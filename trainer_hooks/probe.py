@@ -29,7 +29,8 @@ from trainer_hooks.capture import StepCapture
 from trainer_hooks.compiled import EagerStep, compiling, expect_wrapper_hooks
 from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
 from trainer_hooks.reduce import (
-    DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, channel_moments, flat_tail_start, reduce_tensor, unit_maxima,
+    DEAD_SPAN_STEPS, SAMPLE_SIZE, SamplePositions, UnitWindow, channel_moments, flat_tail_start, reduce_tensor,
+    unit_maxima,
 )
 
 ACTIVATIONS = (
@@ -167,6 +168,7 @@ class Probe:
         self.windows: dict[str, UnitWindow] = {}
         self.generators: dict[torch.device, torch.Generator] = {}
         self.param_indices: dict[int, torch.Tensor] = {}  # sample positions of large parameters
+        self.positions = SamplePositions(sample_size, self._generator)  # the sampled step's draws (begin)
         self.stepped: list[tuple[torch.Tensor, str, str]] = []  # parameters the current step updates
         self.grad_squares: dict[int, float] = {}  # a sampled CPU step's squared gradient norms, by parameter id
         self.input_shape: tuple[int, ...] | None = None
@@ -229,6 +231,7 @@ class Probe:
         """Open a capture for the forward pass that is starting."""
         self.capture = capture
         self.capturing = True
+        self.positions = SamplePositions(self.sample_size, self._generator)
         eager = self._eager.hold()  # a compiled model's sampled forward runs eagerly, its hooks with it
         if not eager and self.entry is not self.root:
             return  # torch < 2.6, a compiled model: its graph stays as it is, the parameters are still read
@@ -242,7 +245,7 @@ class Probe:
         if x is not None:
             self.input_shape = tuple(x.shape)
             channels = channel_moments(x, MAX_INPUT_CHANNELS)
-            reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device),
+            reduced = reduce_tensor(x, sample_size=self.sample_size, indices=self.positions(x.numel(), x.device),
                                     precise=True, sums=(channels[0].sum(), channels[1].sum()) if channels else None)
             if reduced is not None:
                 capture.add_reduced("input", {"shape": tuple(x.shape)}, reduced, vectors=channels)
@@ -276,7 +279,7 @@ class Probe:
 
     def _record(self, capture, label, module, signal, x, units=False, tail=None) -> None:
         maxima = unit_maxima(x) if units and tail is None else None  # a flat tail is judged instead of zeros
-        reduced = reduce_tensor(x, sample_size=self.sample_size, generator=self._generator(x.device),
+        reduced = reduce_tensor(x, sample_size=self.sample_size, indices=self.positions(x.numel(), x.device),
                                 maxima=maxima)
         if reduced is None:
             return
@@ -373,7 +376,7 @@ class Probe:
         if capture is None:
             return
         self.stepped = [(p, name, module) for p, (name, module) in self._params() if has_dense_grad(p)]
-        self.param_indices = add_params_before(capture, self.stepped, self.sample_size, self._generator,
+        self.param_indices = add_params_before(capture, self.stepped, self.sample_size, self.positions,
                                                self.grad_squares)
         self.grad_squares = {}
 

@@ -1,13 +1,15 @@
 """The statistics equal an independent plain-torch computation on known tensors."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from monitor.events import QUANTILE_LEVELS, Signal
 from trainer_hooks.capture import StepCapture, decode
 from trainer_hooks.decode import HIST_BINS
-from trainer_hooks.reduce import DEAD_SPAN_STEPS, SAMPLE_SIZE, UnitWindow, active_units, dead_span, reduce_tensor
+from trainer_hooks.reduce import (DEAD_SPAN_STEPS, SAMPLE_SIZE, SamplePositions, UnitWindow, active_units, dead_span,
+                                  reduce_tensor)
 
 
 def summarize(x: torch.Tensor, module: str = "Linear", sample_size: int = SAMPLE_SIZE):
@@ -16,6 +18,25 @@ def summarize(x: torch.Tensor, module: str = "Linear", sample_size: int = SAMPLE
     reduced = reduce_tensor(x, sample_size=sample_size, generator=torch.Generator(x.device).manual_seed(1))
     capture.add_reduced("tensor", {"layer": "l", "module": module, "signal": Signal.ACTIVATION}, reduced)
     return decode(capture.pack()).layer_stats.summaries[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_the_cpu_joins_its_pieces_in_numpy_and_they_decode_as_the_joined_tensor(dtype):
+    """On the CPU numpy joins a sampled step's pieces; an accelerator joins them into one
+    tensor, copied later. Both decode to the same summaries, half types included."""
+    torch.manual_seed(0)
+    capture = StepCapture(step=0)
+    positions = SamplePositions(SAMPLE_SIZE, lambda device: torch.Generator(device).manual_seed(1))
+    for i, shape in enumerate([(64, 512), (64, 512), (300,), (5000,)]):
+        x = (torch.randn(shape) * (i + 1)).to(dtype)
+        x.view(-1)[:3] = float("nan") if i == 1 else 0.0
+        reduced = reduce_tensor(x, indices=positions(x.numel(), x.device))
+        capture.add_reduced("tensor", {"layer": f"l{i}", "module": "Linear", "signal": Signal.ACTIVATION}, reduced)
+    loose, joined = capture.pack(), capture.pack(join=True)
+    assert isinstance(loose.values, np.ndarray) and isinstance(joined.values, torch.Tensor)
+    assert decode(loose) == decode(joined)
+    assert positions(64 * 512, torch.device("cpu")) is positions(64 * 512, torch.device("cpu"))
+    assert positions(300, torch.device("cpu")) is None  # small enough to travel whole
 
 
 def oracle(x: torch.Tensor) -> dict:

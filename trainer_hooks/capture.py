@@ -5,10 +5,12 @@ joins every result (0-d moments and counts, 1-d samples) into a single 1-d tenso
 one device-to-host copy of the step (done later by the writer thread, so the training
 thread never waits for it). Pieces are joined per dtype first (one stack or one cat
 each, the kernels' fast path) and the groups converted once: a single cat of mixed
-dtypes would copy piece by piece. On the CPU nothing is joined: the pieces are host
-memory already (each a fresh tensor, never a view of the model's), and the writer thread
-reads them into one array itself, off the training thread (joining them there took 0.8 ms
-of a sampled step of the reference MLP). The layout, a list of :class:`Item` plus each
+dtypes would copy piece by piece. On the CPU the pieces are host memory already, and
+numpy joins them into one float64 array in one call (torch's stacks, cats and conversions
+took 0.8 ms of a sampled step of the reference MLP; numpy's join a tenth of that). They are
+joined on the training thread all the same, not handed to the writer as they are: a
+sampled step's hundred small tensors freed on another thread fragment the heap (the
+trainer's peak memory rose by 16 MiB). The layout, a list of :class:`Item` plus each
 piece's span, says which slice is what; :func:`decode` turns the numbers back into
 schema payloads.
 """
@@ -35,18 +37,14 @@ class Item(NamedTuple):  # a tuple: made per tensor on the training thread, it m
 
 @dataclass(frozen=True)
 class Packed:
-    values: torch.Tensor | None  # 1-d float64 (float32 on MPS), still on the device; None on the CPU
+    values: torch.Tensor | np.ndarray  # 1-d float64 (float32 on MPS), on the device; on the CPU a numpy array
     items: list[Item]
     spans: list[tuple[int, int]]  # (offset, length) of each piece in ``values``
-    pieces: list[torch.Tensor] | None = None  # on the CPU: the pieces themselves, in span order
 
     def host_values(self) -> np.ndarray:
-        """Every number of the step as one float64 array on the host (the step's one copy
-        from an accelerator; on the CPU, the pieces read where they are)."""
-        if self.pieces is None:
-            return self.values.cpu().numpy()
-        arrays = [p.numpy() if p.dtype in _NUMPY_DTYPES else p.double().numpy() for p in self.pieces]
-        return np.concatenate([a.reshape(-1) for a in arrays], dtype=np.float64) if arrays else np.empty(0)
+        """Every number of the step as one array on the host (from an accelerator, the
+        step's one copy)."""
+        return self.values if isinstance(self.values, np.ndarray) else self.values.cpu().numpy()
 
 
 #: torch dtypes that numpy reads as they are (bfloat16, for one, it does not).
@@ -83,20 +81,22 @@ class StepCapture:
         meta["whole"], meta["wide"] = reduced.whole, reduced.sample.dtype == torch.float64
         return self.add(kind, meta, [*reduced.moments, *scalars], [reduced.sample, *vectors])
 
-    def pack(self) -> Packed | None:
-        """Everything as one 1-d tensor on the device, with its layout."""
+    def pack(self, join: bool | None = None) -> Packed | None:
+        """Everything as one 1-d tensor on the device, with its layout; on the CPU (unless
+        ``join``), the pieces as they are."""
         with self.lock:
             self.closed = True
             if not self.items:
                 return None
             pieces = self.pieces
             device = pieces[0].device
-            if all(piece.is_cpu for piece in pieces):
+            if not join and all(piece.is_cpu for piece in pieces):
+                arrays = [(p if p.dtype in _NUMPY_DTYPES else p.double()).numpy().reshape(-1) for p in pieces]
                 spans, offset = [], 0
-                for n in map(torch.Tensor.numel, pieces):
+                for n in map(len, arrays):
                     spans.append((offset, n))
                     offset += n
-                return Packed(None, self.items, spans, pieces)
+                return Packed(np.concatenate(arrays, dtype=np.float64), self.items, spans)
             groups: dict[tuple, list[int]] = {}
             for i, piece in enumerate(pieces):
                 key = (piece.device, piece.dtype, piece.dim())

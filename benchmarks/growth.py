@@ -258,6 +258,11 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_ops(subject: Subject) -> int:
+    """Operators of one step; a watched plain step is counted with its vital signs read
+    (the dearest plain step: most read none once their budget thins them,
+    trainer_hooks.schedule.VitalsCadence)."""
+    if subject.mon is not None:
+        subject.mon.probe.vitals_due = True
     with alone(subject), OpCounter() as counter:
         subject.trainer.step()
     if subject.mon is not None:

@@ -265,7 +265,7 @@ def test_each_process_drops_its_own_viewer_that_falls_behind_on_events_from_the_
         healthy = HealthyViewer(b.url, "slow-across")
         slow = RawViewer(b.url, "slow-across")
         try:
-            send_until_dropped(trainer, live, "the slow viewer on B")
+            send_until_dropped(trainer, live, "the slow viewer on B", keeping_up=healthy)
             assert slow.read_to_the_end(), "the dropped viewer's connection stayed open"
             eventually(lambda: len(healthy.seqs) == trainer.next_seq - trainer.per_batch,
                        "the healthy viewer on B to get every batch")

@@ -319,12 +319,20 @@ def test_viewers_that_never_read_are_dropped_with_the_memory_bounded_while_other
     assert output.count("dropped a live viewer") == STUCK_VIEWERS, output[-3000:]
 
 
-def send_until_dropped(trainer: Trainer, live, what: str = "the slow viewer") -> None:
-    """Send batches until the server drops a viewer (the slow one reads nothing meanwhile)."""
+def send_until_dropped(trainer: Trainer, live, what: str = "the slow viewer",
+                       keeping_up: HealthyViewer | None = None) -> None:
+    """Send batches until the server drops a viewer (the slow one reads nothing meanwhile).
+    With ``keeping_up``, each batch waits until that viewer (joined after the first batch)
+    has it: a viewer starved of CPU on a loaded machine must not fall behind the bound
+    itself, which is the slow viewer's part to play."""
     deadline = time.monotonic() + 20
     while live.dropped == 0:
         assert time.monotonic() < deadline, f"{what} was never dropped"
         trainer.send_one()
+        if keeping_up is not None:
+            wanted = trainer.next_seq - trainer.per_batch
+            wait_until(lambda wanted=wanted: len(keeping_up.seqs) >= wanted, timeout=20, interval=0.002,
+                       what="the healthy viewer to get the batch")
 
 
 def test_a_viewer_that_falls_behind_is_told_to_resync_then_closed_and_the_others_are_not(tmp_path):
@@ -336,7 +344,7 @@ def test_a_viewer_that_falls_behind_is_told_to_resync_then_closed_and_the_others
         healthy = HealthyViewer(running.url, "slow")
         slow = RawViewer(running.url, "slow")
         try:
-            send_until_dropped(trainer, live)
+            send_until_dropped(trainer, live, keeping_up=healthy)
             trainer.send_one()  # after the drop: to the healthy viewer only
             assert slow.read_to_the_end(), "the dropped viewer's connection stayed open"
         finally:

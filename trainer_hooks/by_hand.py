@@ -36,6 +36,7 @@ class HandUpdates:
         self.sample_size = sample_size
         self.generator = generator
         self.capture: StepCapture | None = None  # the sampled step's, while its backward runs
+        self.positions = SamplePositions(sample_size, generator)  # and its draws (set with it by the probe)
         self._norms: dict[int, tuple[int, object]] = {}  # this step's, by parameter id
         self.stepped: list[tuple] = []  # (parameter, name, module) read on the sampled step
         self.indices: dict = {}
@@ -65,8 +66,7 @@ class HandUpdates:
             return
         name, module = self.names.get(id(p), (f"param{len(self.stepped)}", "Parameter"))
         entry = [(p, name, module)]
-        self.indices.update(add_params_before(capture, entry, self.sample_size,
-                                              SamplePositions(self.sample_size, self.generator)))
+        self.indices.update(add_params_before(capture, entry, self.sample_size, self.positions))
         self.stepped += entry
         self._read.add(id(p))
 

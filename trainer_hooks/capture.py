@@ -83,13 +83,12 @@ class StepCapture:
 
     def pack(self, join: bool | None = None) -> Packed | None:
         """Everything as one 1-d tensor on the device, with its layout; on the CPU (unless
-        ``join``), the pieces as they are."""
+        ``join``), as one numpy array."""
         with self.lock:
             self.closed = True
             if not self.items:
                 return None
             pieces = self.pieces
-            device = pieces[0].device
             if not join and all(piece.is_cpu for piece in pieces):
                 arrays = [(p if p.dtype in _NUMPY_DTYPES else p.double()).numpy().reshape(-1) for p in pieces]
                 spans, offset = [], 0
@@ -97,6 +96,7 @@ class StepCapture:
                     spans.append((offset, n))
                     offset += n
                 return Packed(np.concatenate(arrays, dtype=np.float64), self.items, spans)
+            device = pieces[0].device
             groups: dict[tuple, list[int]] = {}
             for i, piece in enumerate(pieces):
                 key = (piece.device, piece.dtype, piece.dim())

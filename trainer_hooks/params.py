@@ -56,13 +56,15 @@ def add_params_after(capture: StepCapture, entries: list[tuple], indices: dict) 
         after.update(zip((id(p) for p, _, _ in group), _joined([p for p, _, _ in group])))
     weights = [p.detach() for p, _, _ in entries]
     if all(w.is_cpu for w in weights):  # read at once, a BLAS dot each (a tenth of _foreach_norm's time there)
-        norms, metas = [], [{"layer": name, "norm": math.sqrt(s)} for (_, name, _), s in zip(entries, squares(weights))]
-    else:
-        norms, metas = [[n] for n in l2_norms(weights)], [{"layer": name} for _, name, _ in entries]
-    for i, ((p, _, _), meta) in enumerate(zip(entries, metas)):
+        metas = [{"layer": name, "norm": math.sqrt(s)} for (_, name, _), s in zip(entries, squares(weights))]
+        norms = [[] for _ in entries]
+    else:  # kept on the device, copied with the rest of the step
+        metas = [{"layer": name} for _, name, _ in entries]
+        norms = [[n] for n in l2_norms(weights)]
+    for (p, _, _), meta, norm in zip(entries, metas, norms):
         idx = indices.get(id(p))
         w = after[id(p)] if idx is None else p.detach().reshape(-1).index_select(0, idx)
-        capture.add("param_post", meta, norms[i] if norms else [], [w])
+        capture.add("param_post", meta, norm, [w])
 
 
 def _by_device(entries: list[tuple]) -> list[list[tuple]]:

@@ -238,7 +238,7 @@ class Probe:
         if self._forward_handle is None:  # the root's own forward hooks are read after its forward: it sees it
             self._forward_handle = module_hooks.register_module_forward_hook(self._forward)
         if self.by_hand is not None:
-            self.by_hand.capture = capture
+            self.by_hand.capture, self.by_hand.positions = capture, self.positions
         self.calls = {}
         self._ids_pending = True  # the first embedding's input, once per sampled pass (record_ids)
         x = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)

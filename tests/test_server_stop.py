@@ -12,6 +12,7 @@ import threading
 import time
 
 import socketio
+import websocket
 
 from monitor.protocol import DASHBOARD_NAMESPACE, INGEST_NAMESPACE
 from servers import serving
@@ -73,3 +74,24 @@ def test_a_stopped_server_leaves_no_thread_behind(tmp_path):
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"threads outlived their servers: {sorted(t.name for t in left)}"
+
+
+def test_after_a_websockets_closing_handshake_the_server_ends_the_connection(tmp_path):
+    """RFC 6455, 7.1.1: the server closes the TCP connection first. Werkzeug's HTTP/1.1 handler
+    waited on it for a next request instead, and every python-socketio client's disconnect()
+    waited out websocket-client's 3 s close timeout (and a server thread stayed parked)."""
+    with serving(tmp_path) as server:
+        for namespace in (DASHBOARD_NAMESPACE, INGEST_NAMESPACE):
+            ws = websocket.create_connection(server.url.replace("http", "ws", 1)
+                                             + "/socket.io/?EIO=4&transport=websocket", timeout=10)
+            try:
+                assert ws.recv().startswith("0{")  # engine.io's open packet
+                ws.send(f"40{namespace},")
+                assert ws.recv().startswith(f"40{namespace},")
+                ws.send("1")  # engine.io's close, then the WebSocket's, as python-engineio's disconnect() does
+                ws.send_close()
+                assert ws.recv_frame().opcode == websocket.ABNF.OPCODE_CLOSE
+                ws.sock.settimeout(NOTICE_SECONDS)
+                assert ws.sock.recv(1) == b"", "the connection stayed open after the closing handshake"
+            finally:
+                ws.shutdown()

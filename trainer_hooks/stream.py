@@ -144,7 +144,7 @@ class SocketSink:
         with self._lock:
             client, self._client = self._client, None
         if client is not None:  # everything sent was acknowledged: the close need not be waited
-            # for (websocket-client waits up to 3 s for the server's closing frame)
+            # for (websocket-client waits up to 3 s for a server that keeps the connection open after it)
             closing = threading.Thread(target=quietly_disconnect, args=(client,), daemon=True)
             closing.start()
             closing.join(CLOSE_WAIT_SECONDS)

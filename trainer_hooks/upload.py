@@ -117,7 +117,7 @@ class Uploader:
 
     def close(self) -> None:
         """Disconnect. Everything sent was acknowledged, so the close is not waited for
-        (websocket-client waits up to 3 s for the server's closing frame)."""
+        (websocket-client waits up to 3 s for a server that keeps the connection open after it)."""
         client, self._client = self._client, None
         if client is not None:
             closing = threading.Thread(target=stream.quietly_disconnect, args=(client,), daemon=True)

@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
+from cores import some_cores
 from services import postgres, postgres_url, redis_url  # noqa: F401 - fixtures for every test module
 
 from monitor.events import (PAYLOADS, Event, Filters, Flag, InputStats, LayerStats, ModuleInfo, RunEnd,
@@ -76,10 +77,23 @@ def http_get():
 
 
 @pytest.fixture
+def calm_cores():
+    """For a test that waits on deadlines: never beside a test that loads every core (tests/cores.py)."""
+    with some_cores():
+        yield
+
+
+@pytest.fixture
 def page(browser):
     """A fresh tab; any script error or console error on it fails the test (``expected_errors``:
     console texts a test provokes, as a server taken down). With ``strict_network`` set, so
-    does any failed request or HTTP error answer (tests/test_zoo_pages.py)."""
+    does any failed request or HTTP error answer (tests/test_zoo_pages.py). Never beside a test
+    that loads every core (tests/cores.py): the page's deadlines are for a page, not a starved host."""
+    with some_cores():
+        yield from _tab(browser)
+
+
+def _tab(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
     problems, network = [], []

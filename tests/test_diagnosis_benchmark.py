@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cores import all_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The quick form takes under 3 minutes; this bounds a hung worker, not its speed.
@@ -25,9 +26,10 @@ AT_INIT_STEPS = 20
 
 def quick_form(tmp_path_factory, *options: str) -> dict:
     out = tmp_path_factory.mktemp("diagnosis") / "quick.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnosis.py"), "--quick", "--jobs", "2",
-                           "--json", str(out), *options], cwd=ROOT, capture_output=True, text=True,
-                          timeout=QUICK_DEADLINE_SECONDS)
+    with all_cores():  # two training processes on two cores
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnosis.py"), "--quick", "--jobs", "2",
+                               "--json", str(out), *options], cwd=ROOT, capture_output=True, text=True,
+                              timeout=QUICK_DEADLINE_SECONDS)
     assert done.returncode == 0, f"diagnosis.py --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(out.read_text())
     report["table"] = done.stdout

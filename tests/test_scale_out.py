@@ -45,6 +45,8 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "docs" / "nginx" / "babysit.
 LOST_AFTER, HEARTBEAT = 3.0, 0.3
 TOKEN = "scale-out-secret"
 
+pytestmark = pytest.mark.usefixtures("calm_cores")  # lost-run timeouts, viewers' deadlines
+
 
 def eventually(predicate, what: str, timeout: float = 20.0, interval: float = 0.05):
     """Poll ``predicate`` until it is true (its value), or fail saying ``what`` never happened."""

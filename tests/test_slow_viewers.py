@@ -33,7 +33,8 @@ from servers import serving_app
 from trainer_hooks import stream
 from web import fanout
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from /proc")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from /proc"),
+              pytest.mark.usefixtures("calm_cores")]  # viewers' deadlines
 
 #: Viewers that join and never read, as in the report that found the leak.
 STUCK_VIEWERS = 5

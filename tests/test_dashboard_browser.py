@@ -5,6 +5,8 @@ Screenshots of the run page are saved under each test's tmp dir (``run-page-*.pn
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from browser import Training, source_data, source_length, stop_from_page, wait_until
@@ -146,6 +148,44 @@ def test_the_index_shows_a_new_run_without_a_reload(server, page, tmp_path):
     training = Training(server.url, tmp_path / "trainer", run="newcomer", steps=20, delay=0.0)
     training.start()
     page.wait_for_selector("#runs tbody tr >> text=newcomer", timeout=20_000)
+    training.finish()
+
+
+def test_a_connection_that_drops_while_the_page_joins_is_joined_again_without_an_error(server, page, tmp_path):
+    """A server that goes away while the page's join waits for its answer rejected the join
+    ("socket has been disconnected") as an uncaught error; the next connection must join
+    again and the page carry on. The drop: the first join's request is refused on its way."""
+    dropped = []
+
+    def drop_the_first_join(route):
+        if not dropped and '"watch_runs"' in (route.request.post_data or ""):
+            dropped.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    def drop_the_first_join_on_a_websocket(ws):
+        to_server = ws.connect_to_server()
+
+        def from_page(message):
+            if not dropped and '"watch_runs"' in str(message):
+                dropped.append(ws.url)
+                to_server.close()
+                ws.close()
+            else:
+                to_server.send(message)
+
+        ws.on_message(from_page)
+
+    page.route("**/socket.io/*transport=polling*", drop_the_first_join)  # the join goes on either transport
+    page.route_web_socket(re.compile(r"/socket\.io/"), drop_the_first_join_on_a_websocket)
+    page.expected_errors = ("Failed to load resource: net::ERR_FAILED",)  # the refused request itself
+    page.goto(server.url + "/")
+    page.wait_for_selector("#empty:not([hidden])")
+    wait_until(lambda: dropped, what="the first join to be dropped")
+    training = Training(server.url, tmp_path / "trainer", run="rejoined", steps=20, delay=0.0)
+    training.start()
+    page.wait_for_selector("#runs tbody tr >> text=rejoined", timeout=20_000)  # news reach the joined-again page
     training.finish()
 
 

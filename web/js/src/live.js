@@ -13,7 +13,15 @@ export function connect(onConnect) {
     indicator.textContent = text;
     indicator.className = `connection ${state}`;
   };
-  socket.on("connect", () => { show("live", "live"); onConnect(socket); });
+  socket.on("connect", () => {
+    show("live", "live");
+    // A server that goes away while the page joins rejects the join (socket.io-client: "socket
+    // has been disconnected"); the next connection joins again, so that is a warning, not an error.
+    Promise.resolve(onConnect(socket)).catch((err) => {
+      if (socket.connected) console.error(err);
+      else console.warn(`babysit: the connection dropped while joining (${err.message}); joining again on reconnection`);
+    });
+  });
   socket.on("disconnect", () => show("reconnecting…", "down"));
   socket.on("connect_error", () => show("server unreachable, retrying…", "down"));
   return socket;

@@ -8,6 +8,10 @@ both cores; a browser test beside it saw a loopback connect miss its 3 s and a p
 take it exclusively (:func:`all_cores`), the waiters shared (:func:`some_cores`), so
 waiters run beside each other and beside ordinary tests, never beside a loader.
 
+Fair: ``flock`` lets a shared hold in while another is held, so a stream of waiters, a
+browser file's tests one after the other, would keep a loader out for the whole file. Every
+taker first passes a turnstile (a second lock file) that a loader keeps closed while it waits.
+
 Nested holds in one process reuse the one descriptor (``flock`` on two descriptors of one
 process would wait for itself): a shared hold inside an exclusive one is a no-op, an
 exclusive one inside a shared one converts the lock for its span.
@@ -23,16 +27,25 @@ from pathlib import Path
 #: One lock per test run: pytest-xdist gives every worker of a run the same id.
 RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
 LOCK_PATH = Path(tempfile.gettempdir()) / f"babysit-tests-cores-{RUN_ID}.lock"
+TURNSTILE_PATH = LOCK_PATH.with_suffix(".turnstile")
 
 _held: list[int] = []  # the modes held in this process, innermost last
-_fd: int | None = None
+_fds: dict[Path, int] = {}
 
 
-def _descriptor() -> int:
-    global _fd
-    if _fd is None:
-        _fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
-    return _fd
+def _descriptor(path: Path = LOCK_PATH) -> int:
+    if path not in _fds:
+        _fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    return _fds[path]
+
+
+def _take(mode: int) -> None:
+    turnstile = _descriptor(TURNSTILE_PATH)
+    fcntl.flock(turnstile, fcntl.LOCK_EX)  # closed behind a waiting loader
+    try:
+        fcntl.flock(_descriptor(), mode)
+    finally:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -45,7 +58,7 @@ def _holding(mode: int):
         finally:
             _held.pop()
         return
-    fcntl.flock(_descriptor(), mode)
+    _take(mode)
     _held.append(mode)
     try:
         yield

@@ -40,8 +40,10 @@ from monitor.validation import RUN_ID_PATTERN
 from servers import serving_app
 
 #: Cases per route, and for paths no route matches: 20 routes and the unrouted paths today
-#: make 5,024 (19 x 256 + 2 x 80); the count grows with the routes, the suite's time with it.
-CASES_PER_ROUTE = 256
+#: make 2,592 (19 x 128 + 2 x 80); the count grows with the routes, the suite's time with it
+#: (256 a route took a minute of the 15 the suite may take in CI; ``BABYSIT_PROPERTY_SCALE``
+#: and ``BABYSIT_PROPERTY_RANDOM`` run more, and fresh ones: tests/fuzzing.py).
+CASES_PER_ROUTE = 128
 #: Routes whose every valid call does real work (a zip of the run's tables; a sweep read from
 #: every run of the store) or that take one name only: fewer cases.
 CASES_FOR = {"api.export": 80, "api.sweep": 80}

@@ -36,12 +36,24 @@ def tiny_convnet() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
 
 
+def end_leftover_trainings(timeout: float = 2.0) -> None:
+    """End the trainings a test left running (it failed before stopping them): a leftover
+    thread trains on in the worker process for good, and its watch's process-wide hooks
+    reach into the later tests of that worker. Its close removes them first; what it
+    then sends to a server long gone may go on after ``timeout``."""
+    for training in list(Training.running):
+        training.abandoned.set()
+        training.join(timeout)
+
+
 class Training(threading.Thread):
     """A tiny real training streaming to ``server``: ``steps`` SGD steps on random 6x6
     images, ``delay`` seconds apart, a validation loss every 10 steps, an optional flag at
     ``flag_at``; it breaks when ``should_stop`` turns true. ``run_id`` is set once it watches.
     Its random labels would (rightly) raise a plateau flag after a while: the detectors
     are off unless ``detectors`` names some, so the flags a test sees are the ones it sent."""
+
+    running: set[Training] = set()  # started and not yet ended (end_leftover_trainings)
 
     def __init__(self, server: str, spool: Path, *, run: str = "browser", steps: int = 60, delay: float = 0.02,
                  flag=None, flag_at: int = 5, token: str | None = None, config: dict | None = None,
@@ -55,13 +67,17 @@ class Training(threading.Thread):
         self.stopped_by_request = False
         self.steps_done = 0
         self.error: BaseException | None = None
+        self.abandoned = threading.Event()  # its test is over
 
     def run(self) -> None:
+        Training.running.add(self)
         try:
             self._train()
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
             self.watching.set()
+        finally:
+            Training.running.discard(self)
 
     def _train(self) -> None:
         model = tiny_convnet()
@@ -86,6 +102,8 @@ class Training(threading.Thread):
                 self.steps_done = step + 1
                 if mon.should_stop:
                     self.stopped_by_request = True
+                    break
+                if self.abandoned.is_set():
                     break
                 time.sleep(self.delay)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 # The trainings in the tests are tiny: one thread runs them as fast as several, and
 # several threads fight over the cores when anything else runs (a test's server, CI's
@@ -50,6 +51,15 @@ def make_run(run: str = "digits-cnn", wall: float = 1000.0) -> list[Event]:
     kinds = {payload: kind for kind, payload in PAYLOADS.items()}
     return [Event(run=run, seq=seq, step=step, wall=wall + seq, kind=kinds[type(data)], data=data)
             for seq, (step, data) in enumerate(payloads)]
+
+
+@pytest.fixture(autouse=True)
+def no_training_outlives_its_test():
+    """A browser test that fails before it stops its training would leave it running."""
+    yield
+    browser = sys.modules.get("browser")  # tests/browser.py, where a test imported it
+    if browser is not None:
+        browser.end_leftover_trainings()
 
 
 @pytest.fixture

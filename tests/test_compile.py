@@ -131,6 +131,28 @@ def test_a_model_compiled_in_place_is_sampled_eagerly_and_the_user_is_told_how_t
     assert activation_steps(monitor.load_run(mon.run_id, tmp_path)) == {4, 8}
 
 
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")  # dynamo's tracing
+def test_watching_an_eager_model_leaves_the_process_compiled_code_compiled(tmp_path):
+    """The compiler's stance is process-wide: taken for an eager model's sampled steps, it
+    ran every compiled function of the process eagerly meanwhile (one this model calls,
+    another thread's compiled training: seen as a test of compiled models whose graphs were
+    never built while a leftover training thread ran)."""
+    affine = torch.compile(lambda x: x * 2 + 1, backend="aot_eager")
+
+    class Calls(nn.Module):
+        def forward(self, x):
+            return affine(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), Calls(), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = watch(model, opt, every=1, logdir=tmp_path)  # every step sampled
+    train(model, opt, batches(), mon)
+    mon.close()
+    assert compiled_graphs() == 1
+    assert activation_steps(monitor.load_run(mon.run_id, tmp_path)) == set(range(STEPS))
+
+
 def test_validation_between_steps_of_a_compiled_model_stays_compiled_and_out_of_the_statistics(tmp_path):
     model = mlp()
     compiled = torch.compile(model, backend="aot_eager")

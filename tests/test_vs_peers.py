@@ -61,8 +61,9 @@ def test_every_default_config_name_parses_to_its_tool_and_cadence():
 
 
 def test_a_peer_not_installed_is_skipped_by_name(monkeypatch, capsys):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    """wandb taken away and every other peer made present, whatever this machine has."""
+    present = importlib.util.find_spec("json")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else present)
     kept = vs_peers.available(vs_peers.parse_configs(",".join(vs_peers.CONFIGS)))
     assert "wandb: not installed (pip install 'babysit[bench]')" in capsys.readouterr().out
     assert [c.name for c in kept] == [name for name in vs_peers.CONFIGS if not name.startswith("wandb")]

@@ -43,7 +43,8 @@ def outside_graph(fn):
 
 
 class EagerStep:
-    """While held, compiled functions run eagerly (the compiler's ``force_eager`` stance).
+    """While held, compiled functions run eagerly (the compiler's ``force_eager`` stance,
+    process-wide: held only for a model that needs it, see :func:`holds_compiled`).
 
     Held and released where the hooks run, which may be inside a compiled function's call
     (a model compiled in place): the stance is set outside dynamo's reach there, as torch
@@ -83,6 +84,16 @@ def compiled_wrapper(model: torch.nn.Module) -> torch.nn.Module | None:
         model = getattr(model, "module", None) if isinstance(
             model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else None
     return None
+
+
+def holds_compiled(model: torch.nn.Module, entry: torch.nn.Module) -> bool:
+    """Whether a sampled forward of ``model`` (entered at ``entry``) may run compiled code:
+    the model is the one ``torch.compile`` returned, or holds a module compiled as a wrapper
+    or in place (``module.compile()``). Only then is the stance taken: it is process-wide,
+    and taken for an eager model it would run every other compiled function of the process
+    eagerly meanwhile (another thread's training, a compiled loss, an evaluation)."""
+    return entry is not model or any(isinstance(getattr(m, "_orig_mod", None), torch.nn.Module)
+                                     or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
 def expect_wrapper_hooks() -> None:

@@ -26,7 +26,7 @@ from torch.nn.modules import module as module_hooks
 from monitor.events import Signal
 from trainer_hooks.by_hand import HandUpdates
 from trainer_hooks.capture import StepCapture
-from trainer_hooks.compiled import EagerStep, compiling, expect_wrapper_hooks
+from trainer_hooks.compiled import EagerStep, compiling, expect_wrapper_hooks, holds_compiled
 from trainer_hooks.params import add_params_after, add_params_before, has_dense_grad, l2_norms, squares
 from trainer_hooks.reduce import (
     DEAD_SPAN_STEPS, SAMPLE_SIZE, SamplePositions, UnitWindow, channel_moments, flat_tail_start, reduce_tensor,
@@ -153,6 +153,7 @@ class Probe:
         self.entry = model if entry is None else entry
         self._entry_id = id(self.entry)  # by id: dynamo traces this hook; no module of ours enters its graph
         self._eager = EagerStep()
+        self.compiled = holds_compiled(model, self.entry)  # else the stance is never taken (trainer_hooks.compiled)
         self.optimizer = optimizer
         self.sample_size = sample_size
         self.dead_window = dead_window
@@ -223,6 +224,7 @@ class Probe:
         """Run the next forward pass eagerly (or no longer): for a model compiled where the
         entry's hooks are traced, a sampled step's forward must be eager from its start."""
         if eager:
+            self.compiled = True  # the Monitor found the model traced: compiled around it
             self._eager.hold()
         elif not self.capturing:
             self._eager.release()
@@ -232,7 +234,7 @@ class Probe:
         self.capture = capture
         self.capturing = True
         self.positions = SamplePositions(self.sample_size, self._generator)
-        eager = self._eager.hold()  # a compiled model's sampled forward runs eagerly, its hooks with it
+        eager = self.compiled and self._eager.hold()  # a compiled model's sampled forward runs eagerly, hooks and all
         if not eager and self.entry is not self.root:
             return  # torch < 2.6, a compiled model: its graph stays as it is, the parameters are still read
         if self._forward_handle is None:  # the root's own forward hooks are read after its forward: it sees it

@@ -182,7 +182,8 @@ def test_a_connection_that_drops_while_the_page_joins_is_joined_again_without_an
     page.expected_errors = ("Failed to load resource: net::ERR_FAILED",)  # the refused request itself
     page.goto(server.url + "/")
     page.wait_for_selector("#empty:not([hidden])")
-    wait_until(lambda: dropped, what="the first join to be dropped")
+    # Playwright runs the route handlers only while one of its calls waits, not in a sleep
+    wait_until(lambda: page.wait_for_timeout(50) or dropped, what="the first join to be dropped")
     training = Training(server.url, tmp_path / "trainer", run="rejoined", steps=20, delay=0.0)
     training.start()
     page.wait_for_selector("#runs tbody tr >> text=rejoined", timeout=20_000)  # news reach the joined-again page

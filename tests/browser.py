@@ -122,8 +122,8 @@ class Training(threading.Thread):
 
 def stop_from_page(page, training: Training) -> None:
     """Press the page's Stop run, confirm, and wait for the training to end."""
-    page.once("dialog", lambda dialog: dialog.accept())
     page.click("#stop")
+    page.click("#stop-confirm")
     training.finish()
 
 

@@ -195,12 +195,16 @@ def test_without_early_stopping_the_demo_keeps_going_through_a_nan_loss_and_stor
     assert len(loss) == result.steps and loss.isna().any()
 
 
-def test_the_demo_stops_a_diverging_run_at_the_next_sampled_step_and_ends_it_diverged(tmp_path):
+def test_the_demo_stops_a_diverging_run_within_its_first_epoch_and_ends_it_diverged(tmp_path):
+    """The loss explodes at step 1. The detectors run on the writer's thread, woken within
+    NUDGE_STEPS steps; the stop lands at the first step the loop checks after they ran,
+    which on a loaded host (the demo takes some 15 ms a step) can be tens of steps later:
+    the bound here is the epoch (45 steps), not the step."""
     lines = []
     from trainer_hooks.demo import DemoOptions, run_demo
 
     result = run_demo(DemoOptions(logdir=str(tmp_path), lr=1e12, epochs=3, every=5), echo=lines.append)
-    assert result.stopped_early and result.epochs == 1 and result.steps <= 10
+    assert result.stopped_early and result.epochs == 1 and result.steps < 45
     assert any(line.startswith("stopping early after") and "divergence" in line for line in lines)
     assert RunStore(tmp_path).runs()[0].status == "diverged"
 

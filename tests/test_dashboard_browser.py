@@ -87,16 +87,17 @@ def test_a_flag_event_shows_in_the_list_escaped_and_as_a_marker(server, page, tm
 
 def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(server, page, tmp_path):
     training = train_and_open(page, server, tmp_path, steps=UNTIL_STOPPED, delay=0.02)
-    dialogs = []
-
-    def answer(dialog):
-        dialogs.append(dialog.type)
-        dialog.dismiss() if len(dialogs) == 1 else dialog.accept()  # first "no", then "yes"
-
-    page.on("dialog", answer)
     page.click("#stop")
-    assert dialogs == ["confirm"] and training.is_alive()
+    assert page.locator("#stop-dialog").is_visible() and page.locator("#stop-token-field").is_hidden()
+    assert training.run_id in page.locator("#stop-question").inner_text()
+    page.click("#stop-dialog button[value=cancel]")  # first "no"
+    page.wait_for_selector("#stop-dialog", state="hidden")
     page.click("#stop")
+    page.keyboard.press("Escape")  # "no" again
+    page.wait_for_selector("#stop-dialog", state="hidden")
+    assert training.is_alive() and not training.stopped_by_request
+    page.click("#stop")
+    page.click("#stop-confirm")  # then "yes"
     training.finish(timeout=30)
     assert training.stopped_by_request and training.steps_done < 5000
     page.wait_for_function("() => document.getElementById('status').textContent === 'stopped'", timeout=20_000)
@@ -195,12 +196,18 @@ def test_with_a_token_the_stop_button_asks_for_it_and_refuses_a_wrong_one(page, 
         training = Training(server.url, tmp_path / "trainer", steps=UNTIL_STOPPED, delay=0.02, token="s3cret")
         training.start()
         open_run(page, server, training.started())
-        answers = iter(["wrong", "s3cret"])
-        page.on("dialog", lambda d: d.accept(next(answers)) if d.type == "prompt" else d.accept())
         page.click("#stop")
+        assert page.locator("#stop-token").get_attribute("type") == "password"  # typed, never shown
+        page.click("#stop-confirm")  # an empty token is refused by the form itself
+        assert page.locator("#stop-dialog").is_visible()
+        page.fill("#stop-token", "wrong")
+        page.click("#stop-confirm")
         page.wait_for_function("() => document.getElementById('stopped-by').textContent.includes('token')")
         assert training.is_alive()
         page.click("#stop")
+        assert page.locator("#stop-token").input_value() == ""  # not kept from the last try
+        page.fill("#stop-token", "s3cret")
+        page.click("#stop-confirm")
         training.finish(timeout=30)
         assert training.stopped_by_request
         page.goto("about:blank")  # leave before this server stops: no reconnection errors

@@ -15,6 +15,9 @@ export class RunHeader {
     this.progress = document.getElementById("progress");
     this.stoppedBy = document.getElementById("stopped-by");
     this.button = document.getElementById("stop");
+    this.dialog = document.getElementById("stop-dialog");
+    this.tokenField = document.getElementById("stop-token-field");
+    this.tokenInput = document.getElementById("stop-token");
     this.tokenRequired = document.body.dataset.tokenRequired === "true";
     this.socket = null;
     this.state = "unknown";
@@ -119,14 +122,24 @@ export class RunHeader {
     this.progress.textContent = parts.join(" · ");
   }
 
+  // The page's own modal, not window.confirm and window.prompt: a token typed into a
+  // prompt shows in clear, and a browser may suppress a page's repeated native dialogs.
+  confirmStop() {
+    this.tokenField.hidden = !this.tokenRequired;
+    this.tokenInput.required = this.tokenRequired;
+    this.tokenInput.value = "";
+    this.dialog.returnValue = "";
+    return new Promise((resolve) => {
+      this.dialog.addEventListener("close", () => resolve(this.dialog.returnValue === "stop"), { once: true });
+      this.dialog.showModal();
+    });
+  }
+
   async askToStop() {
-    if (!this.socket) return;
-    if (!window.confirm(`Stop run ${this.run}? The training process stops at its next step.`)) return;
-    let token = null;
-    if (this.tokenRequired) {
-      token = window.prompt("This server needs its token to stop a run (babysit serve --token):");
-      if (!token) return;
-    }
+    if (!this.socket || this.dialog.open) return;
+    if (!(await this.confirmStop())) return;  // cancelled, or closed with Escape
+    const token = this.tokenRequired ? this.tokenInput.value : null;
+    this.tokenInput.value = "";
     this.button.disabled = true;
     try {
       const reply = await request(this.socket, STOP, { run: this.run, reason: "stopped from the dashboard", token });

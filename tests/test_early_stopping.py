@@ -171,7 +171,9 @@ def test_a_divergence_stops_the_run_within_the_stated_bound_of_the_first_nonfini
             loss.backward()
             opt.step()
             mon.log(loss=loss)
-            time.sleep(0.002)  # a 2 ms step: the rest of a real one (data loading, a larger model)
+            # a 10 ms step: the rest of a real one (data loading, a larger model), and the bound
+            # below in steps leaves a loaded host that long (160 ms) to give the detect stage a core
+            time.sleep(0.01)
             if first_nonfinite is None and not math.isfinite(loss.item()):
                 first_nonfinite = step
             if mon.should_stop:

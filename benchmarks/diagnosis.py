@@ -20,7 +20,8 @@ healthy twin, ground truth measured with raw torch by the zoo's own code) watche
   steps otherwise.
 
 Run: ``python benchmarks/diagnosis.py`` (all runs, default settings, 2 workers);
-``--every N``, ``--early-stopping``, ``--only NAME...``, ``--quick`` (the CI subset),
+``--every N`` (several, ``default`` among them, run in one pool: a report each),
+``--early-stopping``, ``--only NAME...``, ``--quick`` (the CI subset),
 ``--jobs N``, ``--json PATH``, ``--check-zoo`` (exit 1 unless every healthy run measures
 nothing and every sick run measures its primary kind). See benchmarks/README.md.
 """
@@ -185,9 +186,21 @@ def run_line(r: dict) -> str:
             f"\n    truth: {truth or '-'}\n    flags: {flags or '-'}")
 
 
+def sampling(text: str) -> int | None:
+    """An ``--every`` value: a positive interval, or ``default`` (babysit's automatic one)."""
+    if text == "default":
+        return None
+    every = int(text)
+    if every < 1:
+        raise ValueError(text)
+    return every
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--every", type=int, default=None, help="fixed sampling interval (default: babysit's automatic)")
+    p.add_argument("--every", type=sampling, nargs="+", default=[None], metavar="N|default",
+                   help="fixed sampling interval(s) (default: babysit's automatic); several run in one pool, "
+                        "a report each")
     p.add_argument("--early-stopping", action="store_true",
                    help="attach EarlyStopping(monitor='val_loss', patience=5) to runs with validation")
     p.add_argument("--only", nargs="+", metavar="NAME", help="these zoo runs only")
@@ -200,16 +213,25 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in zoo.BY_NAME]
     if unknown:
         p.error(f"--only: unknown run(s) {', '.join(unknown)}; the zoo has: {', '.join(zoo.BY_NAME)}")
+    everies = list(dict.fromkeys(args.every))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="babysit-diagnosis-") as tmp:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(zoo.run_entry, n, logdir=os.path.join(tmp, n), every=args.every,
-                                   early_stopping=args.early_stopping)
-                       for n in sorted(names, key=_longest_first)]
-            results = {f.result()["name"]: judge(f.result()) for f in futures}
-    results = [results[n] for n in names]
+            futures = {(n, every): pool.submit(zoo.run_entry, n, logdir=os.path.join(tmp, f"{n}-{every}"),
+                                               every=every, early_stopping=args.early_stopping)
+                       for n, every in sorted(((n, e) for e in everies for n in names), key=_longest_first)}
+            results = {key: judge(f.result()) for key, f in futures.items()}
     wall = time.perf_counter() - started
-    setting = (f"every={args.every}" if args.every else "every=default") + (
+    reports = [report([results[n, every] for n in names], every, args, wall) for every in everies]
+    if args.json:
+        args.json.write_text(json.dumps(reports[0] if len(reports) == 1 else {"reports": reports}, indent=1))
+    return 1 if args.check_zoo and any(r["zoo_problems"] for r in reports) else 0
+
+
+def report(results: list[dict], every: int | None, args, wall: float) -> dict:
+    """Print one setting's runs, score table and zoo self-check; return its JSON report
+    (``seconds``: the wall time of the whole pool, shared with the other settings)."""
+    setting = (f"every={every}" if every else "every=default") + (
         ", EarlyStopping(val_loss, patience=5)" if args.early_stopping else "")
     print(f"babysit diagnosis benchmark: {len(results)} runs, {setting}, {args.jobs} workers, "
           f"{wall:.0f} s wall, {os.cpu_count()} CPUs\n")
@@ -223,15 +245,15 @@ def main(argv=None) -> int:
         print("\nzoo self-check FAILED:\n  " + "\n  ".join(problems))
     elif args.check_zoo:
         print("\nzoo self-check: every healthy run measures nothing, every sick run its primary kind")
-    if args.json:
-        args.json.write_text(json.dumps({"setting": setting, "seconds": wall, "results": results,
-                                         "score": s, "zoo_problems": problems}, indent=1))
-    return 1 if args.check_zoo and problems else 0
+    print()
+    return {"setting": setting, "seconds": wall, "results": results, "score": s, "zoo_problems": problems}
 
 
-def _longest_first(name: str) -> int:
-    """Start the long runs first, so two workers finish together."""
-    return 0 if name.startswith("long-") else 1
+def _longest_first(task: tuple[str, int | None]) -> tuple[int, float]:
+    """Start the long runs first, so the workers finish together: the zoo's long runs, then
+    every sampled step, then the sparser settings."""
+    name, every = task
+    return 0 if name.startswith("long-") else 1, -1 / every if every else 0
 
 
 if __name__ == "__main__":

@@ -24,31 +24,41 @@ RECALL_TARGET = 0.95
 AT_INIT_STEPS = 20
 
 
-def quick_form(tmp_path_factory, *options: str) -> dict:
+def quick_form(tmp_path_factory, *options: str) -> list[dict]:
+    """``diagnosis.py --quick`` with ``options``: its report per setting, the printed tables beside."""
     out = tmp_path_factory.mktemp("diagnosis") / "quick.json"
     with all_cores():  # two training processes on two cores
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnosis.py"), "--quick", "--jobs", "2",
                                "--json", str(out), *options], cwd=ROOT, capture_output=True, text=True,
                               timeout=QUICK_DEADLINE_SECONDS)
     assert done.returncode == 0, f"diagnosis.py --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    report = json.loads(out.read_text())
-    report["table"] = done.stdout
-    return report
+    written = json.loads(out.read_text())
+    reports = written.get("reports", [written])
+    for report in reports:
+        report["table"] = done.stdout
+    return reports
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> dict:
-    return quick_form(tmp_path_factory)
+def quick_forms(tmp_path_factory) -> dict[str, dict]:
+    """The quick form at the default, every step and every tenth step, in one pool of two
+    workers (one start-up, and the longest runs of all three first), by setting."""
+    return {r["setting"]: r for r in quick_form(tmp_path_factory, "--every", "default", "1", "10")}
 
 
 @pytest.fixture(scope="module")
-def every_step(tmp_path_factory) -> dict:
-    return quick_form(tmp_path_factory, "--every", "1")
+def quick(quick_forms) -> dict:
+    return quick_forms["every=default"]
 
 
 @pytest.fixture(scope="module")
-def every_tenth(tmp_path_factory) -> dict:
-    return quick_form(tmp_path_factory, "--every", "10")
+def every_step(quick_forms) -> dict:
+    return quick_forms["every=1"]
+
+
+@pytest.fixture(scope="module")
+def every_tenth(quick_forms) -> dict:
+    return quick_forms["every=10"]
 
 
 #: Flags raised in the last share of a run are left out of the comparison across
@@ -117,7 +127,7 @@ REAL_SHAPES = ("lstm-text-sgd", "gpt-text-sgd", "lstm-text-sgd-lr30x", "gpt-text
 
 @pytest.fixture(scope="module")
 def real_shapes(tmp_path_factory) -> dict:
-    return {r["name"]: r for r in quick_form(tmp_path_factory, "--only", *REAL_SHAPES)["results"]}
+    return {r["name"]: r for r in quick_form(tmp_path_factory, "--only", *REAL_SHAPES)[0]["results"]}
 
 
 def test_the_lstm_and_the_tiny_transformer_raise_nothing_healthy_and_divergence_before_10x_at_30x(real_shapes):

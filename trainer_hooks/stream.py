@@ -236,8 +236,8 @@ class SocketSink:
             client = connect(self.url, self.token, on_stop=self._stop_command)
         except Exception as exc:
             if not self._unreachable:  # once per outage, not every retry
-                log.warning("babysit: cannot reach the server at %s (%s); spooling to %s until it answers",
-                            self.url, type(exc).__name__, self.spool)
+                log.warning("babysit: cannot reach the server at %s (%s: %s); spooling to %s until it answers",
+                            self.url, type(exc).__name__, str(exc)[:200] or "no detail", self.spool)
             self._unreachable = True
             return False
         if self._unreachable:

@@ -52,13 +52,16 @@ class EagerStep:
 
     def __init__(self):
         self._held = None
-        self._set = outside_graph(self._set_now)
-        self._unset = outside_graph(self._unset_now)
+        # Made at the first hold: torch.compiler.disable imports dynamo (1.2 s of CPU), which
+        # a script that trains by hand, with no torch.optim optimizer, never imports otherwise.
+        self._set = self._unset = None
 
     def hold(self) -> bool:
         """Whether compiled functions now run eagerly (False on torch without stances)."""
         if _set_stance is None:
             return False
+        if self._set is None:
+            self._set, self._unset = outside_graph(self._set_now), outside_graph(self._unset_now)
         if self._held is None:
             self._set()
         return True

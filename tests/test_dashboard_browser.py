@@ -90,7 +90,7 @@ def test_the_stop_button_asks_then_stops_the_training_and_says_who_stopped_it(se
     page.click("#stop")
     assert page.locator("#stop-dialog").is_visible() and page.locator("#stop-token-field").is_hidden()
     assert training.run_id in page.locator("#stop-question").inner_text()
-    page.click("#stop-dialog button[value=cancel]")  # first "no"
+    page.click("#stop-cancel")  # first "no"
     page.wait_for_selector("#stop-dialog", state="hidden")
     page.click("#stop")
     page.keyboard.press("Escape")  # "no" again
@@ -201,7 +201,7 @@ def test_with_a_token_the_stop_button_asks_for_it_and_refuses_a_wrong_one(page, 
         page.click("#stop-confirm")  # an empty token is refused by the form itself
         assert page.locator("#stop-dialog").is_visible()
         page.fill("#stop-token", "wrong")
-        page.click("#stop-confirm")
+        page.press("#stop-token", "Enter")  # Enter in the field sends it, as the Stop button does
         page.wait_for_function("() => document.getElementById('stopped-by').textContent.includes('token')")
         assert training.is_alive()
         page.click("#stop")

@@ -18,6 +18,8 @@ export class RunHeader {
     this.dialog = document.getElementById("stop-dialog");
     this.tokenField = document.getElementById("stop-token-field");
     this.tokenInput = document.getElementById("stop-token");
+    // Not a submit button: Enter in the token field submits with the form's first one.
+    document.getElementById("stop-cancel").addEventListener("click", () => this.dialog.close("cancel"));
     this.tokenRequired = document.body.dataset.tokenRequired === "true";
     this.socket = null;
     this.state = "unknown";

@@ -55,21 +55,23 @@ def run_both(tmp_path: Path, script: str | Path, *args: str, babysit: tuple[str,
     once per example script and arguments)."""
     logdir = tmp_path / "runs"
     key = (str(script), args) if cwd == ROOT else None
-    started = [] if key in _bare_runs else [(subprocess.Popen(
+    bare = _bare_runs.get(key)
+    bare_process = None if bare is not None else subprocess.Popen(
         [sys.executable, str(script), *args], cwd=cwd, env=_env(), text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE), [script, *args])]
+        stderr=subprocess.PIPE)
     watched = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--logdir", str(logdir), *babysit,
                                 str(script), *args], cwd=cwd, env=_env(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    done = []
-    for process, argv in (*started, (watched, ["babysit run", script, *args])):
-        out, err = process.communicate(timeout=timeout)
-        done.append(subprocess.CompletedProcess(argv, process.returncode, out, err))
-    if not started:
-        done.insert(0, _bare_runs[key])
-    elif key is not None:
-        _bare_runs[key] = done[0]
-    return Both(*done, logdir)
+    if bare is None:
+        bare = _finished(bare_process, [script, *args], timeout)
+        if key is not None:
+            _bare_runs[key] = bare
+    return Both(bare, _finished(watched, ["babysit run", script, *args], timeout), logdir)
+
+
+def _finished(process: subprocess.Popen, argv: list, timeout: float) -> subprocess.CompletedProcess:
+    out, err = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
 def printed(stdout: str, pattern: str) -> list[float]:

@@ -43,6 +43,8 @@ def dumps(value: Any) -> str:
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, Payload):  # nested (a layer's summaries): its fields, as encode_payload writes them
+        return value.__dict__
     if isinstance(value, (bytes, bytearray)):
         return {_BYTES_TAG: base64.b64encode(value).decode("ascii")}
     if isinstance(value, Enum):
@@ -122,8 +124,12 @@ def _reject_constant(token: str) -> Any:
 
 
 def encode_payload(payload: Payload) -> str:
-    """An event's ``data`` as stored and sent."""
-    return dumps(payload.to_dict())
+    """An event's ``data`` as stored and sent: the text of ``dumps(payload.to_dict())``,
+    written from the payload's own fields (its instance dict holds exactly them, in order)
+    without building that dict: the encoder writes the str enums as their values and asks
+    :func:`_default` for nested payloads. The writer encodes some thirty layer summaries
+    per sampled step; building their dicts was a third of the encoding's time."""
+    return dumps(payload.__dict__)
 
 
 _LIVE_EVENT = '{"seq":%d,"step":%d,"wall":%r,"kind":"%s","data":%s}'

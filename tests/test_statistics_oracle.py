@@ -8,7 +8,8 @@ import torch
 from monitor.events import QUANTILE_LEVELS, Signal
 from trainer_hooks.capture import StepCapture, decode
 from trainer_hooks.decode import HIST_BINS
-from trainer_hooks.reduce import (DEAD_SPAN_STEPS, SAMPLE_SIZE, SamplePositions, UnitWindow, active_units, dead_span,
+from trainer_hooks.reduce import (AMINMAX_BELOW, CHANNEL_CHUNK, DEAD_SPAN_STEPS, PRECISE_CHUNK, SAMPLE_SIZE,
+                                  SamplePositions, UnitWindow, active_units, channel_moments, cpu_bounds, dead_span,
                                   reduce_tensor)
 
 
@@ -281,6 +282,45 @@ def test_input_statistics_per_channel_equal_plain_torch_on_raw_pixels(tmp_path):
     assert stats.channel_mean == pytest.approx(x64.mean(dim=(0, 2, 3)).tolist(), rel=1e-12)
     assert stats.channel_std == pytest.approx(x64.std(dim=(0, 2, 3)).tolist(), rel=1e-9)
     assert (stats["mean"], stats["std"]) == pytest.approx((x64.mean().item(), x64.std().item()), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 24, 24), (48, 3, 64, 64)])  # one slice, and several (CHANNEL_CHUNK)
+def test_per_channel_sums_of_a_large_batch_are_the_float64_ones(shape):
+    """A batch above CHANNEL_CHUNK is reduced by slices converted to float64: the same
+    sums as one float64 reduction of the whole, whatever the slicing."""
+    assert math.prod(shape) > CHANNEL_CHUNK or shape[0] == 16
+    torch.manual_seed(0)
+    x = torch.randint(100, 256, shape).float() + torch.rand(shape)
+    sums, squares = channel_moments(x, 64)
+    x64 = x.double()
+    assert sums.tolist() == pytest.approx(x64.sum(dim=(0, 2, 3)).tolist(), rel=1e-12)
+    assert squares.tolist() == pytest.approx((x64 * x64).sum(dim=(0, 2, 3)).tolist(), rel=1e-9)
+
+
+@pytest.mark.parametrize("numel", [5000, PRECISE_CHUNK * 3 + 17])
+def test_a_flat_input_far_from_zero_is_summed_in_float64_by_chunks(numel):
+    """A model input with no channel sums (a flat or wide one) is summed in float64 chunk
+    by chunk: its mean and std are those of float64, also for a mean 1e4 times its spread."""
+    torch.manual_seed(0)
+    x = (1e4 + torch.randn(numel)).float()
+    reduced = reduce_tensor(x, precise=True, generator=torch.Generator().manual_seed(1))
+    x64 = x.double()
+    total, squares = (float(v) for v in reduced.moments[:2])
+    assert total == pytest.approx(x64.sum().item(), rel=1e-13)
+    assert squares == pytest.approx(x64.square().sum().item(), rel=1e-13)
+
+
+@pytest.mark.parametrize("numel", [1000, AMINMAX_BELOW - 1, AMINMAX_BELOW, 3 * AMINMAX_BELOW])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bounds_of_a_cpu_tensor_are_exact_whichever_way_they_are_taken(numel, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(numel, generator=torch.Generator().manual_seed(numel))
+        low, high = cpu_bounds(x)
+        assert (low.item(), high.item()) == (x.min().item(), x.max().item())
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Embedded(torch.nn.Module):

@@ -9,6 +9,8 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 import monitor
+from monitor import codec
+from monitor.store import RunStore
 from monitor.events import RunState
 from trainer_hooks import BabysitWarning, watch
 from trainer_hooks.schedule import MAX_VITALS_EVERY, VITALS_START_STEPS
@@ -395,3 +397,23 @@ def test_every_step_carries_the_global_and_per_layer_gradient_norms_torch_comput
         rows = vitals[vitals.step == step].set_index("layer").grad_norm
         assert rows["(global)"] == pytest.approx(total, rel=1e-5)
         assert rows.drop("(global)").to_dict() == pytest.approx(layers, rel=1e-5)
+
+
+def test_every_payload_a_watched_run_stores_is_encoded_as_its_dict_would_be(tmp_path):
+    """The writer encodes payloads from their fields (codec.encode_payload), never through
+    to_dict: the text must be the one to_dict gives, for every kind a run stores (nested
+    layer summaries, the filters' bytes, enums, non-finite floats)."""
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = watch(model, opt, logdir=tmp_path, every=1, filters_every=1)
+    x, y = batch()
+    for _ in range(3):
+        train_step(model, opt, x, y, mon)
+    mon.log(val_loss=math.nan)
+    mon.close()
+    with RunStore(tmp_path) as store:
+        events = store.events(mon.run_id)
+    kinds = {e.kind.value for e in events}
+    assert {"run_start", "status", "scalars", "vitals", "layer_stats", "input_stats", "filters", "run_end"} <= kinds
+    for event in events:
+        assert codec.encode_payload(event.data) == codec.dumps(event.data.to_dict()), event.kind

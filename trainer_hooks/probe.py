@@ -290,7 +290,7 @@ class Probe:
         if maxima is not None:
             active = maxima > 0
             window = self.windows.get(label)
-            if window is None or window.ring.shape[1] != active.shape[0] or window.ring.device != active.device:
+            if window is None or not window.fits(active):
                 window = self.windows[label] = UnitWindow(active.shape[0], self.dead_window, active.device,
                                                            self.dead_span)
             extra.append(window.add(active, capture.step))

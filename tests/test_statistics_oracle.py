@@ -7,7 +7,7 @@ import torch
 
 from monitor.events import QUANTILE_LEVELS, Signal
 from trainer_hooks.capture import StepCapture, decode
-from trainer_hooks.decode import HIST_BINS
+from trainer_hooks.decode import HIST_BINS, raw_moments, whole_moments
 from trainer_hooks.reduce import (AMINMAX_BELOW, CHANNEL_CHUNK, DEAD_SPAN_STEPS, PRECISE_CHUNK, SAMPLE_SIZE,
                                   SamplePositions, UnitWindow, active_units, channel_moments, cpu_bounds, dead_span,
                                   reduce_tensor)
@@ -440,3 +440,16 @@ def test_every_event_the_writer_stamps_unchecked_passes_the_schema(tmp_path, mon
     for e in handed:
         assert dumps(Event.from_dict(e.to_dict()).to_dict()) == dumps(e.to_dict()), e.kind
         assert type(e.seq) is int and type(e.step) is int and type(e.wall) is float
+
+
+def test_moments_of_whole_tensors_taken_together_are_each_ones_own():
+    """The writer reduces the tensors that travelled whole all at once (whole_moments):
+    each row is what raw_moments gives for that tensor alone, lengths mixed and a tensor
+    with NaN and Inf among healthy ones of its length."""
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(size=n) * (i + 1) for i, n in enumerate([512, 512, 10, 2048, 512, 1])]
+    samples[4][[3, 7]] = [math.nan, -math.inf]
+    samples.append(np.array([]))
+    rows = whole_moments(samples)
+    for sample, row in zip(samples, rows):
+        np.testing.assert_allclose(row, raw_moments(sample), rtol=1e-12, equal_nan=True)

@@ -88,8 +88,6 @@ class SortedSamples:
 
     rows: np.ndarray
     counts: np.ndarray  # finite values per row
-    nan: np.ndarray  # NaN per sample
-    nonfinite: np.ndarray  # NaN or ±Inf per sample
 
     @classmethod
     def of(cls, samples: list[np.ndarray], wide: bool = True) -> "SortedSamples":
@@ -110,18 +108,26 @@ class SortedSamples:
             inf = np.count_nonzero(infinite, axis=1)
             rows[infinite] = np.nan
         rows.sort(axis=1)  # NaN sorts last
-        return cls(rows, sizes - nan - inf, nan, nan + inf)
+        return cls(rows, sizes - nan - inf)
 
-    def raw_moments(self, which: np.ndarray) -> np.ndarray:
-        """For the rows ``which``, what :func:`raw_moments` gives for a whole tensor
-        (exact: float32 values summed in float64)."""
-        rows, n = self.rows[which].astype(np.float64), self.counts[which]
-        index = np.arange(len(n))
-        low = np.where(n > 0, rows[index, 0], np.nan)
-        high = np.where(n > 0, rows[index, np.maximum(n - 1, 0)], np.nan)
-        finite = np.nan_to_num(rows, nan=0.0)
-        return np.stack([finite.sum(axis=1), np.einsum("ij,ij->i", finite, finite), low, high,
-                         self.nan[which], self.nonfinite[which]], axis=1)
+
+def whole_moments(samples: list[np.ndarray]) -> np.ndarray:
+    """For tensors that travelled whole, what :func:`raw_moments` gives for each (one row
+    each), computed for all at once: the values of one length are stacked and, when all
+    are finite (a healthy step), reduced together in float64; a tensor holding NaN or Inf
+    takes :func:`raw_moments`. A deep stack of small layers sends hundreds of them per step."""
+    out = np.empty((len(samples), 6), dtype=np.float64)
+    by_length: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        by_length.setdefault(sample.size, []).append(i)
+    for length, members in by_length.items():
+        block = np.stack([samples[i] for i in members]).astype(np.float64, copy=False)
+        if length and np.isfinite(block).all():
+            out[members] = np.stack([block.sum(axis=1), np.einsum("ij,ij->i", block, block), block.min(axis=1),
+                                     block.max(axis=1), np.zeros(len(members)), np.zeros(len(members))], axis=1)
+        else:
+            out[members] = [raw_moments(samples[i]) for i in members]
+    return out
 
 
 def distributions(batch: SortedSamples, lows: list[float], highs: list[float],
@@ -195,8 +201,8 @@ def tensor_summaries(specs: list[dict]) -> list[TensorSummary]:
     if not specs:
         return []
     batch = SortedSamples.of([spec["sample"] for spec in specs], wide=any(spec["wide"] for spec in specs))
-    which = np.array([i for i, spec in enumerate(specs) if spec["raw"] is None], dtype=np.int64)
-    whole = dict(zip(which.tolist(), batch.raw_moments(which))) if which.size else {}
+    which = [i for i, spec in enumerate(specs) if spec["raw"] is None]
+    whole = dict(zip(which, whole_moments([specs[i]["sample"] for i in which]))) if which else {}
     rest = [{k: v for k, v in spec.items() if k not in ("raw", "counted", "single", "sample", "wide", "tail_frac")}
             for spec in specs]
     stats = [_guarded(moments(spec["numel"], whole[i], True) if spec["raw"] is None

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +19,11 @@ from monitor.early_stopping import EarlyStopping
 from trainer_hooks import watch
 
 STOP_RANK, STOP_STEP, MAX_STEPS = 1, 13, 200
+#: Seconds each step lasts at least. A flag's stop waits for the writer's detect stage, a
+#: thread of its own: within the test's bound of 20 steps it must get a core, which a loaded
+#: host (the suite's other worker, the other rank) does not promise within 20 steps of a
+#: fraction of a millisecond each; real steps last milliseconds and more.
+STEP_SECONDS = 0.005
 
 
 def main() -> None:
@@ -40,6 +46,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            time.sleep(STEP_SECONDS)
             if rank == STOP_RANK and step == STOP_STEP:
                 if args.how == "user":
                     mon.stop("rank 1 asks")

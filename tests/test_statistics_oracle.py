@@ -9,8 +9,8 @@ from monitor.events import QUANTILE_LEVELS, Signal
 from trainer_hooks.capture import StepCapture, decode
 from trainer_hooks.decode import HIST_BINS, raw_moments, whole_moments
 from trainer_hooks.reduce import (AMINMAX_BELOW, CHANNEL_CHUNK, DEAD_SPAN_STEPS, PRECISE_CHUNK, SAMPLE_SIZE,
-                                  SamplePositions, UnitWindow, active_units, channel_moments, cpu_bounds, dead_span,
-                                  reduce_tensor)
+                                  SamplePositions, UnitWindow, active_units, cache_bytes, channel_moments, cpu_bounds,
+                                  dead_span, reduce_tensor)
 
 
 def summarize(x: torch.Tensor, module: str = "Linear", sample_size: int = SAMPLE_SIZE):
@@ -310,9 +310,11 @@ def test_a_flat_input_far_from_zero_is_summed_in_float64_by_chunks(numel):
     assert squares == pytest.approx(x64.square().sum().item(), rel=1e-13)
 
 
-@pytest.mark.parametrize("numel", [1000, AMINMAX_BELOW - 1, AMINMAX_BELOW, 3 * AMINMAX_BELOW])
+@pytest.mark.parametrize("numel", [1000, AMINMAX_BELOW - 1, AMINMAX_BELOW, 3 * AMINMAX_BELOW, "beyond the cache"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bounds_of_a_cpu_tensor_are_exact_whichever_way_they_are_taken(numel, threads):
+    if numel == "beyond the cache":
+        numel = cache_bytes() // 2 // 4 + 1  # float32 elements: one aminmax pass
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
